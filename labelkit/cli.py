@@ -128,13 +128,114 @@ def embed(workspace: Path = WorkspaceOpt,
 
 
 # --------------------------------------------------------------------------------------------
+FilterByOpt = typer.Option("prune_by_noise_rate", help="cleanlab filter_by: prune_by_noise_rate, prune_by_class, both, "
+                                                       "confident_learning, predicted_neq_given, …")
+RankByOpt = typer.Option("self_confidence", help="cleanlab label-quality score: self_confidence, normalized_margin, "
+                                                 "confidence_weighted_entropy.")
+
+
+@app.command()
+def issues(workspace: Path = WorkspaceOpt,
+           pred_probs: Optional[Path] = typer.Option(None, help="Your model's out-of-sample probabilities (.npy, .csv, "
+                                                                ".parquet); rows in items order or keyed by 'id'."),
+           classes: Optional[Path] = typer.Option(None, "--classes", help="Column order of --pred-probs, one class per line."),
+           folds: int = typer.Option(5, min=2, help="Folds of the out-of-sample probe."),
+           probe: str = typer.Option("auto", help="auto, sklearn or torch."),
+           filter_by: str = FilterByOpt, rank_by: str = RankByOpt,
+           dup_threshold: float = typer.Option(0.985, help="Cosine similarity at which two rows are near-duplicates."),
+           device: str = typer.Option("auto", help="auto, cpu or cuda."),
+           seed: int = typer.Option(0, help="Seed of the fold split."),
+           as_json: bool = JsonOpt):
+    """Find label issues (confident learning), duplicates, outliers and class imbalance."""
+    from labelkit.issues import issues as run
+
+    progress, update = _progress("Cross-validating probe", quiet=as_json)
+    with progress:
+        result = run(workspace, pred_probs=pred_probs, classes_file=classes, n_folds=folds, probe=probe,
+                     filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, device=device, seed=seed,
+                     progress=update)
+    if as_json:
+        return _print_json(result.to_dict())
+    _print_issues(result.summary, result.top, workspace)
+
+
+def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
+    classes = list(s["class_counts"])
+    out.print(f"Class order: {', '.join(classes)}", highlight=False)
+    if s.get("probe"):
+        p = s["probe"]
+        out.print(f"Probe: {p['engine']} logistic regression, C={p['C']:g} chosen by {p['n_folds']}-fold log-loss "
+                  f"({', '.join(f'{k}: {v:.3f}' for k, v in p['cv_log_loss'].items())}); "
+                  f"out-of-sample accuracy {p['cv_accuracy']:.3f}", highlight=False)
+    table = Table("check", "rows", "rate", title="Issues", title_justify="left")
+    n = max(1, s["usable_rows"])
+    for name, key in (("label issues", "label_issues"), ("exact duplicates", "exact_duplicates"),
+                      ("near duplicates", "near_duplicates"), ("conflicting duplicates", "conflicting_duplicates"),
+                      ("outliers", "outliers"), ("unusable rows", "unusable_rows")):
+        v = s.get(key)
+        table.add_row(name, "—" if v is None else str(v), "" if v is None else f"{v / n:.1%}")
+    out.print(table)
+    out.print(f"Smallest class: {s['class_min_count']} rows; imbalance ratio {s['imbalance_ratio']:.2f}")
+    if top:
+        t = Table("id", "given", "suggested", "quality", title="Most likely label errors", title_justify="left")
+        for row in top[:10]:
+            t.add_row(row["id"], row["given_label"], row["suggested_label"], f"{row['label_quality']:.3g}")
+        out.print(t)
+    out.print(f"→ {workspace}/issues.parquet, {workspace}/probs.parquet")
+
+
+def _print_gate(verdict: dict, source: str) -> None:
+    for r in verdict["results"]:
+        mark = "[red]FAIL[/]" if r["failed"] else ("[yellow]skip[/]" if r["skipped"] else "[green]pass[/]")
+        value = "n/a" if r["value"] is None else (f"{r['value']:.4g}" if isinstance(r["value"], float) else r["value"])
+        err.print(f"  {mark} {r['rule']} (value {value})", highlight=False)
+    err.print(("[bold green]Gate passed[/]" if verdict["passed"] else "[bold red]Gate failed[/]") + f" (rules from {source})")
+
+
+@app.command()
+def audit(source: Path = typer.Argument(..., help="Image folder or table, as for `labelkit ingest`."),
+          workspace: Path = WorkspaceOpt,
+          fail_on: Optional[List[str]] = typer.Option(None, "--fail-on", help="Gate rule(s), e.g. 'label_issue_rate>0.05,"
+                                                      "duplicates>0'. Default: [tool.labelkit.gate] in pyproject.toml, "
+                                                      "labelkit.toml, else label_issue_rate>0.03."),
+          label_col: Optional[str] = typer.Option(None, help="Label column of a table."),
+          text_col: Optional[str] = typer.Option(None, help="Text column of a table."),
+          image_col: Optional[str] = typer.Option(None, help="Image-path column of a table."),
+          model: str = typer.Option("auto", help="Embedding model (see `labelkit embed --help`)."),
+          pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or checkpoint path."),
+          pred_probs: Optional[Path] = typer.Option(None, help="Your own out-of-sample probabilities (skips embedding)."),
+          device: str = typer.Option("auto", help="auto, cpu or cuda."),
+          report: bool = typer.Option(True, help="Write report.html and report.json."),
+          as_json: bool = JsonOpt):
+    """Ingest, embed, find issues and write the report in one go; exit 1 when the gate fails."""
+    from labelkit.audit import audit as run
+
+    progress, update = _progress("Auditing", quiet=as_json)
+    with progress:
+        result = run(source, workspace, fail_on=fail_on, label_col=label_col, text_col=text_col, image_col=image_col,
+                     model=model, pretrained=pretrained, pred_probs=pred_probs, device=device, write_report=report,
+                     progress=update)
+    if as_json:
+        _print_json(result)
+    else:
+        _warn(w["message"] for w in result["warnings"])
+        _print_issues(result["summary"], result["top_label_issues"], workspace)
+        if result.get("report"):
+            out.print(f"Report: {result['report']}")
+        _print_gate(result["gate"], result["gate_source"])
+    if not result["gate"]["passed"]:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------
 def main(argv: List[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 check failed, 2 bad usage or input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="labelkit", standalone_mode=False)
-        return 0
+        # Without standalone mode, click returns the code of a typer.Exit instead of raising it.
+        code = app(args=argv, prog_name="labelkit", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except LabelkitError as exc:
         if debug:
             raise

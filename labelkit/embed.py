@@ -123,17 +123,22 @@ class Featurizer:
 
 
 class PixelFeaturizer(Featurizer):
-    """Baseline: RGB downsampled to size×size, flattened, scaled to [0, 1] (standardised by the probe)."""
+    """Baseline: RGB downsampled to size×size, flattened, standardised per image (zero mean, unit norm).
+
+    Centring matters: raw pixel vectors are all positive, so any two look alike under cosine.
+    """
 
     def __init__(self, size: int = PIXEL_SIZE):
-        super().__init__(key=f"{PIXELS}-{size}", dim=3 * size * size, name=PIXELS)
+        super().__init__(key=f"{PIXELS}-{size}-std", dim=3 * size * size, name=PIXELS)
         self.size = size
 
     def transform(self, im):
         import torch
 
-        arr = np.asarray(im.resize((self.size, self.size), resample=3), dtype=np.float32) / 255.0
-        return torch.from_numpy(arr.reshape(-1).copy())
+        arr = np.asarray(im.resize((self.size, self.size), resample=3), dtype=np.float32).reshape(-1)
+        arr = arr - arr.mean()
+        norm = float(np.linalg.norm(arr))
+        return torch.from_numpy(arr / norm if norm > 0 else arr)
 
     def image_batches(self, paths, *, batch_size: int, workers: int):
         return image_batches(paths, self.transform, self.size, lambda x: x.numpy().astype(np.float32),

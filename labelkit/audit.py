@@ -1,0 +1,44 @@
+"""`labelkit audit`: ingest → embed → issues → report in one call, then the gate's verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from labelkit.workspace import Workspace
+
+
+def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out", *,
+          fail_on: list[str] | None = None, label_col: str | None = None, text_col: str | None = None,
+          image_col: str | None = None, model: str = "auto", pretrained: str | None = None,
+          pred_probs: Path | str | None = None, device: str = "auto", write_report: bool = True,
+          config_start: Path | str = ".", progress: Callable | None = None) -> dict:
+    """Return the full audit summary: issues summary, top label issues, warnings and gate verdict.
+
+    The gate rules come from `fail_on`, else the nearest config (see :mod:`labelkit.gate`), else
+    the default. The caller turns ``result['gate']['passed'] is False`` into exit code 1.
+    """
+    from labelkit import gate
+    from labelkit.embed import embed
+    from labelkit.ingest import ingest
+    from labelkit.issues import issues
+
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start)  # bad rules fail before work
+    ingest(source, ws, label_col=label_col, text_col=text_col, image_col=image_col, progress=progress)
+    if pred_probs is None:
+        embed(ws, model=model, pretrained=pretrained, device=device, progress=progress)
+    found = issues(ws, pred_probs=pred_probs, device=device, progress=progress)
+    verdict = gate.evaluate(rules, found.summary)
+    manifest = ws.update_stage("gate", {"rules": [str(r) for r in rules], "source": rules_source, **verdict})
+    result = {"workspace": str(ws.root), "summary": found.summary, "top_label_issues": found.top,
+              "warnings": manifest.get("warnings", []), "gate": verdict, "gate_source": rules_source,
+              "report": None}
+    if write_report:
+        try:
+            from labelkit.report import report
+        except ImportError:  # the report stage is optional until it exists
+            report = None
+        if report is not None:
+            result["report"] = str(report(ws).html_path)
+    return result

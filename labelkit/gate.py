@@ -1,0 +1,101 @@
+"""The CI gate: threshold rules over the issues summary, from the CLI or the project's config.
+
+Rules read ``metric OP number``, e.g. ``label_issue_rate>0.05`` or ``class_min_count<20``; the
+gate fails when any rule holds. Config: ``[tool.labelkit.gate] fail_on = [...]`` in the nearest
+``pyproject.toml``, or ``[gate] fail_on = [...]`` in a ``labelkit.toml``.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from labelkit.errors import LabelkitError
+
+DEFAULT_RULES = ("label_issue_rate>0.03",)
+METRICS = {
+    "label_issue_rate": "fraction of usable rows flagged as label issues",
+    "label_issues": "number of rows flagged as label issues",
+    "duplicates": "rows that duplicate an earlier row (exact or near)",
+    "exact_duplicates": "rows with the same content hash as an earlier row",
+    "near_duplicates": "rows whose embedding nearly equals an earlier row's",
+    "conflicting_duplicates": "duplicates whose label differs from the original's",
+    "outliers": "rows far from all others in embedding space",
+    "unusable_rows": "rows that could not be read or have no label",
+    "class_min_count": "usable rows in the smallest class",
+    "imbalance_ratio": "largest class count / smallest class count",
+}
+OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
+RULE_RE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    metric: str
+    op: str
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.threshold:g}"
+
+
+def parse_rules(spec: str | list[str] | tuple[str, ...]) -> list[Rule]:
+    """Return the rules in `spec` (comma-separated string or list), or raise a user error."""
+    parts = [p for s in ([spec] if isinstance(spec, str) else spec) for p in str(s).split(",") if p.strip()]
+    rules = []
+    for part in parts:
+        m = RULE_RE.match(part)
+        if not m:
+            raise LabelkitError(f"Cannot parse gate rule {part.strip()!r}; expected METRIC OP NUMBER, "
+                                "e.g. label_issue_rate>0.05.")
+        metric, op, value = m.groups()
+        if metric not in METRICS:
+            raise LabelkitError(f"Unknown gate metric {metric!r} in {part.strip()!r}; known: {', '.join(METRICS)}.")
+        rules.append(Rule(metric, op, float(value)))
+    return rules
+
+
+def find_config(start: Path | str = ".") -> tuple[list[str], Path] | None:
+    """Return (fail_on rules, file) from the nearest labelkit.toml or pyproject.toml with a gate section."""
+    here = Path(start).resolve()
+    for folder in [here, *here.parents]:
+        for name, section in (("labelkit.toml", ("gate",)), ("pyproject.toml", ("tool", "labelkit", "gate"))):
+            path = folder / name
+            if not path.is_file():
+                continue
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as exc:
+                raise LabelkitError(f"{path} is not valid TOML: {exc}.") from None
+            for key in section:
+                data = data.get(key, {}) if isinstance(data, dict) else {}
+            if isinstance(data, dict) and "fail_on" in data:
+                rules = data["fail_on"]
+                if not isinstance(rules, (list, str)):
+                    raise LabelkitError(f"{path}: fail_on must be a list of rules like \"label_issue_rate>0.05\".")
+                return ([rules] if isinstance(rules, str) else list(rules)), path
+    return None
+
+
+def resolve_rules(cli_rules: list[str] | None, *, config_start: Path | str = ".") -> tuple[list[Rule], str]:
+    """Return (rules, where they came from): the CLI's, else the config's, else the default."""
+    if cli_rules:
+        return parse_rules(cli_rules), "command line"
+    found = find_config(config_start)
+    if found is not None:
+        return parse_rules(found[0]), str(found[1])
+    return parse_rules(list(DEFAULT_RULES)), "default"
+
+
+def evaluate(rules: list[Rule], summary: dict) -> dict:
+    """Return the verdict: {'passed': bool, 'results': [{rule, metric, value, failed}], ...}."""
+    results = []
+    for rule in rules:
+        value = summary.get(rule.metric)
+        failed = value is not None and OPS[rule.op](value, rule.threshold)
+        results.append({"rule": str(rule), "metric": rule.metric, "value": value, "failed": bool(failed),
+                        "skipped": value is None})
+    return {"passed": not any(r["failed"] for r in results), "results": results}

@@ -1,0 +1,524 @@
+"""`labelkit issues`: label errors by confident learning, duplicates, outliers, class imbalance.
+
+Confident learning (Northcutt, Jiang & Chuang, JAIR 2021) is only as good as the out-of-sample
+probabilities it is given. On embeddings, a fixed unregularised probe overfits and is
+over-confident, which floods the flagged set; so :func:`get_out_of_sample_probs` picks the probe's
+regularisation among a few candidates by cross-validated log-loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from labelkit.errors import LabelkitError, check_in_range
+from labelkit.workspace import Workspace, read_class_file, write_table
+
+FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+             "low_normalized_margin", "low_self_confidence")
+RANK_BY = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+PROBES = ("auto", "sklearn", "torch")
+DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+SKLEARN_MAX_ROWS = 20_000
+Progress = Callable[[int, "int | None"], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Out-of-sample probabilities
+
+
+@dataclass
+class ProbeChoice:
+    """Which probe produced the out-of-sample probabilities, and how the candidates scored."""
+
+    engine: str
+    C: float
+    n_folds: int
+    cv_log_loss: dict[str, float]
+    cv_accuracy: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(labels)
+    present = counts[counts > 0]
+    if present.min() < 2:
+        raise LabelkitError(f"Class id {int(np.flatnonzero(counts == present.min())[0])} has only 1 usable example; "
+                            "out-of-sample probabilities need at least 2 per class (drop or merge that class).")
+    k = int(min(n_folds, present.min()))
+    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+
+
+class _SklearnProbe:
+    """Standardise + multinomial logistic regression, warm-started as C grows along the grid."""
+
+    def __init__(self, seed: int):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        self.scaler = StandardScaler()
+        self.model = LogisticRegression(max_iter=1000, warm_start=True, random_state=seed)
+        self.fitted_scaler = False
+
+    def fit_predict(self, X_train, y_train, X_test, C: float, n_classes: int) -> np.ndarray:
+        if not self.fitted_scaler:
+            self.scaler.fit(X_train)
+            self.X_train, self.X_test = self.scaler.transform(X_train), self.scaler.transform(X_test)
+            self.fitted_scaler = True
+        self.model.set_params(C=C)
+        self.model.fit(self.X_train, y_train)
+        out = np.zeros((len(X_test), n_classes))
+        out[:, self.model.classes_] = self.model.predict_proba(self.X_test)
+        return out
+
+
+class _TorchProbe:
+    def __init__(self, seed: int, device: str):
+        self.seed, self.device = seed, device
+
+    def fit_predict(self, X_train, y_train, X_test, C: float, n_classes: int) -> np.ndarray:
+        return _fit_predict_torch(X_train, y_train, X_test, C, n_classes, self.seed, device=self.device)
+
+
+def _fit_predict_torch(X_train, y_train, X_test, C: float, n_classes: int, seed: int, *, device: str = "cpu",
+                       epochs: int = 30, batch_size: int = 4096) -> np.ndarray:
+    """Return softmax-regression probabilities trained by minibatch Adam on the same objective as
+    scikit-learn's LogisticRegression: mean cross-entropy + ||W||² / (2 C n)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    mean, std = X_train.mean(0), X_train.std(0)
+    std[std == 0] = 1.0
+    Xt = torch.as_tensor((X_train - mean) / std, dtype=torch.float32, device=device)
+    yt = torch.as_tensor(y_train, dtype=torch.long, device=device)
+    n, d = Xt.shape
+    layer = torch.nn.Linear(d, n_classes).to(device)
+    torch.nn.init.zeros_(layer.weight)
+    torch.nn.init.zeros_(layer.bias)
+    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    penalty = 1.0 / (2.0 * C * n)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=g).to(device)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            loss = torch.nn.functional.cross_entropy(layer(Xt[idx]), yt[idx]) + penalty * layer.weight.square().sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sched.step()
+    with torch.no_grad():
+        Xs = torch.as_tensor((X_test - mean) / std, dtype=torch.float32, device=device)
+        return torch.softmax(layer(Xs), dim=1).double().cpu().numpy()
+
+
+def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_classes: int | None = None,
+                            n_folds: int = 5, C_grid: Sequence[float] = DEFAULT_C_GRID, probe: str = "auto",
+                            device: str = "cpu", seed: int = 0,
+                            progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, ProbeChoice]:
+    """Return (pred_probs of shape (n_samples, n_classes), fold per row, the probe chosen).
+
+    Each candidate regularisation C is run through the same stratified k folds; the one with the
+    lowest out-of-fold log-loss wins and its out-of-fold probabilities are returned.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, n_features)
+    labels : ndarray of shape (n_samples,)
+        Integer class ids in [0, n_classes).
+    probe : {'auto', 'sklearn', 'torch'}
+        'auto' is scikit-learn logistic regression up to 20,000 rows, the torch probe above.
+    """
+    from sklearn.metrics import log_loss
+
+    labels = np.asarray(labels, dtype=np.int64)
+    n_classes = int(n_classes or labels.max() + 1)
+    check_in_range(n_folds, "n_folds", "get_out_of_sample_probs", low=2, kind="an int")
+    if probe not in PROBES:
+        raise LabelkitError(f"The 'probe' parameter of get_out_of_sample_probs must be one of {', '.join(PROBES)}. "
+                            f"Got {probe!r} instead.")
+    engine = probe if probe != "auto" else ("sklearn" if len(labels) <= SKLEARN_MAX_ROWS else "torch")
+    folds = _folds(labels, n_folds, seed)
+    probes = [_SklearnProbe(seed) if engine == "sklearn" else _TorchProbe(seed, device) for _ in folds]
+    fold_of = np.empty(len(labels), dtype=np.int16)
+    for f, (_, test) in enumerate(folds):
+        fold_of[test] = f
+    X = np.asarray(embeddings, dtype=np.float32)
+    best, scores, total, done = None, {}, len(C_grid) * len(folds), 0
+    # Out-of-fold log-loss is unimodal in C in practice: walk the grid upwards, stop once it worsens.
+    for C in sorted(C_grid):
+        probs = np.zeros((len(labels), n_classes))
+        for (train, test), model in zip(folds, probes):
+            probs[test] = model.fit_predict(X[train], labels[train], X[test], C, n_classes)
+            done += 1
+            if progress:
+                progress(done, total)
+        probs = np.clip(probs, 1e-12, 1.0)
+        probs /= probs.sum(1, keepdims=True)
+        scores[f"C={C:g}"] = float(log_loss(labels, probs, labels=np.arange(n_classes)))
+        if best is not None and scores[f"C={C:g}"] >= best[0]:
+            break
+        best = (scores[f"C={C:g}"], C, probs)
+    _, C, probs = best
+    acc = float((probs.argmax(1) == labels).mean())
+    return probs, fold_of, ProbeChoice(engine=engine, C=C, n_folds=len(folds), cv_log_loss=scores, cv_accuracy=acc)
+
+
+# ---------------------------------------------------------------------------------------------
+# User-supplied probabilities
+
+
+def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray, classes: list[str],
+                    classes_file: Path | str | None = None) -> np.ndarray:
+    """Return the user's predicted probabilities for the usable rows, columns in workspace class order.
+
+    Rows are keyed by an ``id`` column when the file has one, otherwise they are in items order
+    (one row per item, or one per usable item). Raises a user error naming the row for values
+    that are not finite, negative, or rows that do not sum to 1 (tolerance 1e-3).
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise LabelkitError(f"--pred-probs {path}: no such file.")
+    row_ids, col_names = None, None
+    try:
+        if path.suffix == ".npy":
+            matrix = np.load(path, allow_pickle=False)
+        elif path.suffix in (".csv", ".parquet", ".pq"):
+            df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+            if "id" in df.columns:
+                row_ids = df["id"].astype(str).tolist()
+                df = df.drop(columns="id")
+            if "pred_probs" in df.columns:
+                matrix = np.stack(df["pred_probs"].to_numpy()).astype(np.float64)
+            else:
+                col_names = [str(c) for c in df.columns]
+                matrix = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        else:
+            raise LabelkitError(f"--pred-probs {path}: unsupported type {path.suffix!r}; use .npy, .csv or .parquet.")
+    except LabelkitError:
+        raise
+    except Exception as exc:
+        raise LabelkitError(f"Cannot read --pred-probs {path}: {str(exc).splitlines()[0]}") from None
+    matrix = np.asarray(matrix, dtype=np.float64)
+    if matrix.ndim != 2:
+        raise LabelkitError(f"--pred-probs {path} must be a 2-D matrix (rows × classes); got shape {matrix.shape}.")
+    K = len(classes)
+    if matrix.shape[1] != K:
+        raise LabelkitError(f"--pred-probs {path} has {matrix.shape[1]} columns but the workspace has {K} classes "
+                            f"({', '.join(classes[:12])}{', …' if K > 12 else ''}).")
+    # Column order: an explicit classes file, else named columns, else the workspace's order.
+    order = None
+    if classes_file is not None:
+        order = read_class_file(classes_file)
+    elif col_names is not None and set(col_names) == set(classes):
+        order = col_names
+    if order is not None:
+        if sorted(order) != sorted(classes):
+            raise LabelkitError(f"The classes in {classes_file or path} ({', '.join(order[:8])}) differ from the "
+                                f"workspace's ({', '.join(classes[:8])}).")
+        matrix = matrix[:, [order.index(c) for c in classes]]
+    ids = list(ids)
+    usable_ids = [i for i, u in zip(ids, usable) if u]
+    if row_ids is not None:
+        where = {r: k for k, r in enumerate(row_ids)}
+        missing = [i for i in usable_ids if i not in where]
+        if missing:
+            raise LabelkitError(f"--pred-probs {path} has no row for id {missing[0]!r} "
+                                f"({len(missing)} usable items missing).")
+        matrix, labels_for = matrix[[where[i] for i in usable_ids]], usable_ids
+        position = {i: where[i] for i in usable_ids}
+        describe = lambda r: f"row for id {labels_for[r]!r} (file row {position[labels_for[r]] + 1})"
+    elif len(matrix) == len(ids):
+        source_rows = np.flatnonzero(usable)
+        matrix = matrix[usable]
+        describe = lambda r: f"row {source_rows[r] + 1} (id {ids[source_rows[r]]!r})"
+    elif len(matrix) == len(usable_ids):
+        describe = lambda r: f"row {r + 1} (id {usable_ids[r]!r})"
+    else:
+        raise LabelkitError(f"--pred-probs {path} has {len(matrix)} rows; expected {len(ids)} (one per item) or "
+                            f"{len(usable_ids)} (one per usable item), or an 'id' column.")
+    bad = ~np.isfinite(matrix).all(1)
+    if bad.any():
+        raise LabelkitError(f"--pred-probs {path}: {describe(int(np.flatnonzero(bad)[0]))} has a value that is not a finite number.")
+    neg = (matrix < 0).any(1)
+    if neg.any():
+        raise LabelkitError(f"--pred-probs {path}: {describe(int(np.flatnonzero(neg)[0]))} has a negative probability.")
+    sums = matrix.sum(1)
+    off = np.abs(sums - 1) > 1e-3
+    if off.any():
+        r = int(np.flatnonzero(off)[0])
+        raise LabelkitError(f"--pred-probs {path}: {describe(r)} sums to {sums[r]:.4g}, not 1 (tolerance 0.001); "
+                            "pass probabilities (softmax outputs), not logits.")
+    return matrix / sums[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Label issues
+
+
+def find_label_issues(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: str = "prune_by_noise_rate",
+                      rank_by: str = "self_confidence") -> dict:
+    """Return the label-issue mask, label quality scores, suggested labels and noise estimates.
+
+    Wraps cleanlab: the confident joint is computed once and shared by
+    `cleanlab.filter.find_label_issues` and `cleanlab.count.estimate_joint`.
+
+    Returns
+    -------
+    dict with keys ``is_label_issue`` (bool, n), ``label_quality`` (float in [0, 1], lower is worse),
+    ``suggested_label`` (int, n), ``joint`` (K×K, P(given=i, true=j)) and ``noise_matrix``
+    (K×K, P(given=i | true=j), columns sum to 1).
+
+    References
+    ----------
+    Northcutt, Jiang, Chuang. "Confident Learning: Estimating Uncertainty in Dataset Labels". JAIR 2021.
+    """
+    from cleanlab.count import compute_confident_joint, estimate_joint
+    from cleanlab.filter import find_label_issues as cl_find
+    from cleanlab.rank import get_label_quality_scores
+
+    if filter_by not in FILTER_BY:
+        raise LabelkitError(f"The 'filter_by' parameter of find_label_issues must be one of {', '.join(FILTER_BY)}. "
+                            f"Got {filter_by!r} instead.")
+    if rank_by not in RANK_BY:
+        raise LabelkitError(f"The 'rank_by' parameter of find_label_issues must be one of {', '.join(RANK_BY)}. "
+                            f"Got {rank_by!r} instead.")
+    labels = np.asarray(labels, dtype=np.int64)
+    pred_probs = np.asarray(pred_probs, dtype=np.float32)
+    cj = compute_confident_joint(labels, pred_probs)
+    mask = cl_find(labels, pred_probs, filter_by=filter_by, confident_joint=cj)
+    quality = get_label_quality_scores(labels, pred_probs, method=rank_by)
+    joint = estimate_joint(labels, pred_probs, confident_joint=cj)
+    col = joint.sum(0, keepdims=True)
+    noise = np.divide(joint, col, out=np.zeros_like(joint), where=col > 0)
+    return {"is_label_issue": np.asarray(mask, bool), "label_quality": np.asarray(quality, np.float64),
+            "suggested_label": pred_probs.argmax(1), "joint": joint, "noise_matrix": noise}
+
+
+# ---------------------------------------------------------------------------------------------
+# Neighbours: near-duplicates and outliers
+
+
+def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str = "cpu",
+                           max_block_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, cosine similarities), each of shape (n_samples, k), of every row's k nearest
+    other rows, most similar first.
+
+    Exact brute force in row blocks, so memory is O(block × n) whatever n is: 1M × 512 needs
+    about 256 MB of scratch besides the embeddings.
+    """
+    import torch
+
+    n = len(embeddings)
+    k = int(min(k, n - 1))
+    check_in_range(k, "k", "find_nearest_neighbors", low=1, kind="an int")
+    E = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32), device=device), dim=1)
+    if device.startswith("cuda"):
+        E = E.half()
+    block = max(1, min(n, max_block_bytes // (4 * n)))
+    idx_out = np.empty((n, k), dtype=np.int64)
+    sim_out = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        S = E[start:stop] @ E.T
+        S[torch.arange(stop - start), torch.arange(start, stop)] = -2.0  # never your own neighbour
+        sim, idx = torch.topk(S.float(), k, dim=1)
+        idx_out[start:stop], sim_out[start:stop] = idx.cpu().numpy(), sim.cpu().numpy()
+    return idx_out, np.clip(sim_out, -1.0, 1.0)
+
+
+def get_outlier_scores(neighbor_sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (outlier_score in (0, 1], lower is more atypical; is_outlier mask).
+
+    The score is exp(-d / median(d)) of d, the mean cosine distance to the k nearest neighbours;
+    a row is flagged when d is beyond Tukey's far-out fence, Q3 + 3·IQR.
+    """
+    d = np.maximum(1.0 - neighbor_sims.mean(1), 0.0)
+    scale = float(np.median(d)) or 1e-12
+    q1, q3 = np.percentile(d, [25, 75])
+    return np.exp(-d / scale), d > q3 + 3 * (q3 - q1)
+
+
+def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None = None,
+                    neighbor_sims: np.ndarray | None = None, *, threshold: float = 0.985) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (duplicate_of index or -1, near_duplicate_score, is_exact) per row.
+
+    A row duplicates the first row with the same content hash (exact), or else its nearest
+    earlier neighbour with cosine similarity ≥ `threshold` (near). The first row of a group is not
+    itself marked.
+    """
+    check_in_range(threshold, "threshold", "find_duplicates", low=-1.0, high=1.0)
+    n = len(content_hash)
+    dup_of = np.full(n, -1, dtype=np.int64)
+    exact = np.zeros(n, dtype=bool)
+    first: dict[str, int] = {}
+    for i, h in enumerate(content_hash):
+        if h in first:
+            dup_of[i], exact[i] = first[h], True
+        else:
+            first[h] = i
+    score = np.full(n, np.nan, dtype=np.float32)
+    if neighbor_idx is not None:
+        score = neighbor_sims[:, 0].astype(np.float32)
+        score[exact] = 1.0
+        for i in np.flatnonzero(dup_of < 0):
+            for j, s in zip(neighbor_idx[i], neighbor_sims[i]):
+                if s < threshold:
+                    break
+                if j < i:
+                    dup_of[i] = j
+                    break
+    return dup_of, score, exact
+
+
+# ---------------------------------------------------------------------------------------------
+# The verb
+
+
+@dataclass
+class IssuesResult:
+    summary: dict
+    top: list[dict]
+
+    def to_dict(self) -> dict:
+        return {"summary": self.summary, "top_label_issues": self.top}
+
+
+def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Path | str | None = None,
+           classes_file: Path | str | None = None, n_folds: int = 5, probe: str = "auto",
+           filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
+           dup_threshold: float = 0.985, k_neighbors: int = 10, embedding_key: str | None = None,
+           device: str = "auto", seed: int = 0, progress: Progress | None = None) -> IssuesResult:
+    """Return the issues summary; writes probs.parquet, issues.parquet and the manifest summary.
+
+    Out-of-sample probabilities come from `pred_probs` (a file of the user's model outputs) or
+    from a k-fold probe on the workspace embeddings. Near-duplicates and outliers need embeddings
+    and are skipped (None in the summary) without them.
+    """
+    from labelkit.embed import load_workspace_embeddings, resolve_device
+
+    started = time.perf_counter()
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    manifest = ws.read_manifest()
+    classes = manifest["classes"]
+    K = len(classes)
+    items = ws.read_items(columns=["id", "label", "label_id", "content_hash", "error"])
+    ids = items["id"].tolist()
+    usable = items["error"].isna().to_numpy() & (items["label_id"].to_numpy() >= 0)
+    labels = items["label_id"].to_numpy()[usable].astype(np.int64)
+    usable_ids = [i for i, u in zip(ids, usable) if u]
+    device = resolve_device(device)
+
+    emb = None
+    if embedding_key or pred_probs is None or manifest.get("stages", {}).get("embed"):
+        if pred_probs is None or manifest.get("stages", {}).get("embed"):
+            key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
+            where = {i: r for r, i in enumerate(emb_ids)}
+            missing = [i for i in usable_ids if i not in where]
+            if missing:
+                raise LabelkitError(f"{len(missing)} usable rows (e.g. {missing[0]!r}) have no embedding in {key}; "
+                                    f"run `labelkit embed -w {ws.root}` again.")
+            emb = matrix[[where[i] for i in usable_ids]]
+            embedding_key = key
+
+    if pred_probs is not None:
+        probs = load_pred_probs(pred_probs, ids=ids, usable=usable, classes=classes, classes_file=classes_file)
+        folds, origin, probe_info = np.full(len(probs), -1, np.int16), "user", None
+    else:
+        probs, folds, choice = get_out_of_sample_probs(emb, labels, n_classes=K, n_folds=n_folds, probe=probe,
+                                                       device=device, seed=seed, progress=progress)
+        origin, probe_info = "probe", choice.to_dict()
+
+    found = find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
+
+    hashes = items["content_hash"].to_numpy()[usable].tolist()
+    if emb is not None and len(emb) > 1:
+        nn_idx, nn_sim = find_nearest_neighbors(emb, k=k_neighbors, device=device)
+        outlier_score, is_outlier = get_outlier_scores(nn_sim)
+        dup_of, dup_score, exact = find_duplicates(hashes, nn_idx, nn_sim, threshold=dup_threshold)
+    else:
+        outlier_score, is_outlier = np.full(len(labels), np.nan), np.zeros(len(labels), bool)
+        dup_of, dup_score, exact = find_duplicates(hashes)
+
+    usable_arr = np.asarray(usable_ids, dtype=object)
+    dup_ids = np.where(dup_of >= 0, usable_arr[np.maximum(dup_of, 0)], None)
+    conflicting = (dup_of >= 0) & (labels != labels[np.maximum(dup_of, 0)])
+    cls = np.asarray(classes, dtype=object)
+    issues_table = pa.table({
+        "id": pa.array(usable_ids, pa.string()),
+        "is_label_issue": pa.array(found["is_label_issue"]),
+        "label_quality": pa.array(found["label_quality"], pa.float32()),
+        "given_label": pa.array(cls[labels].tolist(), pa.string()),
+        "suggested_label": pa.array(cls[found["suggested_label"]].tolist(), pa.string()),
+        "duplicate_of": pa.array(dup_ids.tolist(), pa.string()),
+        "is_exact_duplicate": pa.array(exact),
+        "conflicting_duplicate": pa.array(conflicting),
+        "near_duplicate_score": pa.array(dup_score, pa.float32()),
+        "outlier_score": pa.array(outlier_score, pa.float32()),
+        "is_outlier": pa.array(is_outlier),
+    })
+    probs_table = pa.table({
+        "id": pa.array(usable_ids, pa.string()),
+        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32).reshape(-1)), K).cast(
+            pa.list_(pa.float32())),
+        "fold": pa.array(folds, pa.int16()),
+        "origin": pa.array([origin] * len(usable_ids), pa.string()),
+    })
+    write_table(probs_table, ws.probs_path, row_group_size=65536)
+    write_table(issues_table, ws.issues_path, row_group_size=65536)
+
+    summary = summarize(labels, classes, found, dup_of=dup_of, exact=exact, conflicting=conflicting,
+                        is_outlier=is_outlier if emb is not None else None, n_rows=len(items),
+                        has_embeddings=emb is not None)
+    summary |= {"origin": origin, "probe": probe_info, "embedding_key": embedding_key, "filter_by": filter_by,
+                "rank_by": rank_by, "dup_threshold": dup_threshold, "seconds": round(time.perf_counter() - started, 3),
+                "probe_accuracy": float((probs.argmax(1) == labels).mean())}
+    ws.update_stage("issues", summary)
+
+    order = np.argsort(found["label_quality"], kind="stable")
+    flagged = [i for i in order if found["is_label_issue"][i]][:20]
+    top = [{"id": usable_ids[i], "given_label": classes[labels[i]], "suggested_label": classes[found["suggested_label"][i]],
+            "label_quality": round(float(found["label_quality"][i]), 4)} for i in flagged]
+    return IssuesResult(summary=summary, top=top)
+
+
+def summarize(labels: np.ndarray, classes: list[str], found: dict, *, dup_of: np.ndarray, exact: np.ndarray,
+              conflicting: np.ndarray, is_outlier: np.ndarray | None, n_rows: int, has_embeddings: bool) -> dict:
+    """Return the issues summary (the numbers the report shows and the gate checks)."""
+    K = len(classes)
+    counts = np.bincount(labels, minlength=K)
+    flags = found["is_label_issue"]
+    per_class = {}
+    for k, c in enumerate(classes):
+        m = labels == k
+        per_class[c] = {"count": int(m.sum()), "label_issues": int(flags[m].sum()),
+                        "issue_rate": float(flags[m].mean()) if m.any() else 0.0,
+                        "mean_label_quality": float(found["label_quality"][m].mean()) if m.any() else None}
+    nonzero = counts[counts > 0]
+    n = len(labels)
+    return {
+        "rows": n_rows, "usable_rows": n, "unusable_rows": n_rows - n, "n_classes": K,
+        "label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else 0.0,
+        "exact_duplicates": int(exact.sum()),
+        "near_duplicates": int(((dup_of >= 0) & ~exact).sum()) if has_embeddings else None,
+        "duplicates": int((dup_of >= 0).sum()), "conflicting_duplicates": int(conflicting.sum()),
+        "outliers": int(is_outlier.sum()) if is_outlier is not None else None,
+        "class_counts": {c: int(x) for c, x in zip(classes, counts)},
+        "class_min_count": int(counts.min()) if K else 0,
+        "imbalance_ratio": float(nonzero.max() / nonzero.min()) if len(nonzero) else None,
+        "per_class": per_class,
+        "noise_matrix": np.round(found["noise_matrix"], 6).tolist(),
+        "joint": np.round(found["joint"], 6).tolist(),
+    }
