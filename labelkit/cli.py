@@ -227,6 +227,19 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
         raise typer.Exit(1)
 
 
+@app.command()
+def report(workspace: Path = WorkspaceOpt,
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file (default WORKSPACE/report.html)."),
+           as_json: bool = JsonOpt):
+    """Write the Dataset Nutrition Label: one self-contained HTML file plus report.json."""
+    from labelkit.report import report as run
+
+    result = run(workspace, output=output)
+    if as_json:
+        return _print_json(result.to_dict())
+    out.print(f"Report: {result.html_path} ({result.bytes / 1e6:.2f} MB), numbers in {result.json_path}")
+
+
 # --------------------------------------------------------------------------------------------
 def main(argv: List[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 check failed, 2 bad usage or input)."""

@@ -1,0 +1,373 @@
+"""`labelkit report`: the Dataset Nutrition Label — one self-contained HTML file plus report.json.
+
+Layout after the Dataset Nutrition Label (Holland et al., 2018), adapted to labels: a facts panel
+first, then modules (metadata, provenance, variables, statistics, embedding map, probabilistic
+model, ground-truth correlation, galleries, gate). Everything is inline — CSS, SVG/PNG plots,
+thumbnails — so the file opens offline and makes no network request. Strings from the data are
+escaped by jinja2's autoescape.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from labelkit.workspace import Workspace, atomic_path, read_embeddings, write_json
+
+MAX_MAP_POINTS = 2000
+GALLERY_SIZE = 36
+THUMB_PX = 72
+
+
+@dataclass
+class ReportResult:
+    html_path: Path
+    json_path: Path
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return {"html": str(self.html_path), "json": str(self.json_path), "bytes": self.bytes}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figure_uri(fig, fmt: str = "svg") -> str:
+    """Return a matplotlib figure as an inline SVG string or a PNG data URI, and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, bbox_inches="tight", dpi=110 if fmt == "png" else None, metadata={"Date": None})
+    plt.close(fig)
+    if fmt == "svg":
+        svg = buf.getvalue().decode("utf-8")
+        return svg[svg.index("<svg"):]  # drop the XML prolog and doctype
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _mpl():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"text.parse_math": False, "font.size": 9, "axes.spines.top": False,
+                         "axes.spines.right": False, "svg.fonttype": "none", "font.family": "DejaVu Sans"})
+    return plt
+
+
+def plot_class_counts(classes: list[str], counts: list[int], issues: list[int]):
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(6.2, 0.28 * len(classes) + 0.8))
+    y = np.arange(len(classes))[::-1]
+    ax.barh(y, counts, color="#94a3b8", label="rows")
+    ax.barh(y, issues, color="#dc2626", label="label issues")
+    ax.set_yticks(y, [str(c)[:28] for c in classes])
+    ax.set_xlabel("rows")
+    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    return _figure_uri(fig)
+
+
+def plot_noise_matrix(classes: list[str], noise: np.ndarray):
+    plt = _mpl()
+    K = len(classes)
+    size = min(7.0, 1.6 + 0.42 * K)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(noise, cmap="Reds", vmin=0, vmax=1)
+    names = [str(c)[:14] for c in classes]
+    ax.set_xticks(range(K), names, rotation=45 if K > 6 else 0, ha="right" if K > 6 else "center")
+    ax.set_yticks(range(K), names)
+    ax.set_xlabel("true label (estimated)")
+    ax.set_ylabel("given label")
+    if K <= 15:
+        for i in range(K):
+            for j in range(K):
+                v = noise[i, j]
+                if v >= 0.005:
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v > 0.5 else "#111827")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="P(given | true)")
+    return _figure_uri(fig)
+
+
+def plot_embedding_map(xy: np.ndarray, labels: np.ndarray, classes: list[str], flagged: np.ndarray):
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(7.0, 5.6))
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
+    for k, c in enumerate(classes):
+        m = labels == k
+        ax.scatter(xy[m, 0], xy[m, 1], s=7, color=cmap(k % cmap.N), alpha=0.75, linewidths=0, label=str(c)[:20])
+    ax.scatter(xy[flagged, 0], xy[flagged, 1], s=34, facecolors="none", edgecolors="#111827", linewidths=0.9,
+               label="label issue")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.spines[["left", "bottom"]].set_visible(False)
+    if len(classes) <= 20:
+        ax.legend(frameon=False, fontsize=7, markerscale=1.6, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return _figure_uri(fig, "png")
+
+
+def plot_histogram(values: np.ndarray, xlabel: str):
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(6.2, 2.2))
+    ax.hist(values, bins=30, color="#64748b")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("rows")
+    return _figure_uri(fig)
+
+
+def plot_reliability(bins: list[dict]):
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    conf = [b["confidence"] for b in bins if b["count"]]
+    acc = [b["accuracy"] for b in bins if b["count"]]
+    ax.plot([0, 1], [0, 1], ls="--", color="#94a3b8", lw=1)
+    ax.bar(conf, acc, width=1 / max(15, len(bins)), color="#2563eb", alpha=0.8, edgecolor="white")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    return _figure_uri(fig)
+
+
+def project_2d(embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """Return a 2-D map of the rows and the method's name (t-SNE after PCA-50; PCA for tiny sets)."""
+    from sklearn.decomposition import PCA
+
+    X = np.asarray(embeddings, np.float32)
+    if len(X) < 50:
+        return PCA(n_components=2, random_state=seed).fit_transform(X), "PCA"
+    from sklearn.manifold import TSNE
+
+    Z = PCA(n_components=min(50, X.shape[1], len(X) - 1), random_state=seed).fit_transform(X)
+    xy = TSNE(n_components=2, init="pca", perplexity=min(30, len(X) // 4), random_state=seed,
+              max_iter=500).fit_transform(Z)
+    return xy, "t-SNE (after PCA to 50 dimensions)"
+
+
+def thumbnail(path: str | None) -> str | None:
+    """Return a small PNG data URI of an image file (nearest-neighbour for tiny images), or None."""
+    if not path:
+        return None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            scale = THUMB_PX / max(im.size)
+            resample = Image.NEAREST if scale >= 2 else Image.BILINEAR
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), resample)
+            buf = io.BytesIO()
+            im.save(buf, format="PNG", optimize=True)
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    except Exception:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("labelkit", "cleanlab", "open_clip_torch", "torch", "scikit-learn", "numpy", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_map_points: int = MAX_MAP_POINTS,
+                      seed: int = 0) -> tuple[dict, dict]:
+    """Return (numbers for report.json, extra render-only data such as figures and thumbnails)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    manifest = ws.read_manifest()
+    items = ws.read_items()
+    classes = manifest["classes"]
+    stages = manifest.get("stages", {})
+    summary = stages.get("issues")
+    modality = manifest.get("modality", "image")
+    usable = items["error"].isna()
+    data: dict = {
+        "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": Path(manifest["source"]["path"]).name,
+        "modality": modality,
+        "rows": int(len(items)), "usable_rows": int(usable.sum()), "unusable_rows": int((~usable).sum()),
+        "classes": classes,
+        "warnings": [w["message"] for w in manifest.get("warnings", [])],
+        "provenance": {"source": manifest["source"], "versions": _versions(), "labelkit_version_at_ingest":
+                       manifest.get("labelkit_version"), "embedding": stages.get("embed"),
+                       "items_sha1_of_hashes": _hash_of_hashes(items["content_hash"].dropna().tolist())},
+        "user": _user_fields(),
+        "variables": [{"name": c, "type": str(items[c].dtype), "missing": int(items[c].isna().sum())}
+                      for c in items.columns],
+        "unusable_by_reason": items.loc[~usable, "error"].str.split(" \\(").str[0].value_counts().to_dict(),
+        "issues": summary,
+        "gate": stages.get("gate"),
+    }
+    extra: dict = {"figures": {}, "galleries": {}, "notes": []}
+    counts = summary["class_counts"] if summary else items.loc[usable, "label"].value_counts().reindex(classes, fill_value=0).to_dict()
+    per_class_issues = [summary["per_class"][c]["label_issues"] for c in classes] if summary else [0] * len(classes)
+    extra["figures"]["class_counts"] = plot_class_counts(classes, [counts[c] for c in classes], per_class_issues)
+    if "split" in items and items["split"].notna().any():
+        data["splits"] = items["split"].fillna("(none)").value_counts().to_dict()
+    if modality == "image":
+        sizes = (items.loc[usable, "width"].astype("Int64").astype(str) + "×" +
+                 items.loc[usable, "height"].astype("Int64").astype(str)).value_counts()
+        data["image_sizes"] = sizes.head(10).to_dict()
+    else:
+        lengths = items.loc[usable, "text_length"].dropna().to_numpy()
+        data["text_length"] = {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())}
+        extra["figures"]["text_length"] = plot_histogram(lengths, "text length (characters)")
+
+    if summary is None:
+        extra["notes"].append("No `labelkit issues` results in this workspace yet: label checks are not shown.")
+        return data, extra
+
+    iss = pq.read_table(ws.issues_path).to_pandas()
+    probs = pq.read_table(ws.probs_path).to_pandas()
+    info = items.set_index("id")
+    iss = iss.join(info[["label_id", "image_path", "text", "source"]], on="id")
+    extra["figures"]["noise_matrix"] = plot_noise_matrix(classes, np.asarray(summary["noise_matrix"]))
+    pred = np.stack(probs["pred_probs"].to_numpy()).argmax(1)
+    given = iss["label_id"].to_numpy()
+    agreement = {"probe": float((pred == given).mean())}
+    relabels = ws.relabels_path
+    if relabels.exists():
+        rel = pq.read_table(relabels).to_pandas()
+        for method, grp in rel.groupby("method"):
+            merged = grp.merge(iss[["id", "given_label"]], on="id")
+            answered = merged["proposed_label"].notna()
+            if answered.any():
+                agreement[str(method)] = float((merged.loc[answered, "proposed_label"] == merged.loc[answered, "given_label"]).mean())
+    data["ground_truth_correlation"] = {
+        "agreement_with_given": agreement,
+        "per_class_agreement": {c: float((pred[given == k] == k).mean()) if (given == k).any() else None
+                                for k, c in enumerate(classes)},
+    }
+
+    # Embedding map (subsampled; issues always kept).
+    key = stages.get("embed", {}).get("embedding_key")
+    if key and ws.embeddings_path(key).exists():
+        emb_ids, emb = read_embeddings(ws.embeddings_path(key))
+        where = {i: r for r, i in enumerate(emb_ids)}
+        rows = np.array([where.get(i, -1) for i in iss["id"]])
+        ok = np.flatnonzero(rows >= 0)
+        rng = np.random.default_rng(seed)
+        flagged_idx = ok[iss["is_label_issue"].to_numpy()[ok]]
+        rest = np.setdiff1d(ok, flagged_idx)
+        take = max(0, max_map_points - len(flagged_idx))
+        chosen = np.sort(np.concatenate([flagged_idx[:max_map_points],
+                                         rng.choice(rest, size=min(take, len(rest)), replace=False)]))
+        xy, method = project_2d(emb[rows[chosen]], seed)
+        extra["figures"]["embedding_map"] = plot_embedding_map(
+            xy, given[chosen], classes, iss["is_label_issue"].to_numpy()[chosen])
+        data["embedding_map"] = {"method": method, "points": int(len(chosen)), "of": int(len(ok)), "embedding": key}
+        if len(chosen) < len(ok):
+            extra["notes"].append(f"The embedding map shows {len(chosen):,} of {len(ok):,} rows (every flagged row, "
+                                  "plus a random sample of the rest).")
+
+    def card(row, **kw) -> dict:
+        return {"id": row["id"], "label": row["given_label"], "thumb": thumbnail(row["image_path"]) if modality == "image" else None,
+                "text": (row["text"] or "")[:240] if modality == "text" else None, **kw}
+
+    flagged = iss[iss["is_label_issue"]].sort_values("label_quality", kind="stable")
+    extra["galleries"]["label_issues"] = [card(r, suggested=r["suggested_label"], score=float(r["label_quality"]))
+                                          for _, r in flagged.head(gallery_size).iterrows()]
+    data["label_issue_ids_shown"] = flagged["id"].head(gallery_size).tolist()
+    dups = iss[iss["duplicate_of"].notna()].sort_values("near_duplicate_score", ascending=False, kind="stable")
+    by_id = iss.set_index("id")
+    pairs = []
+    for _, r in dups.head(gallery_size // 2).iterrows():
+        orig = by_id.loc[r["duplicate_of"]]
+        pairs.append({"a": card(r), "b": card(orig.to_dict() | {"id": r["duplicate_of"]}),
+                      "score": float(r["near_duplicate_score"]), "exact": bool(r["is_exact_duplicate"]),
+                      "conflict": bool(r["conflicting_duplicate"])})
+    extra["galleries"]["duplicates"] = pairs
+    if iss["outlier_score"].notna().any():
+        outl = iss[iss["is_outlier"]].sort_values("outlier_score", kind="stable")
+        extra["galleries"]["outliers"] = [card(r, score=float(r["outlier_score"])) for _, r in outl.head(gallery_size // 2).iterrows()]
+    if len(flagged) > gallery_size:
+        extra["notes"].append(f"The label-issue gallery shows the {gallery_size} lowest-quality of {len(flagged):,} "
+                              "flagged rows; all are in issues.parquet.")
+
+    model = _latest_model(ws)
+    if model is not None:
+        data["model"] = model
+        if model.get("metrics", {}).get("reliability"):
+            extra["figures"]["reliability"] = plot_reliability(model["metrics"]["reliability"])
+    return data, extra
+
+
+def _hash_of_hashes(hashes: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    for x in sorted(hashes):
+        h.update(x.encode())
+    return h.hexdigest()
+
+
+def _user_fields() -> dict:
+    """Return optional license/creator/description fields from [tool.labelkit.report] in pyproject.toml."""
+    import tomllib
+
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        path = folder / "pyproject.toml"
+        if path.is_file():
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError:
+                return {}
+            fields = data.get("tool", {}).get("labelkit", {}).get("report", {})
+            return {k: str(v) for k, v in fields.items() if k in ("license", "creator", "description", "name")}
+    return {}
+
+
+def _latest_model(ws: Workspace) -> dict | None:
+    cards = sorted((ws.root / "models").glob("*/model_card.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(cards[-1].read_text()) if cards else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The verb
+
+
+def render_html(data: dict, extra: dict) -> str:
+    """Return the report page for `data` (jinja2, autoescaped)."""
+    from jinja2 import Environment, PackageLoader, select_autoescape
+    from markupsafe import Markup
+
+    env = Environment(loader=PackageLoader("labelkit.report", "templates"), autoescape=select_autoescape(default=True))
+    env.filters["pct"] = lambda v, d=1: "—" if v is None else f"{100 * v:.{d}f}%"
+    env.filters["num"] = lambda v: "—" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:,.3g}")
+    figures = {k: Markup(v) if v.startswith("<svg") else v for k, v in extra["figures"].items()}
+    css = (Path(__file__).parent / "templates" / "report.css").read_text(encoding="utf-8")
+    return env.get_template("report.html").render(d=data, fig=figures, gal=extra["galleries"], notes=extra["notes"],
+                                                  css=Markup(css))
+
+
+def report(workspace: Workspace | Path | str = "labelkit-out", *, output: Path | str | None = None,
+           gallery_size: int = GALLERY_SIZE) -> ReportResult:
+    """Return where the report went; writes report.html (self-contained) and report.json."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    ws.require()
+    data, extra = build_report_data(ws, gallery_size=gallery_size)
+    html = render_html(data, extra)
+    html_path = Path(output) if output else ws.root / "report.html"
+    with atomic_path(html_path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    json_path = html_path.with_suffix(".json")
+    write_json(data, json_path)
+    return ReportResult(html_path=html_path, json_path=json_path, bytes=len(html.encode("utf-8")))
