@@ -191,15 +191,25 @@ def load_table(path: Path, *, encoding: str | None = None):
             df = pd.read_json(path, lines=True, dtype=False, encoding=enc)
         else:
             df = pd.read_parquet(path)
-    except UnicodeDecodeError as exc:
-        raise LabelkitError(
-            f"{path} is not valid {enc} (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-            "pass --encoding, e.g. --encoding latin-1.") from None
+    except UnicodeDecodeError:
+        raise LabelkitError(f"{path} is not valid {enc} ({_first_bad_byte(path, enc)}); "
+                            "pass --encoding, e.g. --encoding latin-1.") from None
     except (ValueError, pd.errors.ParserError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LabelkitError(f"Cannot read {path}: {first}") from None
     df.columns = [str(c) for c in df.columns]
     return df
+
+
+def _first_bad_byte(path: Path, encoding: str) -> str:
+    """Return where `path` first fails to decode, as 'byte 0xNN on line L'."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"byte 0x{data[exc.start]:02x} on line {line}"
+    return "undecodable bytes"
 
 
 def detect_column(columns: list[str], role: str, given: str | None, path: Path, *, required: bool) -> str | None:
