@@ -82,3 +82,16 @@ def text_ws(tmp_path_factory) -> Path:
     embed(ws)
     issues(ws)
     return ws
+
+
+@pytest.fixture(scope="session")
+def audited(tmp_path_factory):
+    """One audit of the sample digits through the CLI (pixels: no CLIP weights offline)."""
+    from labelkit.cli import main
+    import contextlib, io
+
+    ws = tmp_path_factory.mktemp("audit") / "ws"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["audit", str(SAMPLE / "digits"), "-w", str(ws), "--json"])
+    return code, buf.getvalue(), ws

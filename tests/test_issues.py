@@ -1,0 +1,217 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import SAMPLE, one_line
+from labelkit.errors import LabelkitError
+from labelkit.issues import (find_duplicates, find_label_issues, find_nearest_neighbors, get_out_of_sample_probs,
+                             get_outlier_scores, load_pred_probs)
+from labelkit.workspace import Workspace, sort_classes
+
+
+def blobs(n_per=150, k=4, d=20, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 4, (k, d))
+    X = np.concatenate([c + rng.normal(0, spread, (n_per, d)) for c in centers])
+    y = np.repeat(np.arange(k), n_per)
+    return X.astype(np.float32), y
+
+
+def flip(y, rate, k, seed=1):
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(len(y), size=int(rate * len(y)), replace=False)
+    noisy = y.copy()
+    noisy[idx] = (y[idx] + rng.integers(1, k, len(idx))) % k
+    return noisy, set(idx.tolist())
+
+
+def test_planted_errors_are_found_on_separable_data():
+    X, y = blobs()
+    noisy, planted = flip(y, 0.08, 4)
+    probs, folds, choice = get_out_of_sample_probs(X, noisy, n_classes=4)
+    found = find_label_issues(noisy, probs)
+    flagged = set(np.flatnonzero(found["is_label_issue"]).tolist())
+    assert len(flagged & planted) / len(planted) >= 0.95
+    assert len(flagged & planted) / len(flagged) >= 0.9
+    assert (found["suggested_label"][list(planted)] == y[list(planted)]).mean() >= 0.95
+    assert set(folds.tolist()) == set(range(5)) and choice.n_folds == 5
+    # Noise matrix columns are distributions; the diagonal dominates.
+    N = found["noise_matrix"]
+    assert np.allclose(N.sum(0), 1) and (np.diag(N) > 0.8).all()
+
+
+def test_label_issue_mask_equals_plain_cleanlab_on_the_same_probs():
+    from cleanlab.filter import find_label_issues as cl_find
+
+    X, y = blobs(spread=3.0, seed=3)
+    noisy, _ = flip(y, 0.15, 4)
+    probs, _, _ = get_out_of_sample_probs(X, noisy, n_classes=4)
+    for filter_by in ("prune_by_noise_rate", "both", "confident_learning"):
+        ours = find_label_issues(noisy, probs, filter_by=filter_by)["is_label_issue"]
+        assert np.array_equal(ours, cl_find(noisy, probs.astype(np.float32), filter_by=filter_by))
+
+
+def test_regularisation_is_chosen_by_log_loss_in_high_dimensions():
+    # 400 rows in 600 dims, 5% label noise: the weakest regularisation overfits.
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 100)
+    X = rng.normal(0, 1, (400, 600)).astype(np.float32)
+    X[:, :4] += 3 * np.eye(4)[y]
+    noisy, _ = flip(y, 0.05, 4)
+    _, _, choice = get_out_of_sample_probs(X, noisy, n_classes=4, C_grid=(0.001, 0.01, 1.0, 100.0))
+    assert choice.C < 1.0
+    losses = choice.cv_log_loss
+    assert losses[f"C={choice.C:g}"] == min(losses.values())
+
+
+def test_torch_probe_matches_sklearn_within_noise():
+    X, y = blobs(n_per=200, d=16, spread=3.0, seed=5)
+    p_sk, _, _ = get_out_of_sample_probs(X, y, n_classes=4, probe="sklearn", C_grid=(0.1,))
+    p_t, _, c = get_out_of_sample_probs(X, y, n_classes=4, probe="torch", C_grid=(0.1,))
+    assert c.engine == "torch"
+    assert np.abs(p_sk - p_t).mean() < 0.03
+    assert (p_sk.argmax(1) == p_t.argmax(1)).mean() > 0.97
+
+
+def test_singleton_class_is_a_clear_error():
+    X, y = blobs(n_per=10, k=2)
+    y = np.concatenate([y, [2]])
+    X = np.concatenate([X, X[:1]])
+    with pytest.raises(LabelkitError, match="Class id 2 has only 1 usable example"):
+        get_out_of_sample_probs(X, y, n_classes=3)
+
+
+def test_nearest_neighbours_duplicates_and_outliers_on_constructed_data():
+    rng = np.random.default_rng(0)
+    X = rng.normal(0, 1, (300, 16)).astype(np.float32)
+    X[10] = X[3] * 1.0001  # near duplicate of row 3
+    X[20] = X[5]  # exact duplicate in embedding space, different content hash
+    X[299] = 40 * np.ones(16)  # far away in direction
+    idx, sim = find_nearest_neighbors(X, k=5, max_block_bytes=4096)  # tiny blocks exercise the blocking
+    assert idx.shape == (300, 5) and (idx != np.arange(300)[:, None]).all()
+    assert idx[10, 0] == 3 and sim[10, 0] > 0.999 and idx[3, 0] == 10
+    # Blocked result equals a one-shot computation.
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    S = Xn @ Xn.T
+    np.fill_diagonal(S, -2)
+    assert np.allclose(sim[:, 0], S.max(1), atol=1e-5)
+    hashes = [f"h{i}" for i in range(300)]
+    hashes[150] = hashes[149]
+    dup_of, score, exact = find_duplicates(hashes, idx, sim, threshold=0.99)
+    assert dup_of[10] == 3 and dup_of[20] == 5 and dup_of[3] == -1 and dup_of[5] == -1
+    assert exact[150] and dup_of[150] == 149 and score[150] == 1.0
+    assert (dup_of >= 0).sum() == 3
+    scores, is_outlier = get_outlier_scores(sim)
+    assert scores.shape == (300,) and (scores > 0).all() and (scores <= 1).all()
+
+
+def test_outlier_far_from_clusters_is_flagged():
+    X, _ = blobs(n_per=100, k=3, d=8, spread=0.3)
+    X = np.concatenate([X, np.full((1, 8), 50.0, np.float32) * np.array([1, -1] * 4)])
+    _, sim = find_nearest_neighbors(X, k=10)
+    scores, flag = get_outlier_scores(sim)
+    assert flag[-1] and scores[-1] == scores.min()
+
+
+def test_class_order_integer_like_sorts_numerically():
+    assert sort_classes(["10", "2", "0", "1"]) == ["0", "1", "2", "10"]
+    assert sort_classes(["b", "10", "a"]) == ["10", "a", "b"]
+
+
+# --------------------------------------------------------------------------- --pred-probs
+
+
+@pytest.fixture
+def byo_ws(tmp_path):
+    """A table with labels but no data to embed: the bring-your-own-probabilities path."""
+    from labelkit.ingest import ingest
+
+    X, y = blobs(n_per=50, k=3, d=5, seed=2)
+    noisy, planted = flip(y, 0.1, 3)
+    names = np.array(["ant", "bee", "cat"])
+    table = tmp_path / "t.parquet"
+    pd.DataFrame({"id": [f"r{i}" for i in range(150)], "text": [f"row {i}" for i in range(150)],
+                  "y": names[noisy]}).to_parquet(table)
+    ingest(table, tmp_path / "ws", label_col="y")
+    probs, _, _ = get_out_of_sample_probs(X, noisy, n_classes=3)
+    return tmp_path / "ws", probs, planted
+
+
+def test_byo_pred_probs_path_without_embedding(cli, byo_ws, tmp_path):
+    ws, probs, planted = byo_ws
+    np.save(tmp_path / "p.npy", probs)
+    code, out, err = cli("issues", "-w", ws, "--pred-probs", tmp_path / "p.npy", "--json")
+    assert code == 0, err
+    summary = json.loads(out)["summary"]
+    assert summary["origin"] == "user" and summary["near_duplicates"] is None and summary["outliers"] is None
+    iss = pd.read_parquet(ws / "issues.parquet")
+    flagged = {int(i[1:]) for i in iss["id"][iss["is_label_issue"]]}
+    assert len(flagged & planted) / len(planted) >= 0.8
+    stored = pd.read_parquet(ws / "probs.parquet")
+    assert np.allclose(np.stack(stored["pred_probs"]), probs, atol=1e-6) and (stored["origin"] == "user").all()
+
+
+def test_pred_probs_keyed_by_id_and_reordered_by_classes_file(byo_ws, tmp_path):
+    ws, probs, _ = byo_ws
+    w = Workspace(ws)
+    items = w.read_items()
+    perm = np.random.default_rng(0).permutation(150)
+    df = pd.DataFrame(probs[perm][:, [2, 0, 1]], columns=["c", "a", "b"])
+    df.insert(0, "id", items["id"].to_numpy()[perm])
+    df.to_csv(tmp_path / "p.csv", index=False)
+    (tmp_path / "classes.txt").write_text("cat\nant\nbee\n")
+    got = load_pred_probs(tmp_path / "p.csv", ids=items["id"], usable=np.ones(150, bool), classes=w.classes(),
+                          classes_file=tmp_path / "classes.txt")
+    assert np.allclose(got, probs)
+    # Columns named after the classes are matched by name.
+    df.columns = ["id", "cat", "ant", "bee"]
+    df.to_csv(tmp_path / "named.csv", index=False)
+    got = load_pred_probs(tmp_path / "named.csv", ids=items["id"], usable=np.ones(150, bool), classes=w.classes())
+    assert np.allclose(got, probs)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda p: p[:, :2], " has 2 columns but the workspace has 3 classes (ant, bee, cat)."),
+    (lambda p: p[:100], " has 100 rows; expected 150 (one per item) or 150 (one per usable item), or an 'id' column."),
+    (lambda p: np.where(np.arange(150)[:, None] == 7, np.nan, p), ": row 8 (id 'r7') has a value that is not a finite number."),
+    (lambda p: p * np.where(np.arange(150)[:, None] == 4, 1.35, 1.0), ": row 5 (id 'r4') sums to 1.35, not 1 (tolerance 0.001); pass probabilities (softmax outputs), not logits."),
+    (lambda p: np.where(np.arange(150)[:, None] == 0, np.array([[-0.5, 1.0, 0.5]]), p), ": row 1 (id 'r0') has a negative probability."),
+])
+def test_pred_probs_validation_errors(cli, byo_ws, tmp_path, mutate, message):
+    ws, probs, _ = byo_ws
+    np.save(tmp_path / "bad.npy", mutate(probs.copy()))
+    code, _, err = cli("issues", "-w", ws, "--pred-probs", tmp_path / "bad.npy")
+    assert code == 2
+    assert one_line(err) == f"error: --pred-probs {tmp_path / 'bad.npy'}{message}"
+
+
+def test_issues_on_sample_digits_finds_most_planted_flips(digits_ws):
+    iss = pd.read_parquet(digits_ws / "issues.parquet")
+    key = pd.read_csv(SAMPLE / "digits" / "flipped.csv")
+    flagged, planted = set(iss["id"][iss["is_label_issue"]]), set(key["id"])
+    recall = len(flagged & planted) / len(planted)
+    precision = len(flagged & planted) / len(flagged)
+    assert recall >= 0.75 and precision >= 0.7
+    suggested = iss.set_index("id").loc[key["id"], "suggested_label"].astype(int)
+    assert (suggested.to_numpy() == key["true_label"].to_numpy()).mean() >= 0.7
+    summary = Workspace(digits_ws).read_manifest()["stages"]["issues"]
+    assert summary["probe"]["C"] < 1.0  # the regularised probe wins on 768-d pixels
+
+
+def test_issues_without_embeddings_says_what_to_run(cli, tmp_path):
+    from labelkit.ingest import ingest
+
+    ingest(SAMPLE / "text" / "reviews.csv", tmp_path / "ws")
+    code, _, err = cli("issues", "-w", tmp_path / "ws")
+    assert code == 2
+    assert one_line(err) == (f"error: No embeddings in {tmp_path / 'ws'}; run `labelkit embed -w {tmp_path / 'ws'}` first "
+                             "(or pass --pred-probs to skip embedding).")
+
+
+def test_text_sample_issues(text_ws):
+    iss = pd.read_parquet(text_ws / "issues.parquet")
+    key = pd.read_csv(SAMPLE / "text" / "flipped.csv")
+    flagged, planted = set(iss["id"][iss["is_label_issue"]]), set(key["id"])
+    assert len(flagged & planted) / len(planted) >= 0.8

@@ -1,0 +1,83 @@
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ARTIFACTS, SAMPLE
+from labelkit.ingest import ingest
+from labelkit.report import report
+
+
+def test_report_is_self_contained_and_matches_json(digits_copy):
+    result = report(digits_copy)
+    html = result.html_path.read_text()
+    data = json.loads(result.json_path.read_text())
+    assert result.bytes < 5_000_000
+    assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", html)  # no network requests
+    assert "<script" not in html.lower()
+    for section in ("facts", "issues-gallery", "noise-matrix", "embedding-map", "per-class", "duplicates",
+                    "outliers", "statistics", "variables", "provenance"):
+        assert f'id="{section}"' in html, section
+    assert data["rows"] == 1797 and data["issues"]["label_issues"] > 0
+    assert f"{100 * data['issues']['label_issue_rate']:.1f}%" in html
+    # The gallery starts with the lowest label quality, and most of what it shows are planted flips.
+    planted = set(l.split(",")[0] for l in (SAMPLE / "digits" / "flipped.csv").read_text().splitlines()[1:])
+    shown = data["label_issue_ids_shown"]
+    assert sum(i in planted for i in shown[:20]) >= 15
+
+
+def test_data_strings_are_escaped(tmp_path):
+    from labelkit.embed import embed
+    from labelkit.issues import issues
+
+    evil = "<script>alert(1)</script>"
+    rows = ["id,text,label"]
+    for i in range(60):
+        label = evil if i % 2 else "plain & simple"
+        text = f"<img src=x onerror=alert({i})> sample {i} " + ("alpha beta" if i % 2 else "gamma delta")
+        rows.append(f'{i},"{text}",{label}')
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    ingest(tmp_path / "t.csv", tmp_path / "ws")
+    embed(tmp_path / "ws")
+    issues(tmp_path / "ws")
+    html = report(tmp_path / "ws").html_path.read_text()
+    assert evil not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<script" not in html.lower()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_report_renders_in_headless_chromium(audited, tmp_path):
+    """Renders the report in a real browser, checks sections are visible and the console is clean."""
+    if _chromium() is None:
+        pytest.skip("Chromium is not installed here (.ci/run installs Debian's chromium package)")
+    from playwright.sync_api import sync_playwright
+
+    _, _, ws = audited
+    shutil.copytree(ws, tmp_path / "ws")
+    html = report(tmp_path / "ws").html_path
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        requests = []
+        page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
+        page.goto(html.resolve().as_uri())
+        for section in ("#facts", "#issues-gallery", "#noise-matrix svg", "#embedding-map img", "#verdict"):
+            assert page.locator(section).first.is_visible(), section
+        assert page.locator("#verdict").inner_text() == "FAIL"
+        assert page.locator("#issues-gallery .card").count() == 36
+        assert page.evaluate("document.querySelector('#embedding-map img').naturalWidth") > 100
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
+        browser.close()
+    assert errors == [] and requests == []
