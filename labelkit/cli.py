@@ -164,7 +164,7 @@ def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
     out.print(f"Class order: {', '.join(classes)}", highlight=False)
     if s.get("probe"):
         p = s["probe"]
-        out.print(f"Probe: {p['engine']} logistic regression, C={p['C']:g} chosen by {p['n_folds']}-fold log-loss "
+        out.print(f"Probe: {p['engine']} logistic regression on {p['features']} features, C={p['C']:g} chosen by {p['n_folds']}-fold log-loss "
                   f"({', '.join(f'{k}: {v:.3f}' for k, v in p['cv_log_loss'].items())}); "
                   f"out-of-sample accuracy {p['cv_accuracy']:.3f}", highlight=False)
     table = Table("check", "rows", "rate", title="Issues", title_justify="left")

@@ -25,6 +25,9 @@ FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learnin
 RANK_BY = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 PROBES = ("auto", "sklearn", "torch")
 DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+# Unit-norm embeddings (CLIP, MiniLM, pixels) also get a probe in their own geometry, where the
+# useful C is larger because features are small.
+RAW_C_GRID = (0.1, 1.0, 10.0, 100.0)
 SKLEARN_MAX_ROWS = 20_000
 Progress = Callable[[int, "int | None"], None]
 
@@ -38,6 +41,7 @@ class ProbeChoice:
     """Which probe produced the out-of-sample probabilities, and how the candidates scored."""
 
     engine: str
+    features: str
     C: float
     n_folds: int
     cv_log_loss: dict[str, float]
@@ -60,13 +64,13 @@ def _folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray
 
 
 class _SklearnProbe:
-    """Standardise + multinomial logistic regression, warm-started as C grows along the grid."""
+    """(Standardise +) multinomial logistic regression, warm-started as C grows along the grid."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, standardize: bool = True):
         from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
+        from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-        self.scaler = StandardScaler()
+        self.scaler = StandardScaler() if standardize else FunctionTransformer()
         self.model = LogisticRegression(max_iter=1000, warm_start=True, random_state=seed)
         self.fitted_scaler = False
 
@@ -83,15 +87,16 @@ class _SklearnProbe:
 
 
 class _TorchProbe:
-    def __init__(self, seed: int, device: str):
-        self.seed, self.device = seed, device
+    def __init__(self, seed: int, device: str, standardize: bool = True):
+        self.seed, self.device, self.standardize = seed, device, standardize
 
     def fit_predict(self, X_train, y_train, X_test, C: float, n_classes: int) -> np.ndarray:
-        return _fit_predict_torch(X_train, y_train, X_test, C, n_classes, self.seed, device=self.device)
+        return _fit_predict_torch(X_train, y_train, X_test, C, n_classes, self.seed, device=self.device,
+                                  standardize=self.standardize)
 
 
 def _fit_predict_torch(X_train, y_train, X_test, C: float, n_classes: int, seed: int, *, device: str = "cpu",
-                       epochs: int = 30, batch_size: int = 4096) -> np.ndarray:
+                       epochs: int = 30, batch_size: int = 4096, standardize: bool = True) -> np.ndarray:
     """Return softmax-regression probabilities trained by minibatch Adam on the same objective as
     scikit-learn's LogisticRegression: mean cross-entropy + ||W||² / (2 C n)."""
     import torch
@@ -99,6 +104,8 @@ def _fit_predict_torch(X_train, y_train, X_test, C: float, n_classes: int, seed:
     g = torch.Generator().manual_seed(seed)
     mean, std = X_train.mean(0), X_train.std(0)
     std[std == 0] = 1.0
+    if not standardize:
+        mean, std = np.zeros_like(mean), np.ones_like(std)
     Xt = torch.as_tensor((X_train - mean) / std, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y_train, dtype=torch.long, device=device)
     n, d = Xt.shape
@@ -123,13 +130,15 @@ def _fit_predict_torch(X_train, y_train, X_test, C: float, n_classes: int, seed:
 
 
 def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_classes: int | None = None,
-                            n_folds: int = 5, C_grid: Sequence[float] = DEFAULT_C_GRID, probe: str = "auto",
+                            n_folds: int = 5, C_grid: Sequence[float] = DEFAULT_C_GRID,
+                            raw_C_grid: Sequence[float] | None = RAW_C_GRID, probe: str = "auto",
                             device: str = "cpu", seed: int = 0,
                             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, ProbeChoice]:
     """Return (pred_probs of shape (n_samples, n_classes), fold per row, the probe chosen).
 
-    Each candidate regularisation C is run through the same stratified k folds; the one with the
-    lowest out-of-fold log-loss wins and its out-of-fold probabilities are returned.
+    Candidates are logistic regressions on standardised features (C in `C_grid`) and on the raw
+    features (C in `raw_C_grid`; None skips them). Each runs through the same stratified k folds;
+    the one with the lowest out-of-fold log-loss wins and its out-of-fold probabilities are returned.
 
     Parameters
     ----------
@@ -149,29 +158,40 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
                             f"Got {probe!r} instead.")
     engine = probe if probe != "auto" else ("sklearn" if len(labels) <= SKLEARN_MAX_ROWS else "torch")
     folds = _folds(labels, n_folds, seed)
-    probes = [_SklearnProbe(seed) if engine == "sklearn" else _TorchProbe(seed, device) for _ in folds]
     fold_of = np.empty(len(labels), dtype=np.int16)
     for f, (_, test) in enumerate(folds):
         fold_of[test] = f
     X = np.asarray(embeddings, dtype=np.float32)
-    best, scores, total, done = None, {}, len(C_grid) * len(folds), 0
-    # Out-of-fold log-loss is unimodal in C in practice: walk the grid upwards, stop once it worsens.
-    for C in sorted(C_grid):
-        probs = np.zeros((len(labels), n_classes))
-        for (train, test), model in zip(folds, probes):
-            probs[test] = model.fit_predict(X[train], labels[train], X[test], C, n_classes)
-            done += 1
-            if progress:
-                progress(done, total)
-        probs = np.clip(probs, 1e-12, 1.0)
-        probs /= probs.sum(1, keepdims=True)
-        scores[f"C={C:g}"] = float(log_loss(labels, probs, labels=np.arange(n_classes)))
-        if best is not None and scores[f"C={C:g}"] >= best[0]:
-            break
-        best = (scores[f"C={C:g}"], C, probs)
-    _, C, probs = best
+    families = [("standardized", True, sorted(C_grid))]
+    if raw_C_grid:
+        families.append(("raw", False, sorted(raw_C_grid)))
+    best, scores, done = None, {}, 0
+    total = sum(len(g) for _, _, g in families) * len(folds)
+    for family, standardize, grid in families:
+        probes = [_SklearnProbe(seed, standardize) if engine == "sklearn" else _TorchProbe(seed, device, standardize)
+                  for _ in folds]
+        family_best = np.inf
+        # Out-of-fold log-loss is unimodal in C in practice: walk the grid upwards, stop once it worsens.
+        for C in grid:
+            probs = np.zeros((len(labels), n_classes))
+            for (train, test), model in zip(folds, probes):
+                probs[test] = model.fit_predict(X[train], labels[train], X[test], C, n_classes)
+                done += 1
+                if progress:
+                    progress(done, total)
+            probs = np.clip(probs, 1e-12, 1.0)
+            probs /= probs.sum(1, keepdims=True)
+            name = f"{family} C={C:g}"
+            scores[name] = float(log_loss(labels, probs, labels=np.arange(n_classes)))
+            if best is None or scores[name] < best[0]:
+                best = (scores[name], C, probs, family)
+            if scores[name] >= family_best:
+                break
+            family_best = scores[name]
+    _, C, probs, family = best
     acc = float((probs.argmax(1) == labels).mean())
-    return probs, fold_of, ProbeChoice(engine=engine, C=C, n_folds=len(folds), cv_log_loss=scores, cv_accuracy=acc)
+    return probs, fold_of, ProbeChoice(engine=engine, features=family, C=C, n_folds=len(folds), cv_log_loss=scores,
+                                       cv_accuracy=acc)
 
 
 # ---------------------------------------------------------------------------------------------

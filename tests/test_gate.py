@@ -54,7 +54,10 @@ def test_audit_fails_default_gate_on_planted_noise_and_prints_only_json(audited)
 
 
 def test_audit_passes_with_a_looser_rule_and_exit_2_on_bad_input(cli, audited, tmp_path):
-    _, _, ws = audited
+    import shutil
+
+    ws = tmp_path / "copy"
+    shutil.copytree(audited[2], ws)  # the shared audited workspace stays as it was
     code, out, err = cli("audit", SAMPLE / "digits", "-w", ws, "--fail-on", "label_issue_rate>0.2", "--no-report")
     assert code == 0, err
     assert "Gate passed (rules from command line)" in one_line(err)

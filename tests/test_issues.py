@@ -60,16 +60,17 @@ def test_regularisation_is_chosen_by_log_loss_in_high_dimensions():
     X = rng.normal(0, 1, (400, 600)).astype(np.float32)
     X[:, :4] += 3 * np.eye(4)[y]
     noisy, _ = flip(y, 0.05, 4)
-    _, _, choice = get_out_of_sample_probs(X, noisy, n_classes=4, C_grid=(0.001, 0.01, 1.0, 100.0))
-    assert choice.C < 1.0
+    _, _, choice = get_out_of_sample_probs(X, noisy, n_classes=4, C_grid=(0.001, 0.01, 1.0, 100.0), raw_C_grid=None)
+    assert choice.C < 1.0 and choice.features == "standardized"
     losses = choice.cv_log_loss
-    assert losses[f"C={choice.C:g}"] == min(losses.values())
+    assert losses[f"standardized C={choice.C:g}"] == min(losses.values())
+    assert losses["standardized C=1"] > losses[f"standardized C={choice.C:g}"]
 
 
 def test_torch_probe_matches_sklearn_within_noise():
     X, y = blobs(n_per=200, d=16, spread=3.0, seed=5)
-    p_sk, _, _ = get_out_of_sample_probs(X, y, n_classes=4, probe="sklearn", C_grid=(0.1,))
-    p_t, _, c = get_out_of_sample_probs(X, y, n_classes=4, probe="torch", C_grid=(0.1,))
+    p_sk, _, _ = get_out_of_sample_probs(X, y, n_classes=4, probe="sklearn", C_grid=(0.1,), raw_C_grid=None)
+    p_t, _, c = get_out_of_sample_probs(X, y, n_classes=4, probe="torch", C_grid=(0.1,), raw_C_grid=None)
     assert c.engine == "torch"
     assert np.abs(p_sk - p_t).mean() < 0.03
     assert (p_sk.argmax(1) == p_t.argmax(1)).mean() > 0.97
@@ -197,7 +198,9 @@ def test_issues_on_sample_digits_finds_most_planted_flips(digits_ws):
     suggested = iss.set_index("id").loc[key["id"], "suggested_label"].astype(int)
     assert (suggested.to_numpy() == key["true_label"].to_numpy()).mean() >= 0.7
     summary = Workspace(digits_ws).read_manifest()["stages"]["issues"]
-    assert summary["probe"]["C"] < 1.0  # the regularised probe wins on 768-d pixels
+    probe = summary["probe"]
+    chosen = probe["cv_log_loss"][f"{probe['features']} C={probe['C']:g}"]
+    assert chosen == min(probe["cv_log_loss"].values()) and len(probe["cv_log_loss"]) >= 4
 
 
 def test_issues_without_embeddings_says_what_to_run(cli, tmp_path):
