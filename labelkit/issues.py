@@ -231,7 +231,7 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
         raise
     except Exception as exc:
         raise LabelkitError(f"Cannot read --pred-probs {path}: {str(exc).splitlines()[0]}") from None
-    matrix = np.asarray(matrix, dtype=np.float64)
+    matrix = np.asarray(matrix, dtype=np.float32)
     if matrix.ndim != 2:
         raise LabelkitError(f"--pred-probs {path} must be a 2-D matrix (rows × classes); got shape {matrix.shape}.")
     K = len(classes)
@@ -275,13 +275,14 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
     neg = (matrix < 0).any(1)
     if neg.any():
         raise LabelkitError(f"--pred-probs {path}: {describe(int(np.flatnonzero(neg)[0]))} has a negative probability.")
-    sums = matrix.sum(1)
+    sums = matrix.sum(1, dtype=np.float64)
     off = np.abs(sums - 1) > 1e-3
     if off.any():
         r = int(np.flatnonzero(off)[0])
         raise LabelkitError(f"--pred-probs {path}: {describe(r)} sums to {sums[r]:.4g}, not 1 (tolerance 0.001); "
                             "pass probabilities (softmax outputs), not logits.")
-    return matrix / sums[:, None]
+    matrix /= sums[:, None].astype(np.float32)
+    return matrix
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +440,6 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     usable = items["error"].isna().to_numpy() & (items["label_id"].to_numpy() >= 0)
     labels = items["label_id"].to_numpy()[usable].astype(np.int64)
     usable_ids = [i for i, u in zip(ids, usable) if u]
-    device = resolve_device(device)
 
     emb = None
     if embedding_key or pred_probs is None or manifest.get("stages", {}).get("embed"):
@@ -452,6 +452,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
                                     f"run `labelkit embed -w {ws.root}` again.")
             emb = matrix[[where[i] for i in usable_ids]]
             embedding_key = key
+            device = resolve_device(device)  # torch is only needed when there are embeddings
 
     if pred_probs is not None:
         probs = load_pred_probs(pred_probs, ids=ids, usable=usable, classes=classes, classes_file=classes_file)
