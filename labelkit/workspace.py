@@ -192,22 +192,6 @@ class Workspace:
         self.require()
         return pq.read_table(self.items_path, columns=columns).to_pandas()
 
-    def read_labels(self, version: str = "label") -> "np.ndarray":
-        """Return the label ids (int, -1 where missing) of label version `version` in items order."""
-        items = self.read_items(columns=["id", "label_id", "error"])
-        if version == "label":
-            return items["label_id"].to_numpy()
-        manifest = self.read_manifest()
-        versions = manifest.get("label_versions", {})
-        if version not in versions:
-            known = ", ".join(["label", *versions])
-            raise LabelkitError(f"Unknown label version {version!r}; this workspace has: {known}.")
-        table = pq.read_table(self.root / versions[version]["path"]).to_pandas()
-        classes = manifest["classes"]
-        index = {c: i for i, c in enumerate(classes)}
-        by_id = dict(zip(table["id"], table["label"]))
-        return np.array([index.get(by_id.get(i), -1) for i in items["id"]], dtype=np.int64)
-
 
 def read_embeddings(path: Path | str) -> tuple[list[str], np.ndarray]:
     """Return (ids, float32 matrix of shape (n, d)) from an embeddings table."""
