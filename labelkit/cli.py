@@ -13,6 +13,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from labelkit.errors import LabelkitError
@@ -58,7 +59,7 @@ def _print_json(data) -> None:
 
 def _warn(messages) -> None:
     for m in messages:
-        err.print(f"[bold red]WARNING:[/] {m}", highlight=False)
+        err.print(f"[bold red]WARNING:[/] {escape(m)}", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,12 +185,13 @@ def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
     out.print(f"→ {workspace}/issues.parquet, {workspace}/probs.parquet")
 
 
-def _print_gate(verdict: dict, source: str) -> None:
+def _print_gate(verdict: dict, source: str, what: str = "Gate") -> None:
     for r in verdict["results"]:
         mark = "[red]FAIL[/]" if r["failed"] else ("[yellow]skip[/]" if r["skipped"] else "[green]pass[/]")
         value = "n/a" if r["value"] is None else (f"{r['value']:.4g}" if isinstance(r["value"], float) else r["value"])
         err.print(f"  {mark} {r['rule']} (value {value})", highlight=False)
-    err.print(("[bold green]Gate passed[/]" if verdict["passed"] else "[bold red]Gate failed[/]") + f" (rules from {source})")
+    err.print((f"[bold green]{what} passed[/]" if verdict["passed"] else f"[bold red]{what} failed[/]")
+              + f" (rules from {source})")
 
 
 @app.command()
@@ -241,6 +243,76 @@ def report(workspace: Path = WorkspaceOpt,
 
 
 # --------------------------------------------------------------------------------------------
+def _key_values(pairs: List[str] | None, option: str) -> dict:
+    """Parse repeated KEY=VALUE options; values are JSON when they parse (0.7, true), else strings."""
+    out = {}
+    for pair in pairs or []:
+        k, sep, v = pair.partition("=")
+        if not sep or not k.strip():
+            raise LabelkitError(f"{option} expects KEY=VALUE, e.g. {option} q=0.7. Got {pair!r}.")
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+@app.command()
+def train(workspace: Path = WorkspaceOpt,
+          loss: str = typer.Option("ce", help="Loss from labelkit.losses: ce, label_smoothing, focal, gce, sce, elr, "
+                                              "mixup, rankmixup_mrl, rankmixup_mndcg, decoupled_mixup, cmixup, distill."),
+          param: Optional[List[str]] = typer.Option(None, "--param", help="Loss parameter KEY=VALUE (repeatable), e.g. q=0.7."),
+          labels: str = typer.Option("label", help="Training labels: label (as given), a version from `relabel --apply` "
+                                                   "(label_v2, …), or soft (relabel's aggregated votes)."),
+          subset: Optional[str] = typer.Option(None, help="Train only on subsets/NAME.parquet from `labelkit select`."),
+          eval_labels: str = typer.Option("label", help="Labels the held-out rows are scored against."),
+          name: Optional[str] = typer.Option(None, help="Model name (default LOSS-LABELS[-SUBSET]) → models/NAME/."),
+          head: str = typer.Option("mlp", help="mlp (one hidden layer) or linear."),
+          hidden: int = typer.Option(256, min=1, help="Hidden units of the mlp head."),
+          max_epochs: int = typer.Option(200, min=1, help="Upper bound on epochs (early stopping usually ends sooner)."),
+          patience: int = typer.Option(20, min=1, help="Epochs without a better validation NLL before stopping."),
+          batch_size: int = typer.Option(128, min=2, help="Rows per optimisation step."),
+          lr: float = typer.Option(1e-3, help="AdamW learning rate."),
+          weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
+          teacher: Optional[List[str]] = typer.Option(None, "--teacher", help="Teacher model(s) for --loss distill "
+                                                      "(default: the issues probe's probabilities)."),
+          check: bool = typer.Option(False, "--check", help="Check held-out metrics against thresholds; exit 1 on a miss."),
+          fail_on: Optional[List[str]] = typer.Option(None, "--fail-on", help="Threshold rule(s), e.g. 'accuracy<0.9,ece>0.05' "
+                                                      "(default: [tool.labelkit.train] fail_on in pyproject.toml)."),
+          device: str = typer.Option("auto", help="auto, cpu or cuda."),
+          seed: int = typer.Option(0, help="Seed of initialisation, batch order and mixing."),
+          as_json: bool = JsonOpt):
+    """Train a checked model on the embeddings; report accuracy, macro-F1, NLL, ECE and Brier on held-out rows."""
+    from labelkit.train import train as run
+
+    progress, update = _progress("Training (epochs)", quiet=as_json)
+    with progress:
+        result = run(workspace, loss=loss, loss_params=_key_values(param, "--param"), labels=labels, subset=subset,
+                     eval_labels=eval_labels, name=name, head=head, hidden=hidden, max_epochs=max_epochs,
+                     patience=patience, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                     teachers=teacher or (), check=check, fail_on=fail_on, device=device, seed=seed, progress=update)
+    card = result.card
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        m, t = card["metrics"], card["training"]
+        out.print(f"Model [bold]{card['name']}[/]: loss {card['loss']['name']} {card['loss']['params'] or ''}, labels "
+                  f"{card['labels']}" + (f", subset {card['subset']}" if card["subset"] else "")
+                  + f"; {t['rows']} training rows, stopped after {t['epochs']} epochs (best {t['best_epoch']})",
+                  highlight=False)
+        table = Table("metric", "value", title=f"Held-out: {card['heldout']['rows']} rows", title_justify="left",
+                      caption=f"scored against {card['eval_labels']!r} labels", caption_justify="left")
+        for k in ("accuracy", "macro_f1", "nll", "ece", "brier"):
+            table.add_row(k, f"{m[k]:.4f}")
+        out.print(table)
+        out.print(f"→ {result.model_dir}/model_card.json")
+        if result.check is not None:
+            _print_gate(result.check, result.check["source"], "Check")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------
 def main(argv: List[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 check failed, 2 bad usage or input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -252,7 +324,7 @@ def main(argv: List[str] | None = None) -> int:
     except LabelkitError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
@@ -266,7 +338,7 @@ def main(argv: List[str] | None = None) -> int:
         if debug:
             raise
         # An unexpected bug: still one line unless --debug.
-        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+        err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with --debug for a traceback)",
                   highlight=False, soft_wrap=True)
         return 3
 

@@ -29,7 +29,7 @@ METRICS = {
     "imbalance_ratio": "largest class count / smallest class count",
 }
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
-RULE_RE = re.compile(r"^\s*([a-z_]+)\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
+RULE_RE = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -42,27 +42,27 @@ class Rule:
         return f"{self.metric}{self.op}{self.threshold:g}"
 
 
-def parse_rules(spec: str | list[str] | tuple[str, ...]) -> list[Rule]:
+def parse_rules(spec: str | list[str] | tuple[str, ...], *, metrics: dict[str, str] = METRICS) -> list[Rule]:
     """Return the rules in `spec` (comma-separated string or list), or raise a user error."""
     parts = [p for s in ([spec] if isinstance(spec, str) else spec) for p in str(s).split(",") if p.strip()]
     rules = []
     for part in parts:
         m = RULE_RE.match(part)
         if not m:
-            raise LabelkitError(f"Cannot parse gate rule {part.strip()!r}; expected METRIC OP NUMBER, "
-                                "e.g. label_issue_rate>0.05.")
+            raise LabelkitError(f"Cannot parse rule {part.strip()!r}; expected METRIC OP NUMBER, "
+                                "e.g. label_issue_rate>0.05 or accuracy<0.9.")
         metric, op, value = m.groups()
-        if metric not in METRICS:
-            raise LabelkitError(f"Unknown gate metric {metric!r} in {part.strip()!r}; known: {', '.join(METRICS)}.")
+        if metric not in metrics:
+            raise LabelkitError(f"Unknown metric {metric!r} in {part.strip()!r}; known: {', '.join(metrics)}.")
         rules.append(Rule(metric, op, float(value)))
     return rules
 
 
-def find_config(start: Path | str = ".") -> tuple[list[str], Path] | None:
-    """Return (fail_on rules, file) from the nearest labelkit.toml or pyproject.toml with a gate section."""
+def find_config(start: Path | str = ".", *, section: str = "gate") -> tuple[list[str], Path] | None:
+    """Return (fail_on rules, file) from the nearest labelkit.toml or pyproject.toml with that section."""
     here = Path(start).resolve()
     for folder in [here, *here.parents]:
-        for name, section in (("labelkit.toml", ("gate",)), ("pyproject.toml", ("tool", "labelkit", "gate"))):
+        for name, keys in (("labelkit.toml", (section,)), ("pyproject.toml", ("tool", "labelkit", section))):
             path = folder / name
             if not path.is_file():
                 continue
@@ -70,7 +70,7 @@ def find_config(start: Path | str = ".") -> tuple[list[str], Path] | None:
                 data = tomllib.loads(path.read_text(encoding="utf-8"))
             except tomllib.TOMLDecodeError as exc:
                 raise LabelkitError(f"{path} is not valid TOML: {exc}.") from None
-            for key in section:
+            for key in keys:
                 data = data.get(key, {}) if isinstance(data, dict) else {}
             if isinstance(data, dict) and "fail_on" in data:
                 rules = data["fail_on"]
@@ -80,14 +80,16 @@ def find_config(start: Path | str = ".") -> tuple[list[str], Path] | None:
     return None
 
 
-def resolve_rules(cli_rules: list[str] | None, *, config_start: Path | str = ".") -> tuple[list[Rule], str]:
+def resolve_rules(cli_rules: list[str] | None, *, config_start: Path | str = ".", section: str = "gate",
+                  metrics: dict[str, str] = METRICS,
+                  default: tuple[str, ...] = DEFAULT_RULES) -> tuple[list[Rule], str]:
     """Return (rules, where they came from): the CLI's, else the config's, else the default."""
     if cli_rules:
-        return parse_rules(cli_rules), "command line"
-    found = find_config(config_start)
+        return parse_rules(cli_rules, metrics=metrics), "command line"
+    found = find_config(config_start, section=section)
     if found is not None:
-        return parse_rules(found[0]), str(found[1])
-    return parse_rules(list(DEFAULT_RULES)), "default"
+        return parse_rules(found[0], metrics=metrics), str(found[1])
+    return parse_rules(list(default), metrics=metrics), "default"
 
 
 def evaluate(rules: list[Rule], summary: dict) -> dict:

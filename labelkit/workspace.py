@@ -141,6 +141,13 @@ class Workspace:
     def relabels_path(self) -> Path:
         return self.root / "relabels.parquet"
 
+    @property
+    def soft_labels_path(self) -> Path:
+        return self.root / "soft_labels.parquet"
+
+    def label_version_path(self, name: str) -> Path:
+        return self.root / "labels" / f"{model_key(name)}.parquet"
+
     def embeddings_path(self, key: str) -> Path:
         return self.root / "embeddings" / f"{model_key(key)}.parquet"
 

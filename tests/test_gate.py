@@ -18,8 +18,8 @@ def test_parse_and_evaluate_rules():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("label_issue_rate>>0.05", "Cannot parse gate rule 'label_issue_rate>>0.05'; expected METRIC OP NUMBER, e.g. label_issue_rate>0.05."),
-    ("bogus>1", "Unknown gate metric 'bogus' in 'bogus>1'; known: label_issue_rate"),
+    ("label_issue_rate>>0.05", "Cannot parse rule 'label_issue_rate>>0.05'; expected METRIC OP NUMBER, e.g. label_issue_rate>0.05 or accuracy<0.9."),
+    ("bogus>1", "Unknown metric 'bogus' in 'bogus>1'; known: label_issue_rate"),
 ])
 def test_bad_rules_are_user_errors(spec, message):
     with pytest.raises(LabelkitError) as exc:

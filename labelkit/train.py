@@ -1,0 +1,496 @@
+"""`labelkit train`: a checked model on the curated data, trained through `labelkit.losses`.
+
+A linear or one-hidden-layer head on the workspace embeddings, trained on a fixed stratified
+split (the held-out part never changes between runs of the same workspace, so models trained on
+the data as labelled, as pruned and as relabelled are compared on the same rows), with early
+stopping on an inner validation part of the training rows. The model card records accuracy,
+macro-F1, NLL, ECE (15 bins) and Brier score on the held-out rows, and `--check` turns thresholds
+on them into exit code 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from labelkit.errors import LabelkitError, check_in_range
+from labelkit.workspace import Workspace, atomic_path, write_json
+
+HELDOUT_SPLITS = ("test", "val", "valid", "validation", "dev", "holdout")
+TRAIN_METRICS = {
+    "accuracy": "held-out accuracy",
+    "macro_f1": "held-out macro-averaged F1",
+    "nll": "held-out negative log-likelihood (log-loss)",
+    "ece": "held-out expected calibration error, 15 equal-width bins",
+    "brier": "held-out multi-class Brier score",
+}
+HEADS = ("linear", "mlp")
+Progress = Callable[[int, "int | None"], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> tuple[float, list[dict]]:
+    """Return (ECE, reliability bins) of the top-class confidence in `n_bins` equal-width bins.
+
+    ECE = Σ_b (|B_b| / n) · |accuracy(B_b) − confidence(B_b)| (Guo et al., "On Calibration of
+    Modern Neural Networks", ICML 2017). Bins are (lo, hi], the first one [0, hi].
+    """
+    conf = probs.max(1)
+    correct = probs.argmax(1) == labels
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece, reliability = 0.0, []
+    for b in range(n_bins):
+        m = bins == b
+        if not m.any():
+            continue
+        acc, avg = float(correct[m].mean()), float(conf[m].mean())
+        ece += m.mean() * abs(acc - avg)
+        reliability.append({"bin": b, "confidence": avg, "accuracy": acc, "count": int(m.sum())})
+    return float(ece), reliability
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Return accuracy, macro-F1, NLL, ECE-15, Brier and the reliability bins."""
+    from sklearn.metrics import f1_score
+
+    K = probs.shape[1]
+    p = np.clip(probs, 1e-12, 1.0)
+    onehot = np.eye(K)[labels]
+    ece, reliability = expected_calibration_error(probs, labels)
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((probs.argmax(1) == labels).mean()),
+        "macro_f1": float(f1_score(labels, probs.argmax(1), average="macro", labels=np.unique(labels))),
+        "nll": float(-np.log(p[np.arange(len(labels)), labels]).mean()),
+        "ece": ece,
+        "brier": float(((probs - onehot) ** 2).sum(1).mean()),
+        "reliability": reliability,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The split
+
+
+def _unit_hash(key: str) -> float:
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
+
+
+def _split_column_mask(split: Sequence[str | None] | None) -> np.ndarray | None:
+    """Return the test/val rows of a user split column, or None when it does not split the data."""
+    if split is None:
+        return None
+    mask = np.array([s is not None and str(s).lower() in HELDOUT_SPLITS for s in split])
+    return mask if mask.any() and not mask.all() else None
+
+
+def heldout_split(ids: Sequence[str], labels: np.ndarray, *, fraction: float = 0.2, salt: str = "heldout",
+                  split: Sequence[str | None] | None = None) -> np.ndarray:
+    """Return a boolean mask of held-out rows: fixed by the ids alone, stratified by class.
+
+    Within each class the rows with the smallest hash of (salt, id) are held out, ⌈fraction·n_c⌉ of
+    them (none for a class of one row), so the same workspace always gets the same split. When the
+    data has its own split column, its test/val rows are the held-out rows instead.
+    """
+    mask = _split_column_mask(split)
+    if mask is not None:
+        return mask
+    h = np.array([_unit_hash(f"{salt}:{i}") for i in ids])
+    mask = np.zeros(len(ids), bool)
+    for k in np.unique(labels):
+        rows = np.flatnonzero(labels == k)
+        n_out = int(np.ceil(fraction * len(rows))) if len(rows) > 1 else 0
+        mask[rows[np.argsort(h[rows], kind="stable")[:n_out]]] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and the loop
+
+
+def _head_class():
+    import torch
+    from torch import nn
+
+    class Head(nn.Module):
+        """Standardise, then linear, or Linear → ReLU → Linear; `features` / `classifier` split for mixup."""
+
+        def __init__(self, d_in: int, n_classes: int, *, hidden: int = 0, dropout: float = 0.0):
+            super().__init__()
+            self.n_classes, self.hidden = n_classes, hidden
+            self.register_buffer("mean", torch.zeros(d_in))
+            self.register_buffer("scale", torch.ones(d_in))
+            self.body = (nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout)) if hidden
+                         else nn.Identity())
+            self.classifier = nn.Linear(hidden or d_in, n_classes)
+
+        def features(self, x):
+            return self.body((x - self.mean) / self.scale)
+
+        def forward(self, x):
+            return self.classifier(self.features(x))
+
+    return Head
+
+
+def predict_proba(model, X: np.ndarray, *, device: str = "cpu", batch_size: int = 8192) -> np.ndarray:
+    """Return softmax probabilities of `model` on the rows of `X`."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(X), batch_size):
+            xb = torch.as_tensor(X[s:s + batch_size], dtype=torch.float32, device=device)
+            out.append(torch.softmax(model(xb).float(), 1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
+
+
+def fit_head(X: np.ndarray, targets: np.ndarray, *, loss, n_classes: int, X_val: np.ndarray, y_val: np.ndarray,
+             hidden: int = 256, dropout: float = 0.0, max_epochs: int = 200, batch_size: int = 128,
+             lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 20,
+             epoch_rows: list[np.ndarray] | None = None, seed: int = 0, device: str = "cpu",
+             progress: Progress | None = None):
+    """Train a head with `loss`; return (model at its best validation NLL, history dict).
+
+    `targets` is class indices (n,) or soft labels (n, n_classes). `y_val` (class indices) drives
+    early stopping: training stops after `patience` epochs without a lower validation NLL.
+    `epoch_rows` is an explicit per-epoch schedule of training rows (an RS2 subset); without it
+    every epoch is a shuffled pass over all rows.
+    """
+    import torch
+
+    torch.manual_seed(seed)  # weight init; the loss and the batch order have their own generators
+    gen = torch.Generator().manual_seed(seed)
+    Head = _head_class()
+    model = Head(X.shape[1], n_classes, hidden=hidden, dropout=dropout)
+    mean = X.mean(0)
+    scale = X.std(0)
+    model.mean.copy_(torch.as_tensor(mean))
+    model.scale.copy_(torch.as_tensor(np.where(scale > 1e-6, scale, 1.0)))
+    model.to(device)
+    loss.to(device)
+    Xt = torch.as_tensor(X, dtype=torch.float32, device=device)
+    Yt = torch.as_tensor(targets, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    n_epochs = len(epoch_rows) if epoch_rows is not None else max_epochs
+    best, best_state, since, history = np.inf, None, 0, {"val_nll": [], "epochs": 0}
+    yv = np.asarray(y_val)
+    for epoch in range(n_epochs):
+        model.train()
+        loss.train()
+        rows = (torch.as_tensor(epoch_rows[epoch], device=device)[torch.randperm(len(epoch_rows[epoch]), generator=gen).to(device)]
+                if epoch_rows is not None else torch.randperm(len(X), generator=gen).to(device))
+        for s in range(0, len(rows), batch_size):
+            idx = rows[s:s + batch_size]
+            if len(idx) < 2 and len(rows) > 1:
+                continue
+            value = loss.compute(model, Xt[idx], Yt[idx], index=idx)
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            opt.step()
+        probs = predict_proba(model, X_val, device=device)
+        nll = float(-np.log(np.clip(probs[np.arange(len(yv)), yv], 1e-12, 1)).mean()) if len(yv) else 0.0
+        history["val_nll"].append(nll)
+        history["epochs"] = epoch + 1
+        if progress:
+            progress(epoch + 1, n_epochs)
+        if nll < best - 1e-6:
+            best, since = nll, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            since += 1
+            if since >= patience and epoch_rows is None:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history["best_epoch"] = int(np.argmin(history["val_nll"])) + 1 if history["val_nll"] else 0
+    history["best_val_nll"] = float(best)
+    return model, history
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading labels, subsets and teachers from the workspace
+
+
+def read_labels(ws: Workspace, version: str, ids: Sequence[str], classes: list[str]) -> np.ndarray:
+    """Return the class ids (−1 = none) of `ids` under label `version`, or soft labels for 'soft'."""
+    if version == "label":
+        items = ws.read_items(columns=["id", "label_id"])
+        where = dict(zip(items["id"], items["label_id"]))
+        return np.array([where.get(i, -1) for i in ids], np.int64)
+    if version == "soft":
+        path = ws.soft_labels_path
+        if not path.exists():
+            raise LabelkitError(f"No soft labels in {ws.root}; run `labelkit relabel -w {ws.root}` first.")
+        table = pq.read_table(path, columns=["id", "soft_label"])
+        soft = np.asarray(table.column("soft_label").to_pylist(), np.float32)
+        where = dict(zip(table.column("id").to_pylist(), range(len(soft))))
+        out = np.full((len(ids), len(classes)), np.nan, np.float32)
+        for r, i in enumerate(ids):
+            if i in where:
+                out[r] = soft[where[i]]
+        return out
+    versions = ws.read_manifest().get("label_versions", {})
+    if version not in versions:
+        raise LabelkitError(f"Unknown label version {version!r} in {ws.root}; known: "
+                            f"{', '.join(['label', 'soft', *versions])}.")
+    table = pq.read_table(ws.label_version_path(version), columns=["id", "label"])
+    index = {c: k for k, c in enumerate(classes)}
+    where = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
+    return np.array([index.get(where.get(i), -1) for i in ids], np.int64)
+
+
+def read_subset(ws: Workspace, name: str):
+    """Return the subset table NAME as a DataFrame, or raise the user error naming known subsets."""
+    path = ws.subset_path(name)
+    if not path.exists():
+        known = sorted(p.stem for p in (ws.root / "subsets").glob("*.parquet"))
+        raise LabelkitError(f"No subset {name!r} in {ws.root}; known: {', '.join(known) or 'none'} "
+                            "(make one with `labelkit select`).")
+    return pq.read_table(path).to_pandas()
+
+
+def load_model(path: Path | str, device: str = "cpu"):
+    """Return (model, checkpoint dict) saved by :func:`train` in `path` (a models/<name> folder)."""
+    import torch
+
+    ckpt = torch.load(Path(path) / "model.pt", map_location=device, weights_only=True)
+    Head = _head_class()
+    model = Head(ckpt["d_in"], ckpt["n_classes"], hidden=ckpt["hidden"]).to(device)
+    model.load_state_dict(ckpt["state_dict"])
+    return model, ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# The verb
+
+
+@dataclass
+class TrainResult:
+    name: str
+    model_dir: Path
+    card: dict
+    check: dict | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.check is None or self.check["passed"]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "model_dir": str(self.model_dir), "card": self.card, "check": self.check,
+                "warnings": self.warnings}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("labelkit", "torch", "scikit-learn", "cleanlab", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce", loss_params: dict | None = None,
+          labels: str = "label", subset: str | None = None, eval_labels: str = "label", name: str | None = None,
+          head: str = "mlp", hidden: int = 256, max_epochs: int = 200, batch_size: int = 128, lr: float = 1e-3,
+          weight_decay: float = 1e-4, patience: int = 20, heldout_fraction: float = 0.2,
+          teachers: Sequence[str] = (), check: bool = False, fail_on: list[str] | None = None,
+          config_start: Path | str = ".", device: str = "auto", seed: int = 0,
+          progress: Progress | None = None) -> TrainResult:
+    """Train a head on the workspace embeddings with a loss from :mod:`labelkit.losses`.
+
+    Writes ``models/<name>/model.pt`` and ``model_card.json``. With `check` (or `fail_on` rules,
+    else ``[tool.labelkit.train] fail_on`` in the nearest pyproject.toml), the result carries a
+    verdict and the CLI exits 1 when a rule holds (e.g. ``accuracy<0.9``).
+    """
+    import torch
+
+    from labelkit import gate
+    from labelkit.embed import load_workspace_embeddings, resolve_device
+    from labelkit.losses import LOSSES, get_loss
+
+    started = time.perf_counter()
+    if head not in HEADS:
+        raise LabelkitError(f"The 'head' parameter of train must be one of {', '.join(HEADS)}. Got {head!r} instead.")
+    check_in_range(heldout_fraction, "heldout_fraction", "train", low=0, high=1, low_closed=False, high_closed=False)
+    check_in_range(max_epochs, "max_epochs", "train", low=1, kind="an int")
+    rules = None
+    if check or fail_on:
+        rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start, section="train",
+                                                 metrics=TRAIN_METRICS, default=())
+        if not rules:
+            raise LabelkitError("--check needs thresholds: pass --fail-on 'accuracy<0.9' or set "
+                                "[tool.labelkit.train] fail_on = [...] in pyproject.toml.")
+    if loss not in LOSSES:
+        raise LabelkitError(f"Unknown loss {loss!r}; known: {', '.join(sorted(LOSSES))}.")
+
+    ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    manifest = ws.read_manifest()
+    classes = manifest["classes"]
+    K = len(classes)
+    device = resolve_device(device)
+    key, emb_ids, matrix = load_workspace_embeddings(ws)
+    items = ws.read_items(columns=["id", "label_id", "split", "error"])
+    usable = items["error"].isna().to_numpy() & (items["label_id"].to_numpy() >= 0)
+    row_of = {i: r for r, i in enumerate(emb_ids)}
+    ids = [i for i, u in zip(items["id"], usable) if u and i in row_of]
+    if not ids:
+        raise LabelkitError(f"No usable embedded rows in {ws.root}; run `labelkit embed -w {ws.root}`.")
+    X_all = matrix[[row_of[i] for i in ids]]
+    given = read_labels(ws, "label", ids, classes)
+    split = items.set_index("id").loc[ids, "split"].tolist()
+    held = heldout_split(ids, given, fraction=heldout_fraction, split=split)
+
+    y_eval = given if eval_labels == "label" else read_labels(ws, eval_labels, ids, classes)
+    if y_eval.ndim == 2:
+        y_eval = np.where(np.isnan(y_eval).any(1), -1, np.nan_to_num(y_eval).argmax(1))
+    eval_rows = np.flatnonzero(held & (y_eval >= 0))
+
+    y_train_all = read_labels(ws, labels, ids, classes)
+    if y_train_all.ndim == 2:  # soft labels; rows without one fall back to the given label
+        missing = np.isnan(y_train_all).any(1)
+        y_train_all[missing] = np.eye(K, dtype=np.float32)[given[missing]]
+        has_label = np.ones(len(ids), bool)
+    else:
+        has_label = y_train_all >= 0
+
+    # Training rows: not held out, labelled, and in the subset when one is named.
+    train_mask = ~held & has_label
+    epoch_ids, synth = None, None
+    if subset is not None:
+        sub = read_subset(ws, subset)
+        real = sub[~sub.get("synthetic", False).astype(bool)] if "synthetic" in sub else sub
+        keep = set(real["id"])
+        train_mask &= np.array([i in keep for i in ids])
+        if "epoch" in sub and sub["epoch"].notna().any():
+            epoch_ids = [set(g["id"]) for _, g in real.groupby("epoch", sort=True)]
+        if "synthetic" in sub and sub["synthetic"].any():
+            synth = sub[sub["synthetic"].astype(bool)]
+    train_rows = np.flatnonzero(train_mask)
+    if len(train_rows) < 2:
+        raise LabelkitError(f"Only {len(train_rows)} training rows remain (held-out split, labels {labels!r}"
+                            + (f", subset {subset!r}" if subset else "") + "); nothing to train on.")
+
+    X_train = X_all[train_rows]
+    Y_train = y_train_all[train_rows]
+    n_synthetic = 0
+    if synth is not None:  # SMOTE rows; drop any whose parents include a held-out row (no leakage)
+        held_ids = {ids[r] for r in np.flatnonzero(held)}
+        ok = synth[[not (set(p) & held_ids) for p in synth["parent_ids"]]]
+        index = {c: k for k, c in enumerate(classes)}
+        if len(ok):
+            Xs = np.stack(ok["embedding"].to_numpy()).astype(np.float32)
+            ys = np.array([index[c] for c in ok["label"]], np.int64)
+            X_train = np.concatenate([X_train, Xs])
+            Y_train = (np.concatenate([Y_train, np.eye(K, dtype=np.float32)[ys]]) if Y_train.ndim == 2
+                       else np.concatenate([Y_train, ys]))
+            n_synthetic = len(ok)
+
+    # Inner validation rows for early stopping: a fixed 10 % of the real training rows.
+    inner = heldout_split([ids[r] for r in train_rows], given[train_rows], fraction=0.1, salt="inner")
+    fit_rows = np.concatenate([np.flatnonzero(~inner), np.arange(len(train_rows), len(X_train))])
+    val_rows = np.flatnonzero(inner)
+    y_val = Y_train[val_rows] if Y_train.ndim == 1 else Y_train[val_rows].argmax(1)
+
+    epoch_rows = None
+    if epoch_ids is not None:
+        fit_ids = [ids[train_rows[r]] if r < len(train_rows) else None for r in fit_rows]
+        epoch_rows = [np.array([j for j, i in enumerate(fit_ids) if i in e], np.int64) for e in epoch_ids]
+        epoch_rows = [e for e in epoch_rows if len(e)]
+
+    params = dict(loss_params or {})
+    if LOSSES[loss].needs_index:
+        params |= {"n_samples": len(fit_rows), "n_classes": K}
+    if loss != "distill" and teachers:
+        raise LabelkitError("--teacher only applies to --loss distill.")
+    targets = Y_train[fit_rows]
+    teacher_names: list[str] = []
+    if loss == "distill":
+        targets, teacher_names = _teacher_targets(ws, teachers, X_train[fit_rows],
+                                                  [ids[train_rows[r]] for r in fit_rows if r < len(train_rows)],
+                                                  device=device)
+    loss_fn = get_loss(loss, **params)
+
+    model, history = fit_head(X_train[fit_rows], targets, loss=loss_fn, n_classes=K, X_val=X_train[val_rows],
+                              y_val=y_val, hidden=hidden if head == "mlp" else 0, max_epochs=max_epochs,
+                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                              epoch_rows=epoch_rows, seed=seed, device=device, progress=progress)
+    probs = predict_proba(model, X_all[eval_rows], device=device)
+    metrics = classification_metrics(probs, y_eval[eval_rows])
+
+    name = name or "-".join([loss, labels] + ([subset] if subset else []))
+    out_dir = ws.model_dir(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = {"state_dict": model.state_dict(), "d_in": int(X_all.shape[1]), "n_classes": K,
+            "hidden": hidden if head == "mlp" else 0, "classes": classes, "embedding_key": key}
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save(ckpt, tmp)
+    data_hash = hashlib.sha256("\n".join(f"{ids[r]}\t{_label_repr(Y_train[j])}" for j, r in enumerate(train_rows)).encode()).hexdigest()
+    card = {
+        "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "embedding_key": key, "labels": labels, "eval_labels": eval_labels, "subset": subset,
+        "loss": {"name": loss, "params": {k: v for k, v in loss_fn.params().items()}},
+        "teachers": teacher_names,
+        "head": {"type": head, "hidden": hidden if head == "mlp" else 0},
+        "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
+        "training": {"rows": int(len(fit_rows)), "synthetic_rows": n_synthetic, "inner_validation_rows": int(len(val_rows)),
+                     "epochs": history["epochs"], "best_epoch": history["best_epoch"],
+                     "best_val_nll": history["best_val_nll"], "early_stopping_patience": patience,
+                     "schedule": "rs2 subset" if epoch_rows is not None else "full passes"},
+        "heldout": {"rows": int(len(eval_rows)), "fraction": heldout_fraction,
+                    "source": "split column" if _split_column_mask(split) is not None else "hash of id"},
+        "data_hash": data_hash, "metrics": metrics, "classes": classes, "seed": seed, "device": device,
+        "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
+    }
+    verdict = None
+    if rules is not None:
+        verdict = gate.evaluate(rules, metrics) | {"source": rules_source}
+        card["check"] = verdict
+    write_json(card, out_dir / "model_card.json")
+    ws.update_stage("train", {"latest": name, "metrics": {k: v for k, v in metrics.items() if k != "reliability"}})
+    return TrainResult(name=name, model_dir=out_dir, card=card, check=verdict)
+
+
+def _label_repr(y) -> str:
+    return str(int(y)) if np.ndim(y) == 0 else ",".join(f"{v:.4f}" for v in y)
+
+
+def _teacher_targets(ws: Workspace, teachers: Sequence[str], X: np.ndarray, real_ids: list[str], *, device: str):
+    """Return (averaged teacher probabilities for the rows of X, teacher names) for distillation."""
+    from labelkit.losses import ensemble_soft_targets
+    import torch
+
+    if teachers:
+        probs = []
+        for t in teachers:
+            d = ws.model_dir(t)
+            if not (d / "model.pt").exists():
+                raise LabelkitError(f"No model {t!r} in {ws.root}/models; train it first.")
+            model, _ = load_model(d, device)
+            probs.append(torch.as_tensor(predict_proba(model, X, device=device)))
+        return ensemble_soft_targets(probs).numpy(), list(teachers)
+    # Default teacher: the out-of-sample probe of `labelkit issues`.
+    if not ws.probs_path.exists():
+        raise LabelkitError(f"--loss distill needs teachers: pass --teacher MODEL or run `labelkit issues -w {ws.root}`.")
+    table = pq.read_table(ws.probs_path, columns=["id", "pred_probs"])
+    where = dict(zip(table.column("id").to_pylist(), range(table.num_rows)))
+    P = np.asarray(table.column("pred_probs").to_pylist(), np.float32)
+    if len(real_ids) != len(X):
+        raise LabelkitError("--loss distill with the probe as teacher cannot use synthetic rows; pass --teacher MODEL.")
+    return P[[where[i] for i in real_ids]], ["issues probe (probs.parquet)"]
+
