@@ -243,6 +243,73 @@ def report(workspace: Path = WorkspaceOpt,
 
 
 # --------------------------------------------------------------------------------------------
+def _strategy(value: Optional[str]):
+    """An imbalanced-learn sampling strategy from the CLI: a float, a JSON dict, or a keyword."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+@app.command()
+def select(method: str = typer.Argument(..., help="rs2, dsir, smote or prune."),
+           workspace: Path = WorkspaceOpt,
+           name: Optional[str] = typer.Option(None, help="Subset name (default: the method) → subsets/NAME.parquet."),
+           fraction: Optional[float] = typer.Option(None, help="rs2: fraction of rows per epoch, in (0, 1]."),
+           epochs: Optional[int] = typer.Option(None, help="rs2: number of epochs to schedule."),
+           class_balanced: Optional[bool] = typer.Option(None, "--class-balanced", help="rs2: sample each class separately."),
+           target: Optional[Path] = typer.Option(None, help="dsir: target workspace folder, or a .txt/.csv/.jsonl/.parquet of texts."),
+           k: Optional[int] = typer.Option(None, "--k", help="dsir: number of rows to select."),
+           buckets: Optional[int] = typer.Option(None, help="dsir: hashed n-gram buckets (text, 10000) or k-means clusters (images, 64)."),
+           k_neighbors: Optional[int] = typer.Option(None, help="smote: nearest same-class neighbours (default 5)."),
+           sampling_strategy: Optional[str] = typer.Option(None, help="smote: imbalanced-learn sampling_strategy (auto, minority, "
+                                                           "not majority, a float, or JSON {\"class\": count})."),
+           undersample: Optional[str] = typer.Option(None, help="smote: then randomly undersample with this strategy "
+                                                     "(e.g. majority, or JSON {\"class\": count})."),
+           drop: Optional[List[str]] = typer.Option(None, "--drop", help="prune: label_issues, duplicates, outliers "
+                                                    "(repeatable or comma-separated; default label_issues)."),
+           keep_fraction: Optional[float] = typer.Option(None, help="prune: keep this fraction with the best label quality instead."),
+           seed: Optional[int] = typer.Option(None, help="Seed (rs2, dsir, smote)."),
+           as_json: bool = JsonOpt):
+    """Write a training subset: RS2 schedule, DSIR resample, SMOTE oversample or confident-learning prune."""
+    from labelkit.selection import METHODS
+    from labelkit.selection import select as run
+
+    given = {"fraction": fraction, "epochs": epochs, "class_balanced": class_balanced, "target": target, "k": k,
+             "n_buckets": buckets, "k_neighbors": k_neighbors, "sampling_strategy": _strategy(sampling_strategy),
+             "undersample": _strategy(undersample),
+             "drop": [d.strip() for x in drop for d in x.split(",") if d.strip()] if drop else None,
+             "keep_fraction": keep_fraction, "seed": seed}
+    applies = {"rs2": {"fraction", "epochs", "class_balanced", "seed"}, "dsir": {"target", "k", "n_buckets", "seed"},
+               "smote": {"k_neighbors", "sampling_strategy", "undersample", "seed"}, "prune": {"drop", "keep_fraction"}}
+    if method not in METHODS:
+        raise LabelkitError(f"Unknown selection method {method!r}; choose from {', '.join(METHODS)}.")
+    options = {key: v for key, v in given.items() if v is not None}
+    stray = sorted(set(options) - applies[method])
+    if stray:
+        raise LabelkitError(f"--{stray[0].replace('n_buckets', 'buckets').replace('_', '-')} does not apply to {method}.")
+    if method == "dsir" and (target is None or k is None):
+        raise LabelkitError("dsir needs --target TARGET and --k N.")
+    result = run(workspace, method, name=name, **options)
+    if as_json:
+        return _print_json(result.to_dict())
+    d = result.to_dict()
+    extra = {key: v for key, v in d.items() if key not in ("name", "method", "path", "size", "class_counts_before",
+                                                          "class_counts_after")}
+    out.print(f"Subset [bold]{result.name}[/] ({method}): {result.size} rows → {workspace}/{result.path}", highlight=False)
+    if "kl_reduction" in d:
+        out.print(f"KL reduction towards the target: {d['kl_reduction']:.4f}")
+    table = Table("class", "before", "after" + (" (epoch 0)" if d.get("per_epoch") else ""), title="Class counts",
+                  title_justify="left")
+    for c, before in result.class_counts_before.items():
+        table.add_row(c, str(before), str(result.class_counts_after.get(c, 0)))
+    out.print(table)
+    out.print(", ".join(f"{key}={v}" for key, v in extra.items() if key != "kl_reduction"), highlight=False)
+
+
+# --------------------------------------------------------------------------------------------
 def _key_values(pairs: List[str] | None, option: str) -> dict:
     """Parse repeated KEY=VALUE options; values are JSON when they parse (0.7, true), else strings."""
     out = {}
