@@ -310,6 +310,61 @@ def select(method: str = typer.Argument(..., help="rs2, dsir, smote or prune."),
 
 
 # --------------------------------------------------------------------------------------------
+@app.command()
+def relabel(workspace: Path = WorkspaceOpt,
+            with_: str = typer.Option(..., "--with", help="clip (zero-shot on CLIP image embeddings) or llm "
+                                                          "(OpenAI-compatible chat endpoint, text items)."),
+            all_items: bool = typer.Option(False, "--all", help="Ask about every item, not only those `issues` flagged."),
+            endpoint: Optional[str] = typer.Option(None, help="llm: server URL, e.g. http://localhost:8000/v1 (vLLM) or "
+                                                              "http://localhost:11434/v1 (Ollama)."),
+            llm_model: Optional[str] = typer.Option(None, help="llm: model name the server knows."),
+            api_key_env: str = typer.Option("OPENAI_API_KEY", help="llm: environment variable holding the API key "
+                                                                   "(sent as a bearer token, never printed)."),
+            concurrency: int = typer.Option(4, min=1, help="llm: requests in flight at once."),
+            timeout: float = typer.Option(30.0, help="llm: seconds before a request is abandoned."),
+            retries: int = typer.Option(3, min=0, help="llm: retries on 429, 5xx, timeouts (exponential backoff)."),
+            prompt: Optional[List[str]] = typer.Option(None, "--prompt", help="clip: prompt template(s) with {} for the "
+                                                       "class name (default: an 8-template ensemble)."),
+            class_names: Optional[Path] = typer.Option(None, help="clip: JSON {class: name} or CSV lines CLASS,NAME "
+                                                                  "used in prompts."),
+            threshold: float = typer.Option(0.5, help="clip: accept a proposal at this probability or more (and only "
+                                                      "when the probe agrees)."),
+            top_k_per_class: Optional[int] = typer.Option(None, help="clip: accept at most K proposals per class."),
+            temperature: Optional[float] = typer.Option(None, help="clip: softmax temperature (default: the model's "
+                                                                   "1/logit_scale)."),
+            device: str = typer.Option("auto", help="auto, cpu or cuda."),
+            apply: bool = typer.Option(False, "--apply", help="Write the next label version (label_v2, …) from the "
+                                                              "aggregated votes; `label` is never changed."),
+            as_json: bool = JsonOpt):
+    """Propose labels by CLIP zero-shot or an LLM; aggregate votes into soft labels; optionally apply."""
+    from labelkit.relabel import relabel as run
+
+    progress, update = _progress("Asking", quiet=as_json)
+    with progress:
+        result = run(workspace, method=with_, all_items=all_items, endpoint=endpoint, llm_model=llm_model,
+                     api_key_env=api_key_env, concurrency=concurrency, timeout=timeout, max_retries=retries,
+                     prompts=prompt, class_names=class_names, threshold=threshold, top_k_per_class=top_k_per_class,
+                     temperature=temperature, device=device, apply=apply, progress=update)
+    if as_json:
+        return _print_json(result.to_dict())
+    out.print(f"{result.method}: asked {result.asked}, answered {result.answered}, abstained {result.abstained}, "
+              f"failed {result.failed}" + (f" ({result.cached} from cache)" if result.cached else "")
+              + f"; accepted {result.accepted}", highlight=False)
+    for error, n in result.errors.items():
+        _warn([f"{n} requests failed: {error}"])
+    changes = [p for p in result.proposals if p["proposed_label"] and p["proposed_label"] != p["given_label"]]
+    if changes:
+        t = Table("id", "given", "proposed", "accepted", title="Proposed changes", title_justify="left")
+        for p in changes[:15]:
+            t.add_row(p["id"], p["given_label"], p["proposed_label"], "yes" if p["accepted"] else "no")
+        out.print(t)
+    out.print(f"→ {workspace}/relabels.parquet, {workspace}/soft_labels.parquet")
+    if result.label_version:
+        out.print(f"Applied: [bold]{result.label_version}[/] ({result.changed} labels changed); train on it with "
+                  f"`labelkit train --labels {result.label_version}`", highlight=False)
+
+
+# --------------------------------------------------------------------------------------------
 def _key_values(pairs: List[str] | None, option: str) -> dict:
     """Parse repeated KEY=VALUE options; values are JSON when they parse (0.7, true), else strings."""
     out = {}
@@ -337,7 +392,9 @@ def train(workspace: Path = WorkspaceOpt,
           head: str = typer.Option("mlp", help="mlp (one hidden layer) or linear."),
           hidden: int = typer.Option(256, min=1, help="Hidden units of the mlp head."),
           max_epochs: int = typer.Option(200, min=1, help="Upper bound on epochs (early stopping usually ends sooner)."),
-          patience: int = typer.Option(20, min=1, help="Epochs without a better validation NLL before stopping."),
+          patience: int = typer.Option(20, min=1, help="Epochs without a better validation score before stopping."),
+          monitor: str = typer.Option("accuracy", help="Early stopping on the inner validation rows: accuracy, nll, "
+                                                       "or none (train --max-epochs, keep the last weights)."),
           batch_size: int = typer.Option(128, min=2, help="Rows per optimisation step."),
           lr: float = typer.Option(1e-3, help="AdamW learning rate."),
           weight_decay: float = typer.Option(1e-4, help="AdamW weight decay."),
@@ -356,7 +413,7 @@ def train(workspace: Path = WorkspaceOpt,
     with progress:
         result = run(workspace, loss=loss, loss_params=_key_values(param, "--param"), labels=labels, subset=subset,
                      eval_labels=eval_labels, name=name, head=head, hidden=hidden, max_epochs=max_epochs,
-                     patience=patience, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                     patience=patience, monitor=None if monitor == "none" else monitor, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                      teachers=teacher or (), check=check, fail_on=fail_on, device=device, seed=seed, progress=update)
     card = result.card
     if as_json:

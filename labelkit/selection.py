@@ -21,6 +21,7 @@ log_weight DSIR only: the example's log importance weight
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -90,13 +91,25 @@ def rs2_schedule(labels: np.ndarray, *, fraction: float, epochs: int, class_bala
 # DSIR
 
 
-def hashed_ngram_counts(texts: Sequence[str], *, n_buckets: int = 10_000):
-    """Return a sparse (n_texts, n_buckets) matrix of hashed unigram + bigram counts (lowercased words)."""
+def hashed_ngram_counts(texts: Sequence[str], *, n_buckets: int = 10_000, n_jobs: int | None = None):
+    """Return a sparse (n_texts, n_buckets) matrix of hashed unigram + bigram counts (lowercased words).
+
+    Large inputs are hashed in chunks on `n_jobs` processes (default: all cores); the hashing is
+    stateless, so the result does not depend on the chunking.
+    """
+    import scipy.sparse as sp
     from sklearn.feature_extraction.text import HashingVectorizer
 
     vec = HashingVectorizer(n_features=n_buckets, ngram_range=(1, 2), alternate_sign=False, norm=None,
                             lowercase=True, token_pattern=r"(?u)\b\w+\b", dtype=np.float32)
-    return vec.transform(texts).tocsr()
+    n_jobs = n_jobs or os.cpu_count() or 1
+    if n_jobs == 1 or len(texts) < 50_000:
+        return vec.transform(texts).tocsr()
+    from joblib import Parallel, delayed
+
+    step = -(-len(texts) // (4 * n_jobs))
+    parts = Parallel(n_jobs=n_jobs)(delayed(vec.transform)(texts[i:i + step]) for i in range(0, len(texts), step))
+    return sp.vstack(parts).tocsr()
 
 
 def cluster_bucket_counts(embeddings: np.ndarray, target_embeddings: np.ndarray, *, n_buckets: int = 64,

@@ -159,8 +159,8 @@ def predict_proba(model, X: np.ndarray, *, device: str = "cpu", batch_size: int 
 def fit_head(X: np.ndarray, targets: np.ndarray, *, loss, n_classes: int, X_val: np.ndarray, y_val: np.ndarray,
              hidden: int = 256, dropout: float = 0.0, max_epochs: int = 200, batch_size: int = 128,
              lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 20,
-             epoch_rows: list[np.ndarray] | None = None, seed: int = 0, device: str = "cpu",
-             progress: Progress | None = None):
+             epoch_rows: list[np.ndarray] | None = None, monitor: str | None = "accuracy", seed: int = 0,
+             device: str = "cpu", progress: Progress | None = None):
     """Train a head with `loss`; return (model at its best validation NLL, history dict).
 
     `targets` is class indices (n,) or soft labels (n, n_classes). `y_val` (class indices) drives
@@ -184,7 +184,9 @@ def fit_head(X: np.ndarray, targets: np.ndarray, *, loss, n_classes: int, X_val:
     Yt = torch.as_tensor(targets, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     n_epochs = len(epoch_rows) if epoch_rows is not None else max_epochs
-    best, best_state, since, history = np.inf, None, 0, {"val_nll": [], "epochs": 0}
+    if monitor not in ("nll", "accuracy", None):
+        raise LabelkitError(f"The 'monitor' parameter of fit_head must be nll, accuracy or None. Got {monitor!r} instead.")
+    best, best_state, since, history = np.inf, None, 0, {"val_nll": [], "epochs": 0, "best_epoch": 0}
     yv = np.asarray(y_val)
     for epoch in range(n_epochs):
         model.train()
@@ -205,17 +207,22 @@ def fit_head(X: np.ndarray, targets: np.ndarray, *, loss, n_classes: int, X_val:
         history["epochs"] = epoch + 1
         if progress:
             progress(epoch + 1, n_epochs)
-        if nll < best - 1e-6:
-            best, since = nll, 0
+        if monitor is None:
+            continue
+        score = nll if monitor == "nll" else -float((probs.argmax(1) == yv).mean()) if len(yv) else 0.0
+        if score < best - 1e-6:
+            best, since = score, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            history["best_epoch"] = epoch + 1
         else:
             since += 1
             if since >= patience and epoch_rows is None:
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-    history["best_epoch"] = int(np.argmin(history["val_nll"])) + 1 if history["val_nll"] else 0
-    history["best_val_nll"] = float(best)
+    if monitor is None:
+        history["best_epoch"] = history["epochs"]
+    history["best_val_nll"] = history["val_nll"][history["best_epoch"] - 1] if history["val_nll"] else None
     return model, history
 
 
@@ -308,7 +315,8 @@ def _versions() -> dict:
 def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce", loss_params: dict | None = None,
           labels: str = "label", subset: str | None = None, eval_labels: str = "label", name: str | None = None,
           head: str = "mlp", hidden: int = 256, max_epochs: int = 200, batch_size: int = 128, lr: float = 1e-3,
-          weight_decay: float = 1e-4, patience: int = 20, heldout_fraction: float = 0.2,
+          weight_decay: float = 1e-4, patience: int = 20, monitor: str | None = "accuracy",
+          heldout_fraction: float = 0.2,
           teachers: Sequence[str] = (), check: bool = False, fail_on: list[str] | None = None,
           config_start: Path | str = ".", device: str = "auto", seed: int = 0,
           progress: Progress | None = None) -> TrainResult:
@@ -429,7 +437,7 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     model, history = fit_head(X_train[fit_rows], targets, loss=loss_fn, n_classes=K, X_val=X_train[val_rows],
                               y_val=y_val, hidden=hidden if head == "mlp" else 0, max_epochs=max_epochs,
                               batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                              epoch_rows=epoch_rows, seed=seed, device=device, progress=progress)
+                              epoch_rows=epoch_rows, monitor=monitor, seed=seed, device=device, progress=progress)
     probs = predict_proba(model, X_all[eval_rows], device=device)
     metrics = classification_metrics(probs, y_eval[eval_rows])
 
@@ -450,7 +458,7 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
         "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
         "training": {"rows": int(len(fit_rows)), "synthetic_rows": n_synthetic, "inner_validation_rows": int(len(val_rows)),
                      "epochs": history["epochs"], "best_epoch": history["best_epoch"],
-                     "best_val_nll": history["best_val_nll"], "early_stopping_patience": patience,
+                     "best_val_nll": history["best_val_nll"], "early_stopping_patience": patience, "monitor": monitor,
                      "schedule": "rs2 subset" if epoch_rows is not None else "full passes"},
         "heldout": {"rows": int(len(eval_rows)), "fraction": heldout_fraction,
                     "source": "split column" if _split_column_mask(split) is not None else "hash of id"},
