@@ -262,26 +262,29 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
         describe = lambda r: f"row for id {labels_for[r]!r} (file row {position[labels_for[r]] + 1})"
     elif len(matrix) == len(ids):
         source_rows = np.flatnonzero(usable)
-        matrix = matrix[usable]
+        if len(source_rows) < len(ids):  # no 400 MB copy when every row is usable
+            matrix = matrix[usable]
         describe = lambda r: f"row {source_rows[r] + 1} (id {ids[source_rows[r]]!r})"
     elif len(matrix) == len(usable_ids):
         describe = lambda r: f"row {r + 1} (id {usable_ids[r]!r})"
     else:
         raise LabelkitError(f"--pred-probs {path} has {len(matrix)} rows; expected {len(ids)} (one per item) or "
                             f"{len(usable_ids)} (one per usable item), or an 'id' column.")
-    bad = ~np.isfinite(matrix).all(1)
-    if bad.any():
-        raise LabelkitError(f"--pred-probs {path}: {describe(int(np.flatnonzero(bad)[0]))} has a value that is not a finite number.")
-    neg = (matrix < 0).any(1)
-    if neg.any():
-        raise LabelkitError(f"--pred-probs {path}: {describe(int(np.flatnonzero(neg)[0]))} has a negative probability.")
+    # One pass for the sums and one for the minimum; rows are only searched on failure.
     sums = matrix.sum(1, dtype=np.float64)
+    if not np.isfinite(sums).all():  # a row sum is finite exactly when all its values are
+        r = int(np.flatnonzero(~np.isfinite(matrix).all(1))[0])
+        raise LabelkitError(f"--pred-probs {path}: {describe(r)} has a value that is not a finite number.")
+    if matrix.size and matrix.min() < 0:
+        raise LabelkitError(f"--pred-probs {path}: {describe(int(np.flatnonzero((matrix < 0).any(1))[0]))} has a "
+                            "negative probability.")
     off = np.abs(sums - 1) > 1e-3
     if off.any():
         r = int(np.flatnonzero(off)[0])
         raise LabelkitError(f"--pred-probs {path}: {describe(r)} sums to {sums[r]:.4g}, not 1 (tolerance 0.001); "
                             "pass probabilities (softmax outputs), not logits.")
-    matrix /= sums[:, None].astype(np.float32)
+    if np.abs(sums - 1).max(initial=0) > 1e-6:
+        matrix /= sums[:, None].astype(np.float32)
     return matrix
 
 
@@ -382,14 +385,14 @@ def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None
     """
     check_in_range(threshold, "threshold", "find_duplicates", low=-1.0, high=1.0)
     n = len(content_hash)
-    dup_of = np.full(n, -1, dtype=np.int64)
-    exact = np.zeros(n, dtype=bool)
-    first: dict[str, int] = {}
-    for i, h in enumerate(content_hash):
-        if h in first:
-            dup_of[i], exact[i] = first[h], True
-        else:
-            first[h] = i
+    # First occurrence of each hash, vectorised: codes by first appearance, then their first rows.
+    import pandas as pd
+
+    codes, _ = pd.factorize(pd.Series(content_hash, dtype=object), sort=False)
+    first_row = np.unique(codes, return_index=True)[1]  # codes are 0..m-1 in order of first appearance
+    first_of = first_row[codes]
+    exact = first_of < np.arange(n)
+    dup_of = np.where(exact, first_of, -1).astype(np.int64)
     score = np.full(n, np.nan, dtype=np.float32)
     if neighbor_idx is not None:
         score = neighbor_sims[:, 0].astype(np.float32)
@@ -406,6 +409,29 @@ def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None
 
 # ---------------------------------------------------------------------------------------------
 # The verb
+
+
+class _Background:
+    """Run `func(*args, **kwargs)` on a thread; `join()` waits and re-raises its exception."""
+
+    def __init__(self, func, *args, **kwargs):
+        import threading
+
+        self.error = None
+
+        def run():
+            try:
+                func(*args, **kwargs)
+            except BaseException as exc:  # re-raised in join()
+                self.error = exc
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 @dataclass
@@ -462,6 +488,16 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
                                                        device=device, seed=seed, progress=progress)
         origin, probe_info = "probe", choice.to_dict()
 
+    # probs.parquet is written on a thread while cleanlab runs: Arrow's writer releases the GIL.
+    probs_table = pa.table({
+        "id": pa.array(usable_ids, pa.string()),
+        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32, copy=False).reshape(-1)),
+                                                        K).cast(pa.list_(pa.float32())),
+        "fold": pa.array(folds, pa.int16()),
+        "origin": pa.array([origin] * len(usable_ids), pa.string()),
+    })
+    writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
+                         use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
     found = find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
 
     hashes = items["content_hash"].to_numpy()[usable].tolist()
@@ -490,15 +526,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         "outlier_score": pa.array(outlier_score, pa.float32()),
         "is_outlier": pa.array(is_outlier),
     })
-    probs_table = pa.table({
-        "id": pa.array(usable_ids, pa.string()),
-        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32).reshape(-1)), K).cast(
-            pa.list_(pa.float32())),
-        "fold": pa.array(folds, pa.int16()),
-        "origin": pa.array([origin] * len(usable_ids), pa.string()),
-    })
-    write_table(probs_table, ws.probs_path, row_group_size=65536)
     write_table(issues_table, ws.issues_path, row_group_size=65536)
+    writer.join()
 
     summary = summarize(labels, classes, found, dup_of=dup_of, exact=exact, conflicting=conflicting,
                         is_outlier=is_outlier if emb is not None else None, n_rows=len(items),
