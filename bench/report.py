@@ -71,7 +71,9 @@ def main(argv=None) -> None:
         parse = time.perf_counter() - t
         size = result.html_path.stat().st_size
         print(f"report of {args.n:,} rows: {size / 1e6:.2f} MB (budget 5 MB, ratio {size / 5e6:.2f}), built in "
-              f"{took:.1f}s, parsed in {parse * 1000:.0f} ms; notes: {html.count('class=\"note')} ")
+              f"{took:.1f}s, parsed in {parse * 1000:.0f} ms")
+        for note in result.to_dict().get("notes", []) or []:
+            print("  page says:", note)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """labelkit select: RS2's schedule property, DSIR's formula and shift, SMOTE against imbalanced-learn, pruning."""
 
 import json
+import shutil
 import math
 from collections import Counter
 
@@ -8,7 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import one_line
+from conftest import SAMPLE, one_line
 from labelkit.errors import LabelkitError
 from labelkit.selection import (dsir_log_weights, gumbel_top_k, hashed_ngram_counts, kl_reduction, rs2_schedule,
                                 smote)
@@ -212,3 +213,24 @@ def test_prune_drops_flagged_rows_and_train_uses_the_subset(digits_copy, cli):
 def test_bad_select_options_are_one_line_errors(digits_ws, cli, args, message):
     code, _, err = cli("select", *args, "-w", digits_ws)
     assert code == 2 and one_line(err).startswith(message), err
+
+
+def test_dsir_on_images_uses_embedding_clusters_towards_a_target_workspace(digits_copy, tmp_path, cli):
+    src = tmp_path / "target"
+    for k in ("0", "1"):
+        (src / k).mkdir(parents=True)
+        for p in sorted((SAMPLE / "digits" / k).glob("*.png"))[:40]:
+            shutil.copy(p, src / k / p.name)
+    target = tmp_path / "target-ws"
+    assert cli("ingest", src, "-w", target)[0] == 0
+    assert cli("embed", "-w", target, "--model", "pixels")[0] == 0
+    code, out, err = cli("select", "dsir", "-w", digits_copy, "--target", target, "--k", 300, "--buckets", 32, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    after = result["class_counts_after"]
+    assert result["features"] == "k-means buckets of pixels-16-std" and result["kl_reduction"] > 0
+    assert after["0"] + after["1"] > 0.6 * 300  # a fifth of the data, most of the pick
+    other = tmp_path / "texts.txt"
+    other.write_text("hello\n")
+    code, _, err = cli("select", "dsir", "-w", digits_copy, "--target", other, "--k", 5)
+    assert code == 2 and "must be another workspace" in one_line(err)
