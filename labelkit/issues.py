@@ -214,7 +214,7 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
     row_ids, col_names = None, None
     try:
         if path.suffix == ".npy":
-            matrix = np.load(path, allow_pickle=False)
+            matrix = np.load(path, allow_pickle=False, mmap_mode="r")  # pages in as it is read; no copy
         elif path.suffix in (".csv", ".parquet", ".pq"):
             df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
             if "id" in df.columns:
@@ -284,7 +284,7 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
         raise LabelkitError(f"--pred-probs {path}: {describe(r)} sums to {sums[r]:.4g}, not 1 (tolerance 0.001); "
                             "pass probabilities (softmax outputs), not logits.")
     if np.abs(sums - 1).max(initial=0) > 1e-6:
-        matrix /= sums[:, None].astype(np.float32)
+        matrix = matrix / sums[:, None].astype(np.float32)
     return matrix
 
 
@@ -509,17 +509,17 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         outlier_score, is_outlier = np.full(len(labels), np.nan), np.zeros(len(labels), bool)
         dup_of, dup_score, exact = find_duplicates(hashes)
 
-    usable_arr = np.asarray(usable_ids, dtype=object)
-    dup_ids = np.where(dup_of >= 0, usable_arr[np.maximum(dup_of, 0)], None)
     conflicting = (dup_of >= 0) & (labels != labels[np.maximum(dup_of, 0)])
-    cls = np.asarray(classes, dtype=object)
+    # String columns are built by Arrow from indices, not as million-element Python lists.
+    id_array = probs_table.column("id").combine_chunks()
+    class_array = pa.array(classes, pa.string())
     issues_table = pa.table({
-        "id": pa.array(usable_ids, pa.string()),
+        "id": id_array,
         "is_label_issue": pa.array(found["is_label_issue"]),
         "label_quality": pa.array(found["label_quality"], pa.float32()),
-        "given_label": pa.array(cls[labels].tolist(), pa.string()),
-        "suggested_label": pa.array(cls[found["suggested_label"]].tolist(), pa.string()),
-        "duplicate_of": pa.array(dup_ids.tolist(), pa.string()),
+        "given_label": class_array.take(pa.array(labels)),
+        "suggested_label": class_array.take(pa.array(found["suggested_label"])),
+        "duplicate_of": id_array.take(pa.array(dup_of, mask=dup_of < 0)),
         "is_exact_duplicate": pa.array(exact),
         "conflicting_duplicate": pa.array(conflicting),
         "near_duplicate_score": pa.array(dup_score, pa.float32()),

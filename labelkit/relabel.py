@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.workspace import Workspace, write_table
+from labelkit.workspace import Workspace, read_probs, write_table
 
 # A template ensemble in the style of the CLIP paper's prompt engineering (written here).
 TEMPLATES = (
@@ -291,10 +291,9 @@ def _targets(ws: Workspace, all_items: bool):
 def _probe_pred(ws: Workspace, ids: Sequence[str]) -> np.ndarray | None:
     if not ws.probs_path.exists():
         return None
-    t = pq.read_table(ws.probs_path, columns=["id", "pred_probs"])
-    where = dict(zip(t.column("id").to_pylist(), range(t.num_rows)))
-    P = np.asarray(t.column("pred_probs").to_pylist(), np.float32)
-    return np.array([P[where[i]].argmax() if i in where else -1 for i in ids])
+    prob_ids, P = read_probs(ws.probs_path)
+    pred = dict(zip(prob_ids, P.argmax(1)))
+    return np.array([pred.get(i, -1) for i in ids])
 
 
 def relabel(workspace: Workspace | Path | str = "labelkit-out", *, method: str = "llm", all_items: bool = False,

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.workspace import Workspace, atomic_path, write_json
+from labelkit.workspace import Workspace, atomic_path, read_probs, write_json
 
 HELDOUT_SPLITS = ("test", "val", "valid", "validation", "dev", "holdout")
 TRAIN_METRICS = {
@@ -495,9 +495,8 @@ def _teacher_targets(ws: Workspace, teachers: Sequence[str], X: np.ndarray, real
     # Default teacher: the out-of-sample probe of `labelkit issues`.
     if not ws.probs_path.exists():
         raise LabelkitError(f"--loss distill needs teachers: pass --teacher MODEL or run `labelkit issues -w {ws.root}`.")
-    table = pq.read_table(ws.probs_path, columns=["id", "pred_probs"])
-    where = dict(zip(table.column("id").to_pylist(), range(table.num_rows)))
-    P = np.asarray(table.column("pred_probs").to_pylist(), np.float32)
+    prob_ids, P = read_probs(ws.probs_path)
+    where = dict(zip(prob_ids, range(len(prob_ids))))
     if len(real_ids) != len(X):
         raise LabelkitError("--loss distill with the probe as teacher cannot use synthetic rows; pass --teacher MODEL.")
     return P[[where[i] for i in real_ids]], ["issues probe (probs.parquet)"]

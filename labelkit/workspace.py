@@ -206,6 +206,15 @@ def read_embeddings(path: Path | str) -> tuple[list[str], np.ndarray]:
     return table.column("id").to_pylist(), embedding_matrix(table.column("embedding"))
 
 
+def read_probs(path: Path | str) -> tuple[list[str], np.ndarray]:
+    """Return (ids, float32 matrix (n, n_classes)) from probs.parquet, without a Python loop."""
+    table = pq.read_table(path, columns=["id", "pred_probs"])
+    column = table.column("pred_probs").combine_chunks()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    n = table.num_rows
+    return table.column("id").to_pylist(), values.reshape(n, -1) if n else values.reshape(0, 0)
+
+
 def embedding_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Return a fixed_size_list<float32> column as a float32 matrix without a Python loop."""
     if isinstance(column, pa.ChunkedArray):

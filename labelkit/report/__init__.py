@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labelkit.workspace import Workspace, atomic_path, read_embeddings, write_json
+from labelkit.workspace import Workspace, atomic_path, read_embeddings, read_probs, write_json
 
 MAX_MAP_POINTS = 2000
 GALLERY_SIZE = 36
@@ -236,11 +236,12 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
         return data, extra
 
     iss = pq.read_table(ws.issues_path).to_pandas()
-    probs = pq.read_table(ws.probs_path).to_pandas()
+    prob_ids, prob_matrix = read_probs(ws.probs_path)
     info = items.set_index("id")
     iss = iss.join(info[["label_id", "image_path", "text", "source"]], on="id")
     extra["figures"]["noise_matrix"] = plot_noise_matrix(classes, np.asarray(summary["noise_matrix"]))
-    pred = np.stack(probs["pred_probs"].to_numpy()).argmax(1)
+    pred_of = dict(zip(prob_ids, prob_matrix.argmax(1)))
+    pred = np.array([pred_of[i] for i in iss["id"]])
     given = iss["label_id"].to_numpy()
     agreement = {"probe": float((pred == given).mean())}
     relabels = ws.relabels_path
