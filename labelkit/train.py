@@ -186,7 +186,8 @@ def fit_head(X: np.ndarray, targets: np.ndarray, *, loss, n_classes: int, X_val:
     n_epochs = len(epoch_rows) if epoch_rows is not None else max_epochs
     if monitor not in ("nll", "accuracy", None):
         raise LabelkitError(f"The 'monitor' parameter of fit_head must be nll, accuracy or None. Got {monitor!r} instead.")
-    best, best_state, since, history = np.inf, None, 0, {"val_nll": [], "epochs": 0, "best_epoch": 0}
+    best = (np.inf,) if monitor == "nll" else (np.inf, np.inf)
+    best_state, since, history = None, 0, {"val_nll": [], "epochs": 0, "best_epoch": 0}
     yv = np.asarray(y_val)
     for epoch in range(n_epochs):
         model.train()
@@ -209,8 +210,11 @@ def fit_head(X: np.ndarray, targets: np.ndarray, *, loss, n_classes: int, X_val:
             progress(epoch + 1, n_epochs)
         if monitor is None:
             continue
-        score = nll if monitor == "nll" else -float((probs.argmax(1) == yv).mean()) if len(yv) else 0.0
-        if score < best - 1e-6:
+        # accuracy first, NLL breaking ties: small validation sets tie often, and the later,
+        # better-calibrated epoch of equal accuracy is the one to keep
+        acc = float((probs.argmax(1) == yv).mean()) if len(yv) else 0.0
+        score = (nll,) if monitor == "nll" else (-acc, nll)
+        if score[:-1] < best[:-1] or (score[:-1] == best[:-1] and score[-1] < best[-1] - 1e-4):
             best, since = score, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             history["best_epoch"] = epoch + 1
