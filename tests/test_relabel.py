@@ -122,6 +122,12 @@ def test_llm_relabel_proposes_the_servers_labels_and_apply_keeps_the_original(te
     assert code == 0 and json.loads(out)["card"]["labels"] == "label_v2"
     code, out, _ = cli("train", "-w", text_copy, "--labels", "soft", "--json")
     assert code == 0 and json.loads(out)["card"]["labels"] == "soft"
+    # a rerun is answered from the cache (the server is gone) and --apply makes the next version
+    code, out, err = cli("relabel", "-w", text_copy, "--with", "llm", "--endpoint", server.url, "--llm-model", "test-model",
+                         "--apply", "--json")
+    again = json.loads(out)
+    assert code == 0 and again["cached"] == len(flagged) and again["label_version"] == "label_v3"
+    assert set(json.loads((text_copy / "manifest.json").read_text())["label_versions"]) == {"label_v2", "label_v3"}
 
 
 def test_llm_relabel_survives_every_bad_server_behaviour(tmp_path, cli):

@@ -98,3 +98,19 @@ def test_bad_train_options_are_one_line_errors(digits_ws, cli, args, message, tm
     monkeypatch.chdir(tmp_path)
     code, _, err = cli("train", "-w", digits_ws, *args)
     assert code == 2 and one_line(err).startswith(message), err
+
+
+def test_distillation_from_saved_teachers_and_from_the_probe(digits_copy, cli):
+    for name, seed in (("t1", "1"), ("t2", "2")):
+        assert cli("train", "-w", digits_copy, "--name", name, "--seed", seed, "--head", "linear")[0] == 0
+    code, out, err = cli("train", "-w", digits_copy, "--loss", "distill", "--teacher", "t1", "--teacher", "t2", "--json")
+    card = json.loads(out)["card"]
+    assert code == 0, err
+    assert card["teachers"] == ["t1", "t2"] and card["loss"] == {"name": "distill", "params": {"temperature": 1.0}}
+    assert card["metrics"]["accuracy"] > 0.85
+    code, out, _ = cli("train", "-w", digits_copy, "--loss", "distill", "--name", "from-probe", "--json")
+    assert code == 0 and json.loads(out)["card"]["teachers"] == ["issues probe (probs.parquet)"]
+    code, _, err = cli("train", "-w", digits_copy, "--loss", "distill", "--teacher", "nobody")
+    assert code == 2 and "No model 'nobody'" in err
+    code, _, err = cli("train", "-w", digits_copy, "--loss", "ce", "--teacher", "t1")
+    assert code == 2 and "--teacher only applies to --loss distill." in err
