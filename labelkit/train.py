@@ -386,13 +386,14 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     epoch_ids, synth = None, None
     if subset is not None:
         sub = read_subset(ws, subset)
-        real = sub[~sub.get("synthetic", False).astype(bool)] if "synthetic" in sub else sub
+        is_synthetic = sub["synthetic"].astype(bool) if "synthetic" in sub.columns else np.zeros(len(sub), bool)
+        real = sub[~is_synthetic]
         keep = set(real["id"])
         train_mask &= np.array([i in keep for i in ids])
-        if "epoch" in sub and sub["epoch"].notna().any():
+        if "epoch" in sub.columns and sub["epoch"].notna().any():
             epoch_ids = [set(g["id"]) for _, g in real.groupby("epoch", sort=True)]
-        if "synthetic" in sub and sub["synthetic"].any():
-            synth = sub[sub["synthetic"].astype(bool)]
+        if is_synthetic.any():
+            synth = sub[is_synthetic]
     train_rows = np.flatnonzero(train_mask)
     if len(train_rows) < 2:
         raise LabelkitError(f"Only {len(train_rows)} training rows remain (held-out split, labels {labels!r}"
