@@ -494,13 +494,13 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32, copy=False).reshape(-1)),
                                                         K).cast(pa.list_(pa.float32())),
         "fold": pa.array(folds, pa.int16()),
-        "origin": pa.array([origin] * len(usable_ids), pa.string()),
+        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(usable_ids), np.int8)), pa.array([origin])),
     })
     writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
                          use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
     found = find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
 
-    hashes = items["content_hash"].to_numpy()[usable].tolist()
+    hashes = items["content_hash"].to_numpy()[usable]
     if emb is not None and len(emb) > 1:
         nn_idx, nn_sim = find_nearest_neighbors(emb, k=k_neighbors, device=device)
         outlier_score, is_outlier = get_outlier_scores(nn_sim)
@@ -538,7 +538,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     ws.update_stage("issues", summary)
 
     order = np.argsort(found["label_quality"], kind="stable")
-    flagged = [i for i in order if found["is_label_issue"][i]][:20]
+    flagged = order[found["is_label_issue"][order]][:20]
     top = [{"id": usable_ids[i], "given_label": classes[labels[i]], "suggested_label": classes[found["suggested_label"][i]],
             "label_quality": round(float(found["label_quality"][i]), 4)} for i in flagged]
     return IssuesResult(summary=summary, top=top)
