@@ -274,7 +274,6 @@ def select(method: str = typer.Argument(..., help="rs2, dsir, smote or prune."),
            seed: Optional[int] = typer.Option(None, help="Seed (rs2, dsir, smote)."),
            as_json: bool = JsonOpt):
     """Write a training subset: RS2 schedule, DSIR resample, SMOTE oversample or confident-learning prune."""
-    from labelkit.selection import METHODS
     from labelkit.selection import select as run
 
     given = {"fraction": fraction, "epochs": epochs, "class_balanced": class_balanced, "target": target, "k": k,
@@ -282,16 +281,7 @@ def select(method: str = typer.Argument(..., help="rs2, dsir, smote or prune."),
              "undersample": _strategy(undersample),
              "drop": [d.strip() for x in drop for d in x.split(",") if d.strip()] if drop else None,
              "keep_fraction": keep_fraction, "seed": seed}
-    applies = {"rs2": {"fraction", "epochs", "class_balanced", "seed"}, "dsir": {"target", "k", "n_buckets", "seed"},
-               "smote": {"k_neighbors", "sampling_strategy", "undersample", "seed"}, "prune": {"drop", "keep_fraction"}}
-    if method not in METHODS:
-        raise LabelkitError(f"Unknown selection method {method!r}; choose from {', '.join(METHODS)}.")
-    options = {key: v for key, v in given.items() if v is not None}
-    stray = sorted(set(options) - applies[method])
-    if stray:
-        raise LabelkitError(f"--{stray[0].replace('n_buckets', 'buckets').replace('_', '-')} does not apply to {method}.")
-    if method == "dsir" and (target is None or k is None):
-        raise LabelkitError("dsir needs --target TARGET and --k N.")
+    options = {key: v for key, v in given.items() if v is not None}  # unset options keep the method's defaults
     result = run(workspace, method, name=name, **options)
     if as_json:
         return _print_json(result.to_dict())

@@ -75,7 +75,6 @@ class Loss(nn.Module):
 
     name = "loss"
     needs_index = False
-    mixes = False  # True when compute() builds mixed inputs itself
     data_params: tuple[str, ...] = ()  # filled in by the trainer from the data, not by the user
 
     @classmethod
@@ -286,7 +285,7 @@ def ensemble_soft_targets(teacher_probs: list[Tensor]) -> Tensor:
 
 
 class _Mixing(Loss):
-    mixes = True
+    """Shared by the mixup family: α of Beta(α, α), and the loss's own random generators."""
 
     def __init__(self, alpha: float, seed: int):
         super().__init__()

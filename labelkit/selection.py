@@ -33,6 +33,12 @@ from labelkit.errors import LabelkitError, check_in_range
 from labelkit.workspace import Workspace, embedding_array, write_table
 
 METHODS = ("rs2", "dsir", "smote", "prune")
+# The options each method accepts (the keyword arguments of select_<method> besides the workspace and name).
+METHOD_OPTIONS = {"rs2": ("fraction", "epochs", "class_balanced", "seed"),
+                  "dsir": ("target", "k", "n_buckets", "smoothing", "seed"),
+                  "smote": ("k_neighbors", "sampling_strategy", "undersample", "seed"),
+                  "prune": ("drop", "keep_fraction")}
+OPTION_FLAGS = {"n_buckets": "--buckets"}  # CLI spelling where it differs from --name-with-dashes
 PRUNE_DROP = ("label_issues", "duplicates", "outliers")
 # Pseudo-count per bucket of the bag-of-ngrams estimates: small, so that a target of a few
 # sentences is not swamped by a uniform prior over 10,000 buckets.
@@ -343,6 +349,12 @@ def select(workspace: Workspace | Path | str = "labelkit-out", method: str = "pr
     funcs = {"rs2": select_rs2, "dsir": select_dsir, "smote": select_smote, "prune": select_prune}
     if method not in funcs:
         raise LabelkitError(f"Unknown selection method {method!r}; choose from {', '.join(METHODS)}.")
+    stray = sorted(set(options) - set(METHOD_OPTIONS[method]))
+    if stray:
+        flag = OPTION_FLAGS.get(stray[0], "--" + stray[0].replace("_", "-"))
+        raise LabelkitError(f"{flag} does not apply to {method}.")
+    if method == "dsir" and ("target" not in options or "k" not in options):
+        raise LabelkitError("dsir needs --target TARGET and --k N.")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     return funcs[method](ws, name=name or method, **options)
 
