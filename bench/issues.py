@@ -24,9 +24,9 @@ CLEANLAB_ONLY = """
 import sys, time, resource, numpy as np
 from cleanlab.filter import find_label_issues
 import pyarrow.parquet as pq
-p = np.load(sys.argv[1]); y = np.load(sys.argv[2])
+t0 = time.perf_counter(); p = np.load(sys.argv[1]); y = np.load(sys.argv[2])
 t = time.perf_counter(); m = find_label_issues(y, p); dt = time.perf_counter() - t
-print(dt, m.sum(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(dt, m.sum(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.perf_counter() - t0)
 """
 LABELKIT = """
 import sys, time, resource
@@ -75,7 +75,13 @@ def main() -> None:
     b, o = float(base[0]), float(ours[0])
     print(f"cleanlab find_label_issues alone: {b:.1f}s, {int(base[1]):,} flagged, peak RSS {float(base[2]):,.0f} MB")
     print(f"labelkit issues --pred-probs:     {o:.1f}s, {int(ours[1]):,} flagged, peak RSS {float(ours[2]):,.0f} MB")
+    print("all runs (s): cleanlab " + " ".join(f"{float(r[0]):.2f}" for r in runs_b)
+          + " | labelkit " + " ".join(f"{float(r[0]):.2f}" for r in runs_o))
     print(f"time ratio labelkit / cleanlab: {o / b:.2f} (goal <= 1.2; fastest of {args.repeat} runs each)")
+    med_b, med_o = (float(np.median([float(r[0]) for r in runs])) for runs in (runs_b, runs_o))
+    print(f"ratio of medians: {med_o / med_b:.2f} ({med_o:.1f}s / {med_b:.1f}s)")
+    loaded = min(float(r[3]) for r in runs_b)
+    print(f"for reference, np.load of the .npy + find_label_issues: {loaded:.1f}s (ratio {o / loaded:.2f})")
 
 
 if __name__ == "__main__":

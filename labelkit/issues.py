@@ -8,6 +8,7 @@ regularisation among a few candidates by cross-validated log-loss.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError, check_in_range
@@ -198,6 +200,15 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
 # User-supplied probabilities
 
 
+def _string_array(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Return `values` as one Arrow string array (no copy when it already is one)."""
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values
+    return pa.array([str(v) for v in values], pa.string())
+
+
 def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray, classes: list[str],
                     classes_file: Path | str | None = None) -> np.ndarray:
     """Return the user's predicted probabilities for the usable rows, columns in workspace class order.
@@ -214,7 +225,7 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
     row_ids, col_names = None, None
     try:
         if path.suffix == ".npy":
-            matrix = np.load(path, allow_pickle=False, mmap_mode="r")  # pages in as it is read; no copy
+            matrix = np.load(path, allow_pickle=False, mmap_mode="r")  # no copy: measured faster than reading whole
         elif path.suffix in (".csv", ".parquet", ".pq"):
             df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
             if "id" in df.columns:
@@ -249,27 +260,28 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
             raise LabelkitError(f"The classes in {classes_file or path} ({', '.join(order[:8])}) differ from the "
                                 f"workspace's ({', '.join(classes[:8])}).")
         matrix = matrix[:, [order.index(c) for c in classes]]
-    ids = list(ids)
-    usable_ids = [i for i, u in zip(ids, usable) if u]
+    ids = _string_array(ids)
+    source_rows = np.flatnonzero(usable)  # item row of each usable row
+    item_id = lambda row: ids[int(row)].as_py()
     if row_ids is not None:
-        where = {r: k for k, r in enumerate(row_ids)}
-        missing = [i for i in usable_ids if i not in where]
-        if missing:
-            raise LabelkitError(f"--pred-probs {path} has no row for id {missing[0]!r} "
-                                f"({len(missing)} usable items missing).")
-        matrix, labels_for = matrix[[where[i] for i in usable_ids]], usable_ids
-        position = {i: where[i] for i in usable_ids}
-        describe = lambda r: f"row for id {labels_for[r]!r} (file row {position[labels_for[r]] + 1})"
+        usable_ids = ids.take(pa.array(source_rows))
+        found = pc.index_in(usable_ids, value_set=pa.array(row_ids, pa.string()))
+        if found.null_count:
+            first = int(np.flatnonzero(found.is_null().to_numpy(zero_copy_only=False))[0])
+            raise LabelkitError(f"--pred-probs {path} has no row for id {item_id(source_rows[first])!r} "
+                                f"({found.null_count} usable items missing).")
+        position = found.to_numpy().astype(np.int64)
+        matrix = matrix[position]
+        describe = lambda r: f"row for id {item_id(source_rows[r])!r} (file row {position[r] + 1})"
     elif len(matrix) == len(ids):
-        source_rows = np.flatnonzero(usable)
         if len(source_rows) < len(ids):  # no 400 MB copy when every row is usable
             matrix = matrix[usable]
-        describe = lambda r: f"row {source_rows[r] + 1} (id {ids[source_rows[r]]!r})"
-    elif len(matrix) == len(usable_ids):
-        describe = lambda r: f"row {r + 1} (id {usable_ids[r]!r})"
+        describe = lambda r: f"row {source_rows[r] + 1} (id {item_id(source_rows[r])!r})"
+    elif len(matrix) == len(source_rows):
+        describe = lambda r: f"row {r + 1} (id {item_id(source_rows[r])!r})"
     else:
         raise LabelkitError(f"--pred-probs {path} has {len(matrix)} rows; expected {len(ids)} (one per item) or "
-                            f"{len(usable_ids)} (one per usable item), or an 'id' column.")
+                            f"{len(source_rows)} (one per usable item), or an 'id' column.")
     # One pass for the sums and one for the minimum; rows are only searched on failure.
     sums = matrix.sum(1, dtype=np.float64)
     if not np.isfinite(sums).all():  # a row sum is finite exactly when all its values are
@@ -309,9 +321,9 @@ def find_label_issues(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: 
     ----------
     Northcutt, Jiang, Chuang. "Confident Learning: Estimating Uncertainty in Dataset Labels". JAIR 2021.
     """
+    from cleanlab import rank
     from cleanlab.count import compute_confident_joint, estimate_joint
     from cleanlab.filter import find_label_issues as cl_find
-    from cleanlab.rank import get_label_quality_scores
 
     if filter_by not in FILTER_BY:
         raise LabelkitError(f"The 'filter_by' parameter of find_label_issues must be one of {', '.join(FILTER_BY)}. "
@@ -322,8 +334,11 @@ def find_label_issues(labels: np.ndarray, pred_probs: np.ndarray, *, filter_by: 
     labels = np.asarray(labels, dtype=np.int64)
     pred_probs = np.asarray(pred_probs, dtype=np.float32)
     cj = compute_confident_joint(labels, pred_probs)
-    mask = cl_find(labels, pred_probs, filter_by=filter_by, confident_joint=cj)
-    quality = get_label_quality_scores(labels, pred_probs, method=rank_by)
+    # cleanlab re-estimates the joint itself for 'confident_learning' (and warns if given one).
+    mask = cl_find(labels, pred_probs, filter_by=filter_by,
+                   confident_joint=None if filter_by == "confident_learning" else cj)
+    # cleanlab.filter has validated the inputs; the per-method scorer skips a second validation pass.
+    quality = getattr(rank, f"get_{rank_by}_for_each_label")(labels, pred_probs)
     joint = estimate_joint(labels, pred_probs, confident_joint=cj)
     col = joint.sum(0, keepdims=True)
     noise = np.divide(joint, col, out=np.zeros_like(joint), where=col > 0)
@@ -385,11 +400,12 @@ def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None
     """
     check_in_range(threshold, "threshold", "find_duplicates", low=-1.0, high=1.0)
     n = len(content_hash)
-    # First occurrence of each hash, vectorised: codes by first appearance, then their first rows.
-    import pandas as pd
-
-    codes, _ = pd.factorize(pd.Series(content_hash, dtype=object), sort=False)
-    first_row = np.unique(codes, return_index=True)[1]  # codes are 0..m-1 in order of first appearance
+    # First occurrence of each hash, vectorised. Arrow numbers the distinct hashes in order of
+    # first appearance, so a row is a group's first exactly where its code exceeds all before it.
+    encoded = pc.dictionary_encode(_string_array(content_hash), null_encoding="encode")
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    seen_max = np.maximum.accumulate(codes)
+    first_row = np.flatnonzero(codes > np.concatenate(([-1], seen_max[:-1])))
     first_of = first_row[codes]
     exact = first_of < np.arange(n)
     dup_of = np.where(exact, first_of, -1).astype(np.int64)
@@ -412,26 +428,36 @@ def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None
 
 
 class _Background:
-    """Run `func(*args, **kwargs)` on a thread; `join()` waits and re-raises its exception."""
+    """Run `func(*args, **kwargs)` on a thread; `join()` waits, re-raises its exception or returns its value.
+
+    On Linux the thread runs at the lowest CPU priority, so it yields the cores to the foreground
+    (there a thread id is a valid target for setpriority, and only that thread changes).
+    """
 
     def __init__(self, func, *args, **kwargs):
+        import os
+        import sys
         import threading
 
-        self.error = None
+        self.error = self.value = None
 
         def run():
             try:
-                func(*args, **kwargs)
+                if sys.platform == "linux":
+                    with contextlib.suppress(OSError):
+                        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+                self.value = func(*args, **kwargs)
             except BaseException as exc:  # re-raised in join()
                 self.error = exc
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
 
-    def join(self) -> None:
+    def join(self):
         self.thread.join()
         if self.error is not None:
             raise self.error
+        return self.value
 
 
 @dataclass
@@ -461,22 +487,25 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     manifest = ws.read_manifest()
     classes = manifest["classes"]
     K = len(classes)
-    items = ws.read_items(columns=["id", "label", "label_id", "content_hash", "error"])
-    ids = items["id"].tolist()
-    usable = items["error"].isna().to_numpy() & (items["label_id"].to_numpy() >= 0)
-    labels = items["label_id"].to_numpy()[usable].astype(np.int64)
-    usable_ids = [i for i, u in zip(ids, usable) if u]
+    # Kept in Arrow: a million ids never become Python strings.
+    items = ws.read_items_table(columns=["id", "label_id", "content_hash", "error"])
+    ids = _string_array(items.column("id"))
+    label_id = items.column("label_id").to_numpy()
+    usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & (label_id >= 0)
+    labels = label_id[usable].astype(np.int64)
+    usable_mask = pa.array(usable)
+    usable_ids = ids if usable.all() else ids.filter(usable_mask)
 
     emb = None
     if embedding_key or pred_probs is None or manifest.get("stages", {}).get("embed"):
         if pred_probs is None or manifest.get("stages", {}).get("embed"):
             key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
-            where = {i: r for r, i in enumerate(emb_ids)}
-            missing = [i for i in usable_ids if i not in where]
-            if missing:
-                raise LabelkitError(f"{len(missing)} usable rows (e.g. {missing[0]!r}) have no embedding in {key}; "
-                                    f"run `labelkit embed -w {ws.root}` again.")
-            emb = matrix[[where[i] for i in usable_ids]]
+            found = pc.index_in(usable_ids, value_set=pa.array(emb_ids, pa.string()))
+            if found.null_count:
+                first = int(np.flatnonzero(found.is_null().to_numpy(zero_copy_only=False))[0])
+                raise LabelkitError(f"{found.null_count} usable rows (e.g. {usable_ids[first].as_py()!r}) have no "
+                                    f"embedding in {key}; run `labelkit embed -w {ws.root}` again.")
+            emb = matrix[found.to_numpy()]
             embedding_key = key
             device = resolve_device(device)  # torch is only needed when there are embeddings
 
@@ -490,7 +519,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
 
     # probs.parquet is written on a thread while cleanlab runs: Arrow's writer releases the GIL.
     probs_table = pa.table({
-        "id": pa.array(usable_ids, pa.string()),
+        "id": usable_ids,
         "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32, copy=False).reshape(-1)),
                                                         K).cast(pa.list_(pa.float32())),
         "fold": pa.array(folds, pa.int16()),
@@ -498,20 +527,23 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     })
     writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
                          use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+    hashes = _string_array(items.column("content_hash"))
+    hashes = hashes if usable.all() else hashes.filter(usable_mask)
+    with_neighbors = emb is not None and len(emb) > 1
+    exact_dups = None if with_neighbors else _Background(find_duplicates, hashes)  # hashing releases the GIL too
     found = find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
 
-    hashes = items["content_hash"].to_numpy()[usable]
-    if emb is not None and len(emb) > 1:
+    if with_neighbors:
         nn_idx, nn_sim = find_nearest_neighbors(emb, k=k_neighbors, device=device)
         outlier_score, is_outlier = get_outlier_scores(nn_sim)
         dup_of, dup_score, exact = find_duplicates(hashes, nn_idx, nn_sim, threshold=dup_threshold)
     else:
         outlier_score, is_outlier = np.full(len(labels), np.nan), np.zeros(len(labels), bool)
-        dup_of, dup_score, exact = find_duplicates(hashes)
+        dup_of, dup_score, exact = exact_dups.join()
 
     conflicting = (dup_of >= 0) & (labels != labels[np.maximum(dup_of, 0)])
     # String columns are built by Arrow from indices, not as million-element Python lists.
-    id_array = probs_table.column("id").combine_chunks()
+    id_array = usable_ids
     class_array = pa.array(classes, pa.string())
     issues_table = pa.table({
         "id": id_array,
@@ -530,16 +562,16 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     writer.join()
 
     summary = summarize(labels, classes, found, dup_of=dup_of, exact=exact, conflicting=conflicting,
-                        is_outlier=is_outlier if emb is not None else None, n_rows=len(items),
+                        is_outlier=is_outlier if emb is not None else None, n_rows=items.num_rows,
                         has_embeddings=emb is not None)
     summary |= {"origin": origin, "probe": probe_info, "embedding_key": embedding_key, "filter_by": filter_by,
                 "rank_by": rank_by, "dup_threshold": dup_threshold, "seconds": round(time.perf_counter() - started, 3),
-                "probe_accuracy": float((probs.argmax(1) == labels).mean())}
+                "probe_accuracy": float((found["suggested_label"] == labels).mean())}
     ws.update_stage("issues", summary)
 
-    order = np.argsort(found["label_quality"], kind="stable")
-    flagged = order[found["is_label_issue"][order]][:20]
-    top = [{"id": usable_ids[i], "given_label": classes[labels[i]], "suggested_label": classes[found["suggested_label"][i]],
+    flagged = np.flatnonzero(found["is_label_issue"])
+    flagged = flagged[np.argsort(found["label_quality"][flagged], kind="stable")][:20]  # worst first
+    top = [{"id": usable_ids[int(i)].as_py(), "given_label": classes[labels[i]], "suggested_label": classes[found["suggested_label"][i]],
             "label_quality": round(float(found["label_quality"][i]), 4)} for i in flagged]
     return IssuesResult(summary=summary, top=top)
 
@@ -550,12 +582,12 @@ def summarize(labels: np.ndarray, classes: list[str], found: dict, *, dup_of: np
     K = len(classes)
     counts = np.bincount(labels, minlength=K)
     flags = found["is_label_issue"]
-    per_class = {}
-    for k, c in enumerate(classes):
-        m = labels == k
-        per_class[c] = {"count": int(m.sum()), "label_issues": int(flags[m].sum()),
-                        "issue_rate": float(flags[m].mean()) if m.any() else 0.0,
-                        "mean_label_quality": float(found["label_quality"][m].mean()) if m.any() else None}
+    flagged = np.bincount(labels, weights=flags, minlength=K)
+    quality_sum = np.bincount(labels, weights=found["label_quality"], minlength=K)
+    per_class = {c: {"count": int(counts[k]), "label_issues": int(flagged[k]),
+                     "issue_rate": float(flagged[k] / counts[k]) if counts[k] else 0.0,
+                     "mean_label_quality": float(quality_sum[k] / counts[k]) if counts[k] else None}
+                 for k, c in enumerate(classes)}
     nonzero = counts[counts > 0]
     n = len(labels)
     return {

@@ -196,8 +196,12 @@ class Workspace:
     # tables ----------------------------------------------------------------------------------
     def read_items(self, columns: list[str] | None = None):
         """Return items.parquet as a pandas DataFrame (all rows, unusable ones included)."""
+        return self.read_items_table(columns).to_pandas()
+
+    def read_items_table(self, columns: list[str] | None = None) -> pa.Table:
+        """Return items.parquet as an Arrow table (all rows, unusable ones included)."""
         self.require()
-        return pq.read_table(self.items_path, columns=columns).to_pandas()
+        return pq.read_table(self.items_path, columns=columns)
 
 
 def read_embeddings(path: Path | str) -> tuple[list[str], np.ndarray]:

@@ -171,6 +171,21 @@ def test_pred_probs_keyed_by_id_and_reordered_by_classes_file(byo_ws, tmp_path):
     df.to_csv(tmp_path / "named.csv", index=False)
     got = load_pred_probs(tmp_path / "named.csv", ids=items["id"], usable=np.ones(150, bool), classes=w.classes())
     assert np.allclose(got, probs)
+    # Errors in a keyed file name the id and the file's own row.
+    bad = df.copy()
+    bad.loc[3, "cat"] += 0.5
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(LabelkitError, match=rf"row for id '{df['id'][3]}' \(file row 4\) sums to 1.5"):
+        load_pred_probs(tmp_path / "bad.csv", ids=items["id"], usable=np.ones(150, bool), classes=w.classes())
+    df.drop(index=[5, 9]).to_csv(tmp_path / "short.csv", index=False)
+    first_missing = min(perm[5], perm[9])
+    with pytest.raises(LabelkitError, match=rf"no row for id 'r{first_missing}' \(2 usable items missing\)"):
+        load_pred_probs(tmp_path / "short.csv", ids=items["id"], usable=np.ones(150, bool), classes=w.classes())
+    # Rows of unusable items need not be there.
+    usable = np.arange(150) != first_missing
+    df.drop(index=[5 if perm[5] == first_missing else 9]).to_csv(tmp_path / "usable.csv", index=False)
+    got = load_pred_probs(tmp_path / "usable.csv", ids=items["id"], usable=usable, classes=w.classes())
+    assert np.allclose(got, probs[usable])
 
 
 @pytest.mark.parametrize("mutate, message", [
