@@ -44,6 +44,7 @@ def test_planted_errors_are_found_on_separable_data():
 
 def test_label_issue_mask_equals_plain_cleanlab_on_the_same_probs():
     from cleanlab.filter import find_label_issues as cl_find
+    from cleanlab.rank import get_label_quality_scores
 
     X, y = blobs(spread=3.0, seed=3)
     noisy, _ = flip(y, 0.15, 4)
@@ -51,6 +52,20 @@ def test_label_issue_mask_equals_plain_cleanlab_on_the_same_probs():
     for filter_by in ("prune_by_noise_rate", "both", "confident_learning"):
         ours = find_label_issues(noisy, probs, filter_by=filter_by)["is_label_issue"]
         assert np.array_equal(ours, cl_find(noisy, probs.astype(np.float32), filter_by=filter_by))
+    for rank_by in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
+        ours = find_label_issues(noisy, probs, rank_by=rank_by)["label_quality"]
+        assert np.allclose(ours, get_label_quality_scores(noisy, probs.astype(np.float32), method=rank_by))
+
+
+def test_exact_duplicates_point_at_the_first_row_of_their_group():
+    rng = np.random.default_rng(4)
+    hashes = [f"h{v}" for v in rng.integers(0, 40, 500)]  # interleaved groups of every size
+    dup_of, _, exact = find_duplicates(hashes)
+    first, expected = {}, []
+    for i, h in enumerate(hashes):
+        expected.append(first.get(h, -1))
+        first.setdefault(h, i)
+    assert dup_of.tolist() == expected and exact.tolist() == [e >= 0 for e in expected]
 
 
 def test_regularisation_is_chosen_by_log_loss_in_high_dimensions():
