@@ -26,7 +26,7 @@ CE = -(math.log(p_y[0]) + math.log(p_y[1])) / 2
 
 
 def close(a, b, tol=1e-5):
-    return abs(float(torch.as_tensor(a).detach()) - float(b)) < tol
+    return abs(float(torch.as_tensor(a).detach()) - float(torch.as_tensor(b).detach())) < tol
 
 
 class Tiny(nn.Module):
