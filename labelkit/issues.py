@@ -209,6 +209,11 @@ def _string_array(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Arra
     return pa.array([str(v) for v in values], pa.string())
 
 
+def _positions(values: pa.Array, value_set: Sequence[str]) -> np.ndarray:
+    """Return the index of each value in `value_set`, -1 where it is absent (an Arrow hash lookup)."""
+    return pc.index_in(values, value_set=pa.array(value_set, pa.string())).fill_null(-1).to_numpy().astype(np.int64)
+
+
 def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray, classes: list[str],
                     classes_file: Path | str | None = None) -> np.ndarray:
     """Return the user's predicted probabilities for the usable rows, columns in workspace class order.
@@ -264,13 +269,11 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
     source_rows = np.flatnonzero(usable)  # item row of each usable row
     item_id = lambda row: ids[int(row)].as_py()
     if row_ids is not None:
-        usable_ids = ids.take(pa.array(source_rows))
-        found = pc.index_in(usable_ids, value_set=pa.array(row_ids, pa.string()))
-        if found.null_count:
-            first = int(np.flatnonzero(found.is_null().to_numpy(zero_copy_only=False))[0])
-            raise LabelkitError(f"--pred-probs {path} has no row for id {item_id(source_rows[first])!r} "
-                                f"({found.null_count} usable items missing).")
-        position = found.to_numpy().astype(np.int64)
+        position = _positions(ids.take(pa.array(source_rows)), row_ids)
+        missing = np.flatnonzero(position < 0)
+        if len(missing):
+            raise LabelkitError(f"--pred-probs {path} has no row for id {item_id(source_rows[missing[0]])!r} "
+                                f"({len(missing)} usable items missing).")
         matrix = matrix[position]
         describe = lambda r: f"row for id {item_id(source_rows[r])!r} (file row {position[r] + 1})"
     elif len(matrix) == len(ids):
@@ -493,19 +496,19 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     label_id = items.column("label_id").to_numpy()
     usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & (label_id >= 0)
     labels = label_id[usable].astype(np.int64)
-    usable_mask = pa.array(usable)
-    usable_ids = ids if usable.all() else ids.filter(usable_mask)
+    usable_rows = (lambda column: column) if usable.all() else (lambda column: column.filter(pa.array(usable)))
+    usable_ids = usable_rows(ids)
 
     emb = None
     if embedding_key or pred_probs is None or manifest.get("stages", {}).get("embed"):
         if pred_probs is None or manifest.get("stages", {}).get("embed"):
             key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
-            found = pc.index_in(usable_ids, value_set=pa.array(emb_ids, pa.string()))
-            if found.null_count:
-                first = int(np.flatnonzero(found.is_null().to_numpy(zero_copy_only=False))[0])
-                raise LabelkitError(f"{found.null_count} usable rows (e.g. {usable_ids[first].as_py()!r}) have no "
-                                    f"embedding in {key}; run `labelkit embed -w {ws.root}` again.")
-            emb = matrix[found.to_numpy()]
+            emb_row = _positions(usable_ids, emb_ids)
+            missing = np.flatnonzero(emb_row < 0)
+            if len(missing):
+                raise LabelkitError(f"{len(missing)} usable rows (e.g. {usable_ids[int(missing[0])].as_py()!r}) have "
+                                    f"no embedding in {key}; run `labelkit embed -w {ws.root}` again.")
+            emb = matrix[emb_row]
             embedding_key = key
             device = resolve_device(device)  # torch is only needed when there are embeddings
 
@@ -527,8 +530,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     })
     writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
                          use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
-    hashes = _string_array(items.column("content_hash"))
-    hashes = hashes if usable.all() else hashes.filter(usable_mask)
+    hashes = usable_rows(_string_array(items.column("content_hash")))
     with_neighbors = emb is not None and len(emb) > 1
     exact_dups = None if with_neighbors else _Background(find_duplicates, hashes)  # hashing releases the GIL too
     found = find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
@@ -543,15 +545,14 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
 
     conflicting = (dup_of >= 0) & (labels != labels[np.maximum(dup_of, 0)])
     # String columns are built by Arrow from indices, not as million-element Python lists.
-    id_array = usable_ids
     class_array = pa.array(classes, pa.string())
     issues_table = pa.table({
-        "id": id_array,
+        "id": usable_ids,
         "is_label_issue": pa.array(found["is_label_issue"]),
         "label_quality": pa.array(found["label_quality"], pa.float32()),
         "given_label": class_array.take(pa.array(labels)),
         "suggested_label": class_array.take(pa.array(found["suggested_label"])),
-        "duplicate_of": id_array.take(pa.array(dup_of, mask=dup_of < 0)),
+        "duplicate_of": usable_ids.take(pa.array(dup_of, mask=dup_of < 0)),
         "is_exact_duplicate": pa.array(exact),
         "conflicting_duplicate": pa.array(conflicting),
         "near_duplicate_score": pa.array(dup_score, pa.float32()),

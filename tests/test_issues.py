@@ -248,3 +248,21 @@ def test_text_sample_issues(text_ws):
     key = pd.read_csv(SAMPLE / "text" / "flipped.csv")
     flagged, planted = set(iss["id"][iss["is_label_issue"]]), set(key["id"])
     assert len(flagged & planted) / len(planted) >= 0.8
+
+
+def test_rows_without_embeddings_are_a_clear_error(cli, digits_ws, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    ws = tmp_path / "ws"
+    shutil.copytree(digits_ws, ws)
+    key = Workspace(ws).read_manifest()["stages"]["embed"]["embedding_key"]
+    path = Workspace(ws).embeddings_path(key)
+    table = pq.read_table(path)
+    pq.write_table(table.slice(2), path)  # the first two items lose their embeddings
+    first = table.column("id")[0].as_py()
+    code, _, err = cli("issues", "-w", ws)
+    assert code == 2
+    assert one_line(err) == (f"error: 2 usable rows (e.g. {first!r}) have no embedding in {key}; "
+                             f"run `labelkit embed -w {ws}` again.")
