@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError
-from labelkit.workspace import Workspace, embedding_array, embedding_matrix, model_key, write_table
+from labelkit.features import load_workspace_embeddings, resolve_device  # noqa: F401  (public API)
+from labelkit.workspace import Workspace, embedding_array, model_key, write_table
 
 DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
 MINILM = "minilm-l6-v2"
@@ -32,19 +33,6 @@ Progress = Callable[[int, "int | None"], None]
 
 # ---------------------------------------------------------------------------------------------
 # Devices and image decoding
-
-
-def resolve_device(device: str = "auto") -> str:
-    """Return 'cuda' or 'cpu' for `device` in {auto, cpu, cuda, cuda:N}."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LabelkitError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto.")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise LabelkitError(f"The 'device' parameter of embed must be one of auto, cpu, cuda. Got {device!r} instead.")
-    return device
 
 
 def open_rgb(path: str, size: int):
@@ -83,7 +71,6 @@ class ImageFiles:
 def image_batches(paths: Sequence[str], transform, size: int, forward, *, device: str,
                   batch_size: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (embeddings, ok mask) per batch, decoding on DataLoader workers while the model runs."""
-    import torch
     from torch.utils.data import DataLoader
 
     loader = DataLoader(ImageFiles(paths, transform, size), batch_size=batch_size, shuffle=False,
@@ -482,17 +469,3 @@ def _consolidate(path: Path, parts: Path, usable) -> None:
         for part in parts.glob("*"):
             part.unlink()
         parts.rmdir()
-
-
-def load_workspace_embeddings(ws: Workspace, key: str | None = None) -> tuple[str, list[str], np.ndarray]:
-    """Return (key, ids, matrix) of the workspace's current embedding table (or the one named `key`)."""
-    manifest = ws.read_manifest()
-    key = key or manifest.get("stages", {}).get("embed", {}).get("embedding_key")
-    if key is None:
-        raise LabelkitError(f"No embeddings in {ws.root}; run `labelkit embed -w {ws.root}` first "
-                            "(or pass --pred-probs to skip embedding).")
-    path = ws.embeddings_path(key)
-    if not path.exists():
-        raise LabelkitError(f"Embedding table {path} is missing; run `labelkit embed -w {ws.root}` again.")
-    table = pq.read_table(path, columns=["id", "embedding"])
-    return key, table.column("id").to_pylist(), embedding_matrix(table.column("embedding"))

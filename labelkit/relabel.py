@@ -334,7 +334,8 @@ def relabel(workspace: Workspace | Path | str = "labelkit-out", *, method: str =
 
 
 def _relabel_clip(ws, classes, todo, *, prompts, class_names, threshold, top_k_per_class, temperature, device):
-    from labelkit.embed import load_featurizer, load_workspace_embeddings
+    from labelkit.embed import load_featurizer
+    from labelkit.features import load_workspace_embeddings
 
     embed_record = ws.read_manifest().get("stages", {}).get("embed", {})
     model = embed_record.get("model")

@@ -403,7 +403,7 @@ def select_dsir(ws: Workspace, *, name: str = "dsir", target: Path | str, k: int
     k-means clusters of the embeddings as buckets (64 by default; the target must be a workspace
     embedded with the same model).
     """
-    from labelkit.embed import load_workspace_embeddings
+    from labelkit.features import load_workspace_embeddings
 
     ws.require()
     manifest = ws.read_manifest()
@@ -455,7 +455,7 @@ def select_dsir(ws: Workspace, *, name: str = "dsir", target: Path | str, k: int
 def select_smote(ws: Workspace, *, name: str = "smote", k_neighbors: int = 5, sampling_strategy="auto",
                  undersample=None, seed: int = 0) -> SelectResult:
     """Write the real rows plus SMOTE's synthetic rows (embeddings and parent ids) of the workspace."""
-    from labelkit.embed import load_workspace_embeddings
+    from labelkit.features import load_workspace_embeddings
 
     ws.require()
     classes = ws.classes()

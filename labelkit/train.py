@@ -333,7 +333,7 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     import torch
 
     from labelkit import gate
-    from labelkit.embed import load_workspace_embeddings, resolve_device
+    from labelkit.features import load_workspace_embeddings, resolve_device
     from labelkit.losses import LOSSES, get_loss
 
     started = time.perf_counter()

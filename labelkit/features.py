@@ -1,0 +1,36 @@
+"""What several verbs need from embedding: the device to run on and the workspace's embedding table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from labelkit.errors import LabelkitError
+from labelkit.workspace import Workspace, embedding_matrix
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Return 'cuda' or 'cpu' for `device` in {auto, cpu, cuda, cuda:N}."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LabelkitError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto.")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise LabelkitError(f"The 'device' parameter of embed must be one of auto, cpu, cuda. Got {device!r} instead.")
+    return device
+
+
+def load_workspace_embeddings(ws: Workspace, key: str | None = None) -> tuple[str, list[str], np.ndarray]:
+    """Return (key, ids, matrix) of the workspace's current embedding table (or the one named `key`)."""
+    manifest = ws.read_manifest()
+    key = key or manifest.get("stages", {}).get("embed", {}).get("embedding_key")
+    if key is None:
+        raise LabelkitError(f"No embeddings in {ws.root}; run `labelkit embed -w {ws.root}` first "
+                            "(or pass --pred-probs to skip embedding).")
+    path = ws.embeddings_path(key)
+    if not path.exists():
+        raise LabelkitError(f"Embedding table {path} is missing; run `labelkit embed -w {ws.root}` again.")
+    table = pq.read_table(path, columns=["id", "embedding"])
+    return key, table.column("id").to_pylist(), embedding_matrix(table.column("embedding"))
