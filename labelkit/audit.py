@@ -12,23 +12,30 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
           fail_on: list[str] | None = None, label_col: str | None = None, text_col: str | None = None,
           image_col: str | None = None, model: str = "auto", pretrained: str | None = None,
           pred_probs: Path | str | None = None, device: str = "auto", write_report: bool = True,
-          config_start: Path | str = ".", progress: Callable | None = None) -> dict:
+          config_start: Path | str = ".", progress: Callable | None = None, engine: str = "local",
+          ray_address: str | None = None, offline: bool = False) -> dict:
     """Return the full audit summary: issues summary, top label issues, warnings and gate verdict.
 
     The gate rules come from `fail_on`, else the nearest config (see :mod:`labelkit.gate`), else
     the default. The caller turns ``result['gate']['passed'] is False`` into exit code 1.
+    `engine` and `ray_address` go to every stage (see :mod:`labelkit.engines`); `offline` to
+    `embed` (never download weights).
     """
     from labelkit import gate
-    from labelkit.embed import embed
+    from labelkit.embed import check_featurizer_options, embed
+    from labelkit.engines import check_engine
     from labelkit.ingest import ingest
     from labelkit.issues import issues
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start)  # bad rules fail before work
-    ingest(source, ws, label_col=label_col, text_col=text_col, image_col=image_col, progress=progress)
+    on = {"engine": check_engine(engine, "audit"), "ray_address": ray_address}
     if pred_probs is None:
-        embed(ws, model=model, pretrained=pretrained, device=device, progress=progress)
-    found = issues(ws, pred_probs=pred_probs, device=device, progress=progress)
+        check_featurizer_options(model, pretrained)  # a bad --model / --pretrained fails before ingest writes
+    ingest(source, ws, label_col=label_col, text_col=text_col, image_col=image_col, progress=progress, **on)
+    if pred_probs is None:
+        embed(ws, model=model, pretrained=pretrained, device=device, progress=progress, offline=offline, **on)
+    found = issues(ws, pred_probs=pred_probs, device=device, progress=progress, **on)
     verdict = gate.evaluate(rules, found.summary)
     manifest = ws.update_stage("gate", {"rules": [str(r) for r in rules], "source": rules_source, **verdict})
     result = {"workspace": str(ws.root), "summary": found.summary, "top_label_issues": found.top,

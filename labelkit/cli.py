@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -25,6 +26,12 @@ err = Console(stderr=True)  # progress, warnings, errors
 
 WorkspaceOpt = typer.Option(Path("labelkit-out"), "--workspace", "-w", help="Workspace folder.")
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary on stdout, nothing else.")
+OfflineOpt = typer.Option(False, "--offline", help="Never download model weights (as HF_HUB_OFFLINE=1): the default "
+                                                   "CLIP loads from the local cache or falls back to pixels.")
+EngineOpt = typer.Option("local", "--engine", help="Where the work runs: local (this machine) or ray (a Ray cluster; "
+                                                   "pip install \"labelkit[ray]\"). Same results either way.")
+RayAddressOpt = typer.Option(None, "--ray-address", help="--engine ray: cluster to join, e.g. ray://head:10001 "
+                                                          "(default: RAY_ADDRESS, else a new local cluster).")
 
 _state = {"debug": False}
 
@@ -47,8 +54,9 @@ def _progress(description: str, quiet: bool = False):
                         TimeElapsedColumn(), console=err, transient=True, disable=quiet)
     task = progress.add_task(description, total=None)
 
-    def update(done: int, total: int | None) -> None:
-        progress.update(task, completed=done, total=total)
+    def update(done: int, total: int | None, what: str | None = None) -> None:
+        # `what` names a step inside the command for a while (e.g. a weights download)
+        progress.update(task, completed=done, total=total, description=what or description)
 
     return progress, update
 
@@ -74,6 +82,7 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
            classes: Optional[Path] = typer.Option(None, "--classes", help="File with one class per line: fixes the class order."),
            allow_outside_root: bool = typer.Option(False, help="Accept image paths outside the table's folder."),
            encoding: Optional[str] = typer.Option(None, help="Text encoding of a CSV/TSV/JSONL table (default utf-8)."),
+           engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
            as_json: bool = JsonOpt):
     """Read an image folder or a table into the workspace (items.parquet + manifest.json)."""
     from labelkit.ingest import ingest as run
@@ -82,7 +91,8 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
     with progress:
         result = run(source, workspace, label_col=label_col, text_col=text_col, image_col=image_col,
                      split_col=split_col, id_col=id_col, classes_file=classes,
-                     allow_outside_root=allow_outside_root, encoding=encoding, progress=update)
+                     allow_outside_root=allow_outside_root, encoding=encoding, progress=update,
+                     engine=engine, ray_address=ray_address)
     if as_json:
         return _print_json(result.to_dict())
     detected = {k: v for k, v in result.columns.items() if v}
@@ -107,6 +117,8 @@ def embed(workspace: Path = WorkspaceOpt,
           device: str = typer.Option("auto", help="auto, cpu or cuda."),
           batch_size: Optional[int] = typer.Option(None, min=1, help="Images/texts per batch (default by device)."),
           workers: Optional[int] = typer.Option(None, min=0, help="Image decoding processes (default by device)."),
+          offline: bool = OfflineOpt,
+          engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
           as_json: bool = JsonOpt):
     """Embed every usable row (cached by content hash; a rerun only embeds what is new)."""
     from labelkit.embed import embed as run
@@ -114,7 +126,7 @@ def embed(workspace: Path = WorkspaceOpt,
     progress, update = _progress("Embedding", quiet=as_json)
     with progress:
         result = run(workspace, model=model, pretrained=pretrained, device=device, batch_size=batch_size,
-                     workers=workers, progress=update)
+                     workers=workers, progress=update, engine=engine, ray_address=ray_address, offline=offline)
     if as_json:
         return _print_json(result.to_dict())
     if result.warning:
@@ -126,6 +138,10 @@ def embed(workspace: Path = WorkspaceOpt,
                   f"{result.seconds:.1f}s; {result.cached} cached, {result.skipped_unusable} unusable skipped"
                   + (f", [red]{result.failed} failed to decode[/]" if result.failed else "")
                   + f" → {workspace}/{result.path}", highlight=False)
+    if result.failed:
+        _warn([f"{result.failed} rows could not be embedded"
+               + (f" (reasons in {workspace}/{result.errors_path}), first:" if result.errors_path else ".")]
+              + [f"  {e['id']}: {e['error']}" for e in result.first_errors[:3]])
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,6 +162,7 @@ def issues(workspace: Path = WorkspaceOpt,
            dup_threshold: float = typer.Option(0.985, help="Cosine similarity at which two rows are near-duplicates."),
            device: str = typer.Option("auto", help="auto, cpu or cuda."),
            seed: int = typer.Option(0, help="Seed of the fold split."),
+           engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
            as_json: bool = JsonOpt):
     """Find label issues (confident learning), duplicates, outliers and class imbalance."""
     from labelkit.issues import issues as run
@@ -154,7 +171,7 @@ def issues(workspace: Path = WorkspaceOpt,
     with progress:
         result = run(workspace, pred_probs=pred_probs, classes_file=classes, n_folds=folds, probe=probe,
                      filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, device=device, seed=seed,
-                     progress=update)
+                     progress=update, engine=engine, ray_address=ray_address)
     if as_json:
         return _print_json(result.to_dict())
     _print_issues(result.summary, result.top, workspace)
@@ -187,9 +204,9 @@ def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
 
 def _print_gate(verdict: dict, source: str, what: str = "Gate") -> None:
     for r in verdict["results"]:
-        mark = "[red]FAIL[/]" if r["failed"] else ("[yellow]skip[/]" if r["skipped"] else "[green]pass[/]")
-        value = "n/a" if r["value"] is None else (f"{r['value']:.4g}" if isinstance(r["value"], float) else r["value"])
-        err.print(f"  {mark} {r['rule']} (value {value})", highlight=False)
+        mark = "[red]FAIL[/]" if r["failed"] else "[green]pass[/]"
+        value = "not measured" if r["value"] is None else "value " + (f"{r['value']:.4g}" if isinstance(r["value"], float) else str(r["value"]))
+        err.print(f"  {mark} {r['rule']} ({value})", highlight=False)
     err.print((f"[bold green]{what} passed[/]" if verdict["passed"] else f"[bold red]{what} failed[/]")
               + f" (rules from {source})")
 
@@ -208,6 +225,8 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
           pred_probs: Optional[Path] = typer.Option(None, help="Your own out-of-sample probabilities (skips embedding)."),
           device: str = typer.Option("auto", help="auto, cpu or cuda."),
           report: bool = typer.Option(True, help="Write report.html and report.json."),
+          offline: bool = OfflineOpt,
+          engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
           as_json: bool = JsonOpt):
     """Ingest, embed, find issues and write the report in one go; exit 1 when the gate fails."""
     from labelkit.audit import audit as run
@@ -216,7 +235,7 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
     with progress:
         result = run(source, workspace, fail_on=fail_on, label_col=label_col, text_col=text_col, image_col=image_col,
                      model=model, pretrained=pretrained, pred_probs=pred_probs, device=device, write_report=report,
-                     progress=update)
+                     progress=update, engine=engine, ray_address=ray_address, offline=offline)
     if as_json:
         _print_json(result)
     else:
@@ -430,14 +449,19 @@ def train(workspace: Path = WorkspaceOpt,
 def main(argv: List[str] | None = None) -> int:
     """Run the CLI and return its exit code (0 ok, 1 check failed, 2 bad usage or input)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    # --debug is the root's option, yet the error hint invites it anywhere: move it in front of the
+    # subcommand (up to a "--", after which every word is an argument).
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    if debug:
+        argv = ["--debug"] + [a for a in argv[:end] if a != "--debug"] + argv[end:]
     try:
         # Without standalone mode, click returns the code of a typer.Exit instead of raising it.
         code = app(args=argv, prog_name="labelkit", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except LabelkitError as exc:
-        if debug:
-            raise
+        if debug:  # the traceback, and still the documented exit code
+            traceback.print_exc(file=sys.stderr)
         err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
@@ -450,7 +474,8 @@ def main(argv: List[str] | None = None) -> int:
             exc.show()
             return 2
         if debug:
-            raise
+            traceback.print_exc(file=sys.stderr)
+            return 3
         # An unexpected bug: still one line unless --debug.
         err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} (rerun with --debug for a traceback)",
                   highlight=False, soft_wrap=True)

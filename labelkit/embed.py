@@ -8,6 +8,7 @@ a rerun embeds only rows whose (id, content_hash) is not stored yet.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError
-from labelkit.features import load_workspace_embeddings, resolve_device  # noqa: F401  (public API)
+from labelkit.features import embed_errors_path, load_workspace_embeddings, resolve_device  # noqa: F401  (public API)
 from labelkit.workspace import Workspace, embedding_array, model_key, write_table
 
 DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -55,12 +56,13 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        """Return (tensor, error): error is '' for a decoded image, else why decoding failed."""
         import torch
 
         try:
-            return self.transform(open_rgb(self.paths[i], self.size)), True
-        except Exception:  # the file changed since ingest; reported as a failed row
-            return torch.zeros(self._shape()), False
+            return self.transform(open_rgb(self.paths[i], self.size)), ""
+        except Exception as exc:  # a damaged or changed file fails its row, not the run; the reason is kept
+            return torch.zeros(self._shape()), decode_error(exc)
 
     def _shape(self):
         from PIL import Image
@@ -68,17 +70,28 @@ class ImageFiles:
         return self.transform(Image.new("RGB", (self.size, self.size))).shape
 
 
+def decode_error(exc: BaseException) -> str:
+    """Return a one-line reason for a failed decode, e.g. 'OSError: image file is truncated'."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__
+
+
 def image_batches(paths: Sequence[str], transform, size: int, forward, *, device: str,
-                  batch_size: int, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield (embeddings, ok mask) per batch, decoding on DataLoader workers while the model runs."""
+                  batch_size: int, workers: int, with_errors: bool = False) -> Iterator[tuple]:
+    """Yield (embeddings, ok mask) per batch, decoding on DataLoader workers while the model runs.
+
+    With `with_errors`, yield (embeddings, ok mask, errors): `errors` lists each row's decode
+    failure ('' where the row decoded).
+    """
     from torch.utils.data import DataLoader
 
     loader = DataLoader(ImageFiles(paths, transform, size), batch_size=batch_size, shuffle=False,
                         num_workers=workers, pin_memory=device.startswith("cuda"),
                         prefetch_factor=4 if workers else None, persistent_workers=False)
-    for images, ok in loader:
+    for images, errors in loader:
         images = images.to(device, non_blocking=True)
-        yield forward(images), ok.numpy().astype(bool)
+        ok = np.array([not e for e in errors], dtype=bool)
+        yield (forward(images), ok, list(errors)) if with_errors else (forward(images), ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,7 +110,8 @@ class Featurizer:
     warning: str | None = None
     info: dict = field(default_factory=dict)
 
-    def image_batches(self, paths, *, batch_size: int, workers: int):
+    def image_batches(self, paths, *, batch_size: int, workers: int, with_errors: bool = False):
+        """Yield (embeddings, ok mask[, errors]) per batch; see :func:`image_batches`."""
         raise LabelkitError(f"The {self.name} embedder cannot embed images.")
 
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
@@ -127,9 +141,9 @@ class PixelFeaturizer(Featurizer):
         norm = float(np.linalg.norm(arr))
         return torch.from_numpy(arr / norm if norm > 0 else arr)
 
-    def image_batches(self, paths, *, batch_size: int, workers: int):
+    def image_batches(self, paths, *, batch_size: int, workers: int, with_errors: bool = False):
         return image_batches(paths, self.transform, self.size, lambda x: x.numpy().astype(np.float32),
-                             device="cpu", batch_size=batch_size, workers=workers)
+                             device="cpu", batch_size=batch_size, workers=workers, with_errors=with_errors)
 
 
 class MiniLMFeaturizer(Featurizer):
@@ -158,33 +172,28 @@ class MiniLMFeaturizer(Featurizer):
 class OpenCLIPFeaturizer(Featurizer):
     """open_clip image and text towers; L2-normalised outputs; fp16 autocast on CUDA."""
 
-    def __init__(self, model: str, pretrained: str | None, device: str = "cpu", *, precision: str = "auto"):
+    def __init__(self, model: str, pretrained: str | None, device: str = "cpu", *, precision: str = "auto",
+                 offline: bool = False, progress: Progress | None = None):
         import open_clip
         import torch
 
-        if model not in open_clip.list_models():
-            raise LabelkitError(f"Unknown open_clip model {model!r}; see `python -c \"import open_clip; "
-                                f"print(open_clip.list_models())\"` (e.g. ViT-B-32), or use --model pixels / {MINILM}.")
-        tag, warning = pretrained, None
-        if pretrained is None:
+        kind = check_clip_options(model, pretrained)
+        tag, warning, what = pretrained, None, f"pretrained weights {pretrained!r}"
+        if kind == "random":
             tag, warning = "random", (f"{model} has RANDOM weights (no --pretrained): its embeddings mean "
                                       "nothing; this is for tests only.")
-        elif Path(pretrained).is_file():
-            tag = f"{Path(pretrained).stem}-{_file_digest(Path(pretrained))}"
-        elif not _clip_weights_cached(model, pretrained) and _offline():
-            raise LabelkitError(
-                f"Could not load pretrained weights {pretrained!r} for {model}: they are not in the local cache "
-                "and downloads are off (HF_HUB_OFFLINE). Pass --pretrained /path/to/checkpoint.pt (a local "
-                f"open_clip checkpoint), or --model {PIXELS} for the pixel baseline.")
+        elif kind == "file":
+            tag, what = f"{Path(pretrained).stem}-{_file_digest(Path(pretrained))}", f"checkpoint {pretrained}"
+        else:
+            fetch_clip_weights(model, pretrained, offline=offline, progress=progress)
         try:
-            with _quiet_logs():  # our own warning says it once, clearly
+            # Weights are local by now; offline, open_clip must not reach for the network either.
+            with _quiet_logs(), _hub_offline(_offline_reason(offline) is not None):
                 net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
-        except Exception as exc:  # download refused offline, missing cache, bad checkpoint
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-            raise LabelkitError(
-                f"Could not load pretrained weights {pretrained!r} for {model} ({reason}). Pass "
-                f"--pretrained /path/to/checkpoint.pt (a local open_clip checkpoint), or --model {PIXELS} "
-                "for the pixel baseline.") from None
+        except Exception as exc:  # a corrupt file, a checkpoint of another architecture
+            raise LabelkitError(f"Could not load {what} for {model}: {_first_line(exc)}. Pass --pretrained "
+                                f"/path/to/checkpoint.pt (a local open_clip checkpoint of {model}), or --model "
+                                f"{PIXELS} for the pixel baseline.") from None
         net.eval()
         dim = int(net.text_projection.shape[1] if getattr(net, "text_projection", None) is not None
                   else net.visual.output_dim)
@@ -219,9 +228,9 @@ class OpenCLIPFeaturizer(Featurizer):
             images = images.contiguous(memory_format=torch.channels_last)
         return self._encode(self.model.encode_image, images)
 
-    def image_batches(self, paths, *, batch_size: int, workers: int):
+    def image_batches(self, paths, *, batch_size: int, workers: int, with_errors: bool = False):
         return image_batches(paths, self.preprocess, self.size, self.encode_image_tensor, device=self.device,
-                             batch_size=batch_size, workers=workers)
+                             batch_size=batch_size, workers=workers, with_errors=with_errors)
 
     def encode_texts(self, texts: Sequence[str], *, batch_size: int = 256) -> np.ndarray:
         out = []
@@ -231,22 +240,193 @@ class OpenCLIPFeaturizer(Featurizer):
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+def check_clip_options(model: str, pretrained: str | None) -> str:
+    """Return how `pretrained` names weights for open_clip `model`: 'random' (None), 'file' or 'tag'.
+
+    Raises :class:`LabelkitError` for an unknown model, a missing checkpoint file or an unknown
+    tag, without loading anything (so a command can check its options before writing).
+    """
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise LabelkitError(f"Unknown open_clip model {model!r}; see `python -c \"import open_clip; "
+                            f"print(open_clip.list_models())\"` (e.g. ViT-B-32), or use --model pixels / {MINILM}.")
+    if pretrained is None:
+        return "random"
+    if Path(pretrained).is_file():
+        return "file"
+    if open_clip.get_pretrained_cfg(model, pretrained):
+        return "tag"
+    if _looks_like_path(pretrained):
+        raise LabelkitError(f"Checkpoint file {pretrained} (--pretrained) does not exist.")
+    tags = open_clip.list_pretrained_tags_by_model(model)
+    known = f"known tags: {', '.join(tags)}" if tags else "open_clip knows no pretrained tags for it"
+    raise LabelkitError(f"Unknown pretrained tag {pretrained!r} for {model} ({known}); pass a known tag or "
+                        "--pretrained /path/to/checkpoint.pt.")
 
 
-def _clip_weights_cached(model: str, tag: str) -> bool:
-    """Return whether open_clip's weights for (model, tag) are in the local Hugging Face cache."""
-    from open_clip.pretrained import get_pretrained_cfg
+def check_featurizer_options(model: str = "auto", pretrained: str | None = None) -> None:
+    """Raise :class:`LabelkitError` for a `model` / `pretrained` that cannot name a featurizer; load nothing."""
+    if model == "auto" and pretrained is None or model in (MINILM, "minilm", "all-MiniLM-L6-v2"):
+        return
+    if model == PIXELS or model.startswith(PIXELS + "-"):
+        _pixel_size(model)
+        return
+    check_clip_options(DEFAULT_CLIP[0] if model == "auto" else model, pretrained)
 
-    cfg = get_pretrained_cfg(model, tag)
-    repo = (cfg or {}).get("hf_hub", "").strip("/")
-    if not repo:
-        return False
-    from huggingface_hub import try_to_load_from_cache
 
-    names = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.safetensors")
-    return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+def _pixel_size(model: str) -> int:
+    size = str(PIXEL_SIZE) if model == PIXELS else model[len(PIXELS) + 1:]
+    if not size.isdigit() or not 1 <= int(size) <= 256:
+        raise LabelkitError(f"The 'model' parameter of embed must be pixels or pixels-N with N an int in the "
+                            f"range [1, 256]. Got {model!r} instead.")
+    return int(size)
+
+
+def _offline_reason(offline: bool = False) -> str | None:
+    """Return why downloads are off ('--offline' or 'HF_HUB_OFFLINE=1'), or None when they are allowed."""
+    if offline:
+        return "--offline"
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return f"HF_HUB_OFFLINE={value}" if value.lower() in ("1", "true", "yes", "on") else None
+
+
+def _first_line(exc: BaseException) -> str:
+    """Return 'Type: first line of the message', plus the exception that caused it, if any."""
+    text = str(exc).strip()
+    line = f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+    cause = exc.__cause__
+    return f"{line}; caused by {_first_line(cause)}" if cause is not None and cause is not exc else line
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or "/" in value or Path(value).suffix.lower() in (".pt", ".pth", ".bin", ".safetensors",
+                                                                              ".ckpt")
+
+
+@contextlib.contextmanager
+def _hub_offline(on: bool = True):
+    """Make huggingface_hub answer from its local cache only, for the duration of the block.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import; `--offline` arrives later, so its
+    constant is set here (and restored after).
+    """
+    if not on:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Return why the Hugging Face endpoint cannot be reached (the socket error), or None.
+
+    One TCP connect: without it huggingface_hub retries each file for about 25 s before it gives
+    up. Skipped behind a proxy, which a direct connect would misjudge.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{constants.ENDPOINT} is unreachable ({_first_line(exc)})"
+    return None
+
+
+def _weight_files(cfg: dict) -> tuple[str, list[str]]:
+    """Return (Hugging Face repo, file names in the order open_clip looks for them) of a pretrained tag."""
+    repo, name = os.path.split(cfg["hf_hub"])  # 'org/repo/' names the default file, 'org/repo/f.pt' a file
+    name = name or "open_clip_pytorch_model.bin"
+    safe = ["open_clip_model.safetensors"] if name == "open_clip_pytorch_model.bin" else (
+        [name[:-4] + ".safetensors"] if name.endswith((".bin", ".pth")) else [])
+    return repo, safe + [name]
+
+
+def _download_bar(progress: Progress | None, description: str):
+    """Return a tqdm class for huggingface_hub that reports bytes to `progress` (or None: tqdm's own bar)."""
+    if progress is None:
+        return None
+    import inspect
+
+    from tqdm import tqdm
+
+    try:
+        takes_description = len(inspect.signature(progress).parameters) >= 3
+    except (TypeError, ValueError):
+        takes_description = False
+
+    class Bar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True  # the caller's bar draws it
+            super().__init__(*args, **kwargs)
+            self.done = kwargs.get("initial", 0) or 0
+
+        def update(self, n=1):
+            self.done += n or 0
+            total = int(self.total) if self.total else None
+            progress(self.done, total, description) if takes_description else progress(self.done, total)
+            return super().update(n)
+
+    return Bar
+
+
+def fetch_clip_weights(model: str, tag: str, *, offline: bool = False, progress: Progress | None = None) -> str:
+    """Return the local file of open_clip's weights for (`model`, `tag`), downloading it if needed.
+
+    Online, the file is downloaded into the Hugging Face cache with a progress bar (`progress`
+    gets bytes done and total). Offline (`offline`, ``HF_HUB_OFFLINE=1``, or an unreachable hub)
+    only the cache is looked at. Raises :class:`LabelkitError` naming what was tried and the
+    exception that stopped it.
+    """
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    if not cfg.get("hf_hub"):
+        if _offline_reason(offline) is not None:
+            raise LabelkitError(f"Could not load pretrained weights {tag!r} for {model}: open_clip downloads them "
+                                f"from {cfg.get('url')} and downloads are off ({_offline_reason(offline)}).")
+        from open_clip.pretrained import download_pretrained
+
+        try:
+            return download_pretrained(cfg)
+        except Exception as exc:
+            raise LabelkitError(f"Could not download pretrained weights {tag!r} for {model} from {cfg.get('url')} "
+                                f"({_first_line(exc)}).") from None
+    from huggingface_hub import constants, hf_hub_download
+
+    repo, names = _weight_files(cfg)
+    why_off = _offline_reason(offline) or _hub_unreachable()
+    last: BaseException | None = None
+    for name in names:
+        try:
+            return hf_hub_download(repo, name, local_files_only=why_off is not None,
+                                   tqdm_class=_download_bar(progress, f"Downloading {model} {tag}"))
+        except Exception as exc:  # a missing .safetensors is normal: the next name is tried
+            last = exc
+    cache = constants.HF_HUB_CACHE
+    if why_off is not None:
+        # huggingface_hub's own text here blames the connection or local_files_only; ours says which
+        raise LabelkitError(f"Could not load pretrained weights {tag!r} for {model}: looked only in the local cache "
+                            f"{cache} for {repo}/{names[-1]} because {_off_clause(why_off)}, and it is not there.")
+    raise LabelkitError(f"Could not download pretrained weights {tag!r} for {model} from {constants.ENDPOINT}/{repo} "
+                        f"({_first_line(last)}).")
+
+
+def _off_clause(why: str) -> str:
+    return why if " is unreachable " in why else f"downloads are off ({why})"
 
 
 @contextlib.contextmanager
@@ -273,34 +453,37 @@ def _file_digest(path: Path) -> str:
 
 
 def load_featurizer(model: str = "auto", pretrained: str | None = None, *, device: str = "auto",
-                    modality: str = "image") -> Featurizer:
+                    modality: str = "image", offline: bool = False, progress: Progress | None = None) -> Featurizer:
     """Return the featurizer for `model`; 'auto' is MiniLM for text and CLIP-or-pixels for images.
 
-    An image dataset with no loadable CLIP weights falls back to the pixel baseline with a loud
-    `warning`, never to random CLIP features.
+    'auto' on images downloads the default CLIP weights when they are not cached (`progress`
+    gets the bytes). Only that default falls back, when its weights cannot be had (offline,
+    unreachable hub, damaged cache), to the pixel baseline, with a loud `warning` that says what
+    was tried and why it failed; never to random CLIP features. A model or weights the user
+    names (`model`, `pretrained`) load or raise :class:`LabelkitError` with the reason.
     """
     device = resolve_device(device)
     if model == "auto":
         if modality == "text":
             return MiniLMFeaturizer(device)
+        if pretrained is not None:  # the user's own weights: they load, or the run stops
+            return OpenCLIPFeaturizer(DEFAULT_CLIP[0], pretrained, device, offline=offline, progress=progress)
         try:
-            tag = pretrained or DEFAULT_CLIP[1]
-            if not Path(tag).is_file() and not _clip_weights_cached(DEFAULT_CLIP[0], tag):
-                raise LabelkitError("not cached")  # never wait on a download for the default path
-            return OpenCLIPFeaturizer(DEFAULT_CLIP[0], tag, device)
-        except LabelkitError:
+            return OpenCLIPFeaturizer(*DEFAULT_CLIP, device, offline=offline, progress=progress)
+        except LabelkitError as exc:
             f = PixelFeaturizer()
-            f.warning = (f"PIXEL BASELINE: no pretrained CLIP weights could be loaded ({DEFAULT_CLIP[0]} / "
-                         f"{pretrained or DEFAULT_CLIP[1]} is not in the local cache and there is no network), so "
-                         f"images are embedded as {PIXEL_SIZE}x{PIXEL_SIZE} pixels. Label-error detection on pixels "
-                         "is far weaker than on CLIP features; pass --model ViT-B-32 --pretrained /path/to/checkpoint.")
+            hint = ("run once with network access (without --offline / HF_HUB_OFFLINE=1) to download them"
+                    if _offline_reason(offline) else "fix the connection and run again")
+            f.warning = (f"PIXEL BASELINE: images are embedded as {PIXEL_SIZE}x{PIXEL_SIZE} pixels because the default "
+                         f"CLIP weights ({DEFAULT_CLIP[0]} / {DEFAULT_CLIP[1]}) did not load. {exc} Label-error "
+                         f"detection on pixels is far weaker than on CLIP features; {hint}, or pass --model "
+                         f"{DEFAULT_CLIP[0]} --pretrained /path/to/checkpoint.pt.")
             return f
     if model == PIXELS or model.startswith(PIXELS + "-"):
-        size = int(model.split("-")[1]) if "-" in model else PIXEL_SIZE
-        return PixelFeaturizer(size)
+        return PixelFeaturizer(_pixel_size(model))
     if model in (MINILM, "minilm", "all-MiniLM-L6-v2"):
         return MiniLMFeaturizer(device)
-    return OpenCLIPFeaturizer(model, pretrained, device)
+    return OpenCLIPFeaturizer(model, pretrained, device, offline=offline, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +505,8 @@ class EmbedResult:
     seconds: float
     path: str
     warning: str | None = None
+    errors_path: str | None = None
+    first_errors: list = field(default_factory=list)
 
     @property
     def up_to_date(self) -> bool:
@@ -332,6 +517,7 @@ class EmbedResult:
 
 
 EMBED_SCHEMA_FIELDS = ("id", "content_hash", "embedding")
+EMBED_ERRORS_SCHEMA = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("error", pa.string())])
 
 
 def _read_stored(path: Path, parts: Path) -> pa.Table | None:
@@ -357,8 +543,12 @@ def _read_stored(path: Path, parts: Path) -> pa.Table | None:
 def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "auto", pretrained: str | None = None,
           device: str = "auto", batch_size: int | None = None, workers: int | None = None,
           chunk_rows: int | None = None, featurizer: Featurizer | None = None,
-          progress: Progress | None = None) -> EmbedResult:
+          progress: Progress | None = None, engine: str = "local", ray_address: str | None = None,
+          offline: bool = False) -> EmbedResult:
     """Return what was embedded; writes ``embeddings/<key>.parquet`` and records it in the manifest.
+
+    Rows whose file fails to decode are left out of the table; their reasons go to
+    ``embeddings/<key>.errors.parquet`` (`id`, `content_hash`, `error`) and into the result.
 
     Parameters
     ----------
@@ -373,13 +563,22 @@ def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "a
         Rows per resumable chunk (default 16 batches).
     featurizer : Featurizer, optional
         Use this featurizer instead of building one from `model` (tests, notebooks).
+    offline : bool
+        Never download weights: 'auto' uses cached CLIP weights or falls back to pixels; a named
+        pretrained tag that is not cached is an error. ``HF_HUB_OFFLINE=1`` does the same.
+    engine : {'local', 'ray'}
+        ``'ray'``: embed on an actor pool of the cluster at ``ray_address`` (see docs/ray.md).
     """
+    from labelkit.engines import check_engine
+
+    check_engine(engine, "embed")
     started = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     manifest = ws.read_manifest()
     modality = manifest.get("modality", "image")
     items = ws.read_items(columns=["id", "modality", "text", "image_path", "content_hash", "error"])
-    f = featurizer or load_featurizer(model, pretrained, device=device, modality=modality)
+    f = featurizer or load_featurizer(model, pretrained, device=device, modality=modality, offline=offline,
+                                      progress=progress)
     cuda = f.device.startswith("cuda")
     batch_size = batch_size or (256 if cuda else 64)
     if workers is None:
@@ -397,15 +596,28 @@ def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "a
     todo = usable[[done.get(i) != h for i, h in zip(usable["id"], usable["content_hash"])]]
 
     embedded = failed = 0
-    if len(todo):
+    errors: dict[str, list] = {"id": [], "content_hash": [], "error": []}
+    if len(todo) and engine == "ray":
+        from labelkit.engines.ray import embed_parts
+
+        # Each actor rebuilds the driver's choice by name (a user-given featurizer travels pickled).
+        make = ((lambda device: featurizer) if featurizer is not None else functools.partial(
+            load_featurizer, f"{PIXELS}-{f.size}" if isinstance(f, PixelFeaturizer) else f.name, f.pretrained,
+            modality=modality))
+        embedded, failed = embed_parts(ws.items_path, parts, make_featurizer=make, key=f.key, modality=modality,
+                                       done=done, batch_size=batch_size, chunk_rows=chunk_rows,
+                                       address=ray_address, total=len(todo), progress=progress)
+    elif len(todo):
         parts.mkdir(parents=True, exist_ok=True)
         ids, hashes = todo["id"].tolist(), todo["content_hash"].tolist()
         if modality == "text":
             batches = _text_batches(f, todo["text"].tolist(), batch_size)
         else:
-            batches = f.image_batches(todo["image_path"].tolist(), batch_size=batch_size, workers=workers)
+            batches = f.image_batches(todo["image_path"].tolist(), batch_size=batch_size, workers=workers,
+                                      with_errors=True)
         buffer: list[np.ndarray] = []
         oks: list[np.ndarray] = []
+        reasons: list[str] = []
         pos = 0
 
         def flush() -> None:
@@ -421,12 +633,18 @@ def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "a
             pos += len(emb)
             embedded += len(keep)
             failed += len(emb) - len(keep)
+            for row in np.flatnonzero(~ok):
+                errors["id"].append(ids[sl.start + row])
+                errors["content_hash"].append(hashes[sl.start + row])
+                errors["error"].append(reasons[row] or "failed to embed")
             buffer.clear()
             oks.clear()
+            reasons.clear()
 
-        for emb, ok in batches:
+        for emb, ok, why in batches:
             buffer.append(emb)
             oks.append(ok)
+            reasons.extend(why)
             if sum(len(b) for b in buffer) >= chunk_rows:
                 flush()
             if progress:
@@ -436,19 +654,31 @@ def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "a
     if len(todo) or parts.exists() or stored is None or stored.num_rows != len(usable):
         _consolidate(path, parts, usable)
     n_rows = pq.read_metadata(path).num_rows if path.exists() else 0
+    errors_path = embed_errors_path(path)
+    if errors["id"]:  # every failed row is retried by the next run, so this run's failures are all of them
+        write_table(pa.table(errors, schema=EMBED_ERRORS_SCHEMA), errors_path)
+    elif errors_path.exists():
+        errors_path.unlink()
+    first = [{"id": i, "error": e} for i, e in zip(errors["id"][:5], errors["error"][:5])]
     result = EmbedResult(key=f.key, model=f.name, pretrained=f.pretrained, dim=f.dim, device=f.device, rows=n_rows,
                          embedded_now=embedded, cached=len(usable) - len(todo), skipped_unusable=skipped,
                          failed=failed, seconds=round(time.perf_counter() - started, 3),
-                         path=str(path.relative_to(ws.root)), warning=f.warning)
-    ws.update_stage("embed", result.to_dict() | {"embedding_key": f.key},
-                    warnings=[f.warning] if f.warning else [])
+                         path=str(path.relative_to(ws.root)), warning=f.warning,
+                         errors_path=str(errors_path.relative_to(ws.root)) if errors["id"] else None,
+                         first_errors=first)
+    warnings = [f.warning] if f.warning else []
+    if failed:
+        example = f" (e.g. {first[0]['id']!r}: {first[0]['error']}; all in {result.errors_path})" if first else ""
+        warnings.append(f"{failed} rows could not be embedded{example}; repair or remove those files and run "
+                        "`labelkit ingest` again.")
+    ws.update_stage("embed", result.to_dict() | {"embedding_key": f.key}, warnings=warnings)
     return result
 
 
 def _text_batches(f: Featurizer, texts: list[str], batch_size: int):
     for i in range(0, len(texts), batch_size):
         emb = f.encode_texts(texts[i:i + batch_size], batch_size=batch_size)
-        yield emb, np.ones(len(emb), dtype=bool)
+        yield emb, np.ones(len(emb), dtype=bool), [""] * len(emb)
 
 
 def _consolidate(path: Path, parts: Path, usable) -> None:

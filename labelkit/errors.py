@@ -7,8 +7,12 @@ EXIT_CHECK_FAILED = 1  # a gate or a `train --check` threshold failed
 EXIT_BAD_INPUT = 2  # bad usage or bad input; the message names the file, column or row
 
 
-class LabelkitError(Exception):
-    """An error meant for the user: one line, no traceback, a documented exit code."""
+class LabelkitError(ValueError):
+    """An error meant for the user: one line, no traceback, a documented exit code.
+
+    A ``ValueError``, as scikit-learn's parameter errors are, so library callers who already catch
+    bad-value errors catch labelkit's too.
+    """
 
     def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
         super().__init__(message)

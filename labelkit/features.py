@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -34,3 +36,29 @@ def load_workspace_embeddings(ws: Workspace, key: str | None = None) -> tuple[st
         raise LabelkitError(f"Embedding table {path} is missing; run `labelkit embed -w {ws.root}` again.")
     table = pq.read_table(path, columns=["id", "embedding"])
     return key, table.column("id").to_pylist(), embedding_matrix(table.column("embedding"))
+
+
+def embed_errors_path(embeddings_path: Path) -> Path:
+    """Return the table of rows that failed to embed beside an embedding table (``<key>.errors.parquet``)."""
+    return embeddings_path.with_name(f"{embeddings_path.stem}.errors.parquet")
+
+
+def missing_embeddings_error(ws: Workspace, key: str, n_missing: int, first_id: str) -> LabelkitError:
+    """Return the user error for `n_missing` usable rows without an embedding, naming the first and why.
+
+    The reason comes from ``<key>.errors.parquet``, written by `embed` for rows that failed to
+    decode; a row without one was never embedded (an interrupted or older run).
+    """
+    errors_path = embed_errors_path(ws.embeddings_path(key))
+    reason = None
+    if errors_path.exists():
+        import pyarrow.compute as pc
+
+        table = pq.read_table(errors_path, columns=["id", "error"], filters=pc.field("id") == first_id)
+        reason = table.column("error")[0].as_py() if table.num_rows else None
+    if reason is not None:
+        return LabelkitError(f"{n_missing} usable rows have no embedding in {key} because they failed to embed, e.g. "
+                             f"{first_id!r}: {reason} (all reasons in {errors_path}); repair or remove those files, "
+                             f"then run `labelkit ingest` and `labelkit embed -w {ws.root}` again.")
+    return LabelkitError(f"{n_missing} usable rows (e.g. {first_id!r}) have no embedding in {key}; run `labelkit embed "
+                         f"-w {ws.root}` again.")

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import operator
 import re
-import tomllib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from labelkit.errors import LabelkitError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib is 3.11+; tomli is the same parser, packaged for 3.10
+    import tomli as tomllib
 
 DEFAULT_RULES = ("label_issue_rate>0.03",)
 METRICS = {
@@ -93,11 +98,18 @@ def resolve_rules(cli_rules: list[str] | None, *, config_start: Path | str = "."
 
 
 def evaluate(rules: list[Rule], summary: dict) -> dict:
-    """Return the verdict: {'passed': bool, 'results': [{rule, metric, value, failed}], ...}."""
+    """Return the verdict: {'passed': bool, 'results': [{rule, metric, value, failed, verdict}]}.
+
+    A rule whose metric the summary lacks, or holds as None or NaN (e.g. ``outliers`` without
+    embeddings), fails with verdict ``"not measured"``: a gate must not pass on a number that was
+    never computed. Otherwise the verdict is ``"fail"`` when the rule holds, else ``"pass"``.
+    """
     results = []
     for rule in rules:
         value = summary.get(rule.metric)
-        failed = value is not None and OPS[rule.op](value, rule.threshold)
-        results.append({"rule": str(rule), "metric": rule.metric, "value": value, "failed": bool(failed),
-                        "skipped": value is None})
+        measured = value is not None and value == value  # NaN, of any float type, is unequal to itself
+        failed = not measured or bool(OPS[rule.op](value, rule.threshold))
+        results.append({"rule": str(rule), "metric": rule.metric, "value": value if measured else None,
+                        "failed": failed, "not_measured": not measured,
+                        "verdict": "not measured" if not measured else ("fail" if failed else "pass")})
     return {"passed": not any(r["failed"] for r in results), "results": results}

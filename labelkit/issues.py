@@ -20,7 +20,9 @@ import pyarrow.compute as pc
 from labelkit.errors import LabelkitError, check_in_range
 from labelkit.neighbors import find_nearest_neighbors, get_outlier_scores  # noqa: F401  (public API)
 from labelkit.probe import ProbeChoice, get_out_of_sample_probs  # noqa: F401  (public API)
-from labelkit.workspace import Workspace, read_class_file, write_table
+from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
+from labelkit.workspace import (Workspace, current_items_fingerprint, fingerprint, read_class_file,
+                                require_current_embeddings, with_fingerprint, write_table)
 
 FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
              "low_normalized_margin", "low_self_confidence")
@@ -221,6 +223,74 @@ def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None
 # ---------------------------------------------------------------------------------------------
 # The verb
 
+HELDOUT_FOLD = -1  # `fold` of a probe row predicted by a model fit on all non-held-out rows (probe.py)
+
+
+def check_issues_options(*, filter_by: str, rank_by: str, dup_threshold: float, k_neighbors: int, n_folds: int,
+                         probe: str, seed: int) -> None:
+    """Raise the scikit-learn shaped user error for the first bad option of :func:`issues`.
+
+    Called before anything is read or written, so a bad option leaves the workspace untouched.
+    """
+    from labelkit.probe import PROBES
+
+    for name, value, allowed in (("filter_by", filter_by, FILTER_BY), ("rank_by", rank_by, RANK_BY),
+                                 ("probe", probe, PROBES)):
+        if value not in allowed:
+            raise LabelkitError(f"The {name!r} parameter of issues must be one of {', '.join(allowed)}. "
+                                f"Got {value!r} instead.")
+    for name, value, low in (("k_neighbors", k_neighbors, 1), ("n_folds", n_folds, 2)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise LabelkitError(f"The {name!r} parameter of issues must be an int in the range [{low}, inf). "
+                                f"Got {value!r} instead.")
+        check_in_range(value, name, "issues", low=low, kind="an int")
+    if isinstance(dup_threshold, bool) or not isinstance(dup_threshold, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(dup_threshold):
+        raise LabelkitError(f"The 'dup_threshold' parameter of issues must be a number in the range [-1.0, 1.0]. "
+                            f"Got {dup_threshold!r} instead.")
+    check_in_range(dup_threshold, "dup_threshold", "issues", low=-1.0, high=1.0)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise LabelkitError(f"The 'seed' parameter of issues must be an int. Got {seed!r} instead.")
+
+
+def probe_classes(labels: np.ndarray, n_classes: int, n_folds: int) -> np.ndarray:
+    """Return the mask of classes with enough training rows for `n_folds` stratified folds.
+
+    A class with fewer rows than folds cannot appear in every fold's training and test part; it is
+    left out of the probe (its rows get no label-issue verdict) instead of shrinking every class's
+    folds to its size. Classes without rows are left out too.
+    """
+    counts = np.bincount(np.asarray(labels, np.int64), minlength=n_classes)
+    return counts >= n_folds
+
+
+def _label_issues_for_classes(labels: np.ndarray, probs: np.ndarray, included: np.ndarray, *, filter_by: str,
+                              rank_by: str) -> dict:
+    """Return :func:`find_label_issues` over the rows of `included` classes, expanded to every row.
+
+    Rows of other classes get no verdict: not flagged, quality NaN, suggested label -1; their rows
+    and columns of the joint and noise matrices are 0.
+    """
+    K = len(included)
+    if included.all():
+        return find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
+    kept = np.flatnonzero(included)
+    rows = included[labels]
+    remap = np.full(K, -1, np.int64)
+    remap[kept] = np.arange(len(kept))
+    sub = probs[rows][:, kept].astype(np.float32)
+    sub /= np.maximum(sub.sum(1, keepdims=True), np.float32(1e-12))
+    part = find_label_issues(remap[labels[rows]], sub, filter_by=filter_by, rank_by=rank_by)
+    n = len(labels)
+    out = {"is_label_issue": np.zeros(n, bool), "label_quality": np.full(n, np.nan),
+           "suggested_label": np.full(n, -1, np.int64), "joint": np.zeros((K, K)), "noise_matrix": np.zeros((K, K))}
+    out["is_label_issue"][rows] = part["is_label_issue"]
+    out["label_quality"][rows] = part["label_quality"]
+    out["suggested_label"][rows] = kept[part["suggested_label"]]
+    out["joint"][np.ix_(kept, kept)] = part["joint"]
+    out["noise_matrix"][np.ix_(kept, kept)] = part["noise_matrix"]
+    return out
+
 
 class _Background:
     """Run `func(*args, **kwargs)` on a thread; `join()` waits, re-raises its exception or returns its value.
@@ -268,18 +338,25 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
            classes_file: Path | str | None = None, n_folds: int = 5, probe: str = "auto",
            filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
            dup_threshold: float = 0.985, k_neighbors: int = 10, embedding_key: str | None = None,
-           device: str = "auto", seed: int = 0, progress: Progress | None = None) -> IssuesResult:
+           device: str = "auto", seed: int = 0, progress: Progress | None = None, engine: str = "local",
+           ray_address: str | None = None) -> IssuesResult:
     """Return the issues summary; writes probs.parquet, issues.parquet and the manifest summary.
 
     Out-of-sample probabilities come from `pred_probs` (a file of the user's model outputs) or
     from a k-fold probe on the workspace embeddings. Near-duplicates and outliers need embeddings
-    and are skipped (None in the summary) without them.
+    and are skipped (None in the summary) without them. ``engine='ray'`` shards the neighbour
+    search over the cluster at `ray_address`; the probe and confident learning stay on the driver.
     """
+    from labelkit.engines import check_engine
     from labelkit.features import load_workspace_embeddings, resolve_device
 
+    check_engine(engine, "issues")
+    check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
+                         n_folds=n_folds, probe=probe, seed=seed)
     started = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     manifest = ws.read_manifest()
+    items_fp = current_items_fingerprint(ws)
     classes = manifest["classes"]
     K = len(classes)
     # Kept in Arrow: a million ids never become Python strings.
@@ -298,37 +375,83 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
             emb_row = _positions(usable_ids, emb_ids)
             missing = np.flatnonzero(emb_row < 0)
             if len(missing):
-                raise LabelkitError(f"{len(missing)} usable rows (e.g. {usable_ids[int(missing[0])].as_py()!r}) have "
-                                    f"no embedding in {key}; run `labelkit embed -w {ws.root}` again.")
+                from labelkit.features import missing_embeddings_error
+
+                raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
+            require_current_embeddings(ws, key, usable_ids, usable_rows(_string_array(items.column("content_hash"))))
             emb = matrix[emb_row]
             embedding_key = key
             device = resolve_device(device)  # torch is only needed when there are embeddings
 
+    # The probe never trains on the held-out rows fixed at ingest (labelkit.splits), so its
+    # probabilities can feed pruning, relabel votes and distillation without leaking them.
+    held, held_record = heldout_mask(ws, usable_ids)
+    warnings: list[str] = []
+    excluded: dict[str, int] = {}
+    not_measured = None
+    present = np.bincount(labels, minlength=K) > 0
     if pred_probs is not None:
         probs = load_pred_probs(pred_probs, ids=ids, usable=usable, classes=classes, classes_file=classes_file)
         folds, origin, probe_info = np.full(len(probs), -1, np.int16), "user", None
+        included = present
     else:
-        probs, folds, choice = get_out_of_sample_probs(emb, labels, n_classes=K, n_folds=n_folds, probe=probe,
-                                                       device=device, seed=seed, progress=progress)
-        origin, probe_info = "probe", choice.to_dict()
+        train_counts = np.bincount(labels[~held], minlength=K)
+        included = probe_classes(labels[~held], K, n_folds)
+        excluded = {classes[k]: int(train_counts[k]) for k in np.flatnonzero(present & ~included)}
+        if excluded:
+            warnings.append(f"{len(excluded)} class(es) have fewer than {n_folds} training rows for the {n_folds}-fold "
+                            "probe and get no label-issue verdict: "
+                            + ", ".join(f"{c} ({n} rows)" for c, n in list(excluded.items())[:10])
+                            + (", …" if len(excluded) > 10 else "") + ".")
+        probs = folds = None
+        origin, probe_info = "probe", None
+        if included.sum() >= 2:
+            # Rows of left-out classes are predicted like held-out rows: by a model that never saw them.
+            probs, folds, choice = get_out_of_sample_probs(emb, labels, holdout=held | ~included[labels], n_classes=K,
+                                                           n_folds=n_folds, probe=probe, device=device, seed=seed,
+                                                           progress=progress)
+            probe_info = choice.to_dict()
+    if included.sum() < 2:
+        not_measured = ("the data has one class" if present.sum() < 2 else
+                        f"only {int(included.sum())} class has at least {n_folds} training rows")
+        warnings.append(f"Label issues cannot be computed: {not_measured}; confident learning compares at least "
+                        "two classes. Duplicates and outliers are still checked.")
+    options_fp = fingerprint(items_fp, "label", embedding_key, origin, str(pred_probs) if pred_probs else None,
+                             n_folds, probe, filter_by, rank_by, dup_threshold, k_neighbors, seed,
+                             held_record["ids_fingerprint"])
 
-    # probs.parquet is written on a thread while cleanlab runs: Arrow's writer releases the GIL.
-    probs_table = pa.table({
-        "id": usable_ids,
-        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32, copy=False).reshape(-1)),
-                                                        K).cast(pa.list_(pa.float32())),
-        "fold": pa.array(folds, pa.int16()),
-        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(usable_ids), np.int8)), pa.array([origin])),
-    })
-    writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
-                         use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+    writer = None
+    if probs is not None:
+        # probs.parquet is written on a thread while cleanlab runs: Arrow's writer releases the GIL.
+        probs_table = with_fingerprint(pa.table({
+            "id": usable_ids,
+            "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32, copy=False).reshape(-1)),
+                                                            K).cast(pa.list_(pa.float32())),
+            "fold": pa.array(folds, pa.int16()),
+            "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(usable_ids), np.int8)), pa.array([origin])),
+        }), items_fp, options_fp)
+        probs_table = probs_table.replace_schema_metadata(
+            probs_table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: held_record["ids_fingerprint"].encode()})
+        writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
+                             use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+    elif ws.probs_path.exists():
+        ws.probs_path.unlink()  # an earlier run's probabilities must not outlive the run that replaced them
     hashes = usable_rows(_string_array(items.column("content_hash")))
     with_neighbors = emb is not None and len(emb) > 1
     exact_dups = None if with_neighbors else _Background(find_duplicates, hashes)  # hashing releases the GIL too
-    found = find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
+    if not_measured is None:
+        found = _label_issues_for_classes(labels, probs, included, filter_by=filter_by, rank_by=rank_by)
+    else:
+        found = {"is_label_issue": np.zeros(len(labels), bool), "label_quality": np.full(len(labels), np.nan),
+                 "suggested_label": np.full(len(labels), -1, np.int64), "joint": None, "noise_matrix": None}
 
     if with_neighbors:
-        nn_idx, nn_sim = find_nearest_neighbors(emb, k=k_neighbors, device=device)
+        if engine == "ray":
+            from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
+
+            nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address)
+        else:
+            nn_idx, nn_sim = find_nearest_neighbors(emb, k=k_neighbors, device=device)
         outlier_score, is_outlier = get_outlier_scores(nn_sim)
         dup_of, dup_score, exact = find_duplicates(hashes, nn_idx, nn_sim, threshold=dup_threshold)
     else:
@@ -341,9 +464,9 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     issues_table = pa.table({
         "id": usable_ids,
         "is_label_issue": pa.array(found["is_label_issue"]),
-        "label_quality": pa.array(found["label_quality"], pa.float32()),
+        "label_quality": pa.array(found["label_quality"], pa.float32(), mask=np.isnan(found["label_quality"])),
         "given_label": class_array.take(pa.array(labels)),
-        "suggested_label": class_array.take(pa.array(found["suggested_label"])),
+        "suggested_label": class_array.take(pa.array(found["suggested_label"], mask=found["suggested_label"] < 0)),
         "duplicate_of": usable_ids.take(pa.array(dup_of, mask=dup_of < 0)),
         "is_exact_duplicate": pa.array(exact),
         "conflicting_duplicate": pa.array(conflicting),
@@ -352,17 +475,23 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         "is_outlier": pa.array(is_outlier),
     })
     # Dictionary pages only where values repeat (not for unique ids): half the time, smaller file.
-    write_table(issues_table, ws.issues_path, row_group_size=65536, use_dictionary=["given_label", "suggested_label"],
-                write_statistics=["id"])
-    writer.join()
+    write_table(with_fingerprint(issues_table, items_fp, options_fp), ws.issues_path, row_group_size=65536,
+                use_dictionary=["given_label", "suggested_label"], write_statistics=["id"])
+    if writer is not None:
+        writer.join()
 
     summary = summarize(labels, classes, found, dup_of=dup_of, exact=exact, conflicting=conflicting,
                         is_outlier=is_outlier if emb is not None else None, n_rows=items.num_rows,
                         has_embeddings=emb is not None)
+    judged = found["suggested_label"] >= 0
     summary |= {"origin": origin, "probe": probe_info, "embedding_key": embedding_key, "filter_by": filter_by,
                 "rank_by": rank_by, "dup_threshold": dup_threshold, "seconds": round(time.perf_counter() - started, 3),
-                "probe_accuracy": float((found["suggested_label"] == labels).mean())}
-    ws.update_stage("issues", summary)
+                "probe_accuracy": float((found["suggested_label"] == labels)[judged].mean()) if judged.any() else None,
+                "label_issues_not_measured": not_measured, "probe_excluded_classes": excluded,
+                "heldout": {"rows": int(held.sum()), "ids_fingerprint": held_record["ids_fingerprint"],
+                            "in_probe_training": False},
+                "items_fingerprint": items_fp, "fingerprint": options_fp}
+    ws.update_stage("issues", summary, warnings=warnings)
 
     flagged = np.flatnonzero(found["is_label_issue"])
     flagged = flagged[np.argsort(found["label_quality"][flagged], kind="stable")][:20]  # worst first
@@ -377,17 +506,25 @@ def summarize(labels: np.ndarray, classes: list[str], found: dict, *, dup_of: np
     K = len(classes)
     counts = np.bincount(labels, minlength=K)
     flags = found["is_label_issue"]
+    # Rows of classes left out of the probe have no verdict (quality NaN): their class's numbers
+    # are None, not 0, and when no row has one the label-issue metrics were not measured.
+    judged = ~np.isnan(found["label_quality"])
+    judged_counts = np.bincount(labels, weights=judged, minlength=K)
     flagged = np.bincount(labels, weights=flags, minlength=K)
-    quality_sum = np.bincount(labels, weights=found["label_quality"], minlength=K)
-    per_class = {c: {"count": int(counts[k]), "label_issues": int(flagged[k]),
-                     "issue_rate": float(flagged[k] / counts[k]) if counts[k] else 0.0,
-                     "mean_label_quality": float(quality_sum[k] / counts[k]) if counts[k] else None}
+    quality_sum = np.bincount(labels, weights=np.where(judged, found["label_quality"], 0.0), minlength=K)
+    per_class = {c: {"count": int(counts[k]), "label_issues": int(flagged[k]) if judged_counts[k] else None,
+                     "issue_rate": float(flagged[k] / counts[k]) if judged_counts[k] else None,
+                     "mean_label_quality": float(quality_sum[k] / judged_counts[k]) if judged_counts[k] else None}
                  for k, c in enumerate(classes)}
     nonzero = counts[counts > 0]
     n = len(labels)
+    measured = bool(judged.any())
+    matrix = lambda m: np.round(m, 6).tolist() if m is not None else None
     return {
         "rows": n_rows, "usable_rows": n, "unusable_rows": n_rows - n, "n_classes": K,
-        "label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else 0.0,
+        "label_issues": int(flags.sum()) if measured else None,
+        "label_issue_rate": float(flags.sum() / judged.sum()) if measured else None,
+        "label_issues_checked_rows": int(judged.sum()),
         "exact_duplicates": int(exact.sum()),
         "near_duplicates": int(((dup_of >= 0) & ~exact).sum()) if has_embeddings else None,
         "duplicates": int((dup_of >= 0).sum()), "conflicting_duplicates": int(conflicting.sum()),
@@ -396,6 +533,6 @@ def summarize(labels: np.ndarray, classes: list[str], found: dict, *, dup_of: np
         "class_min_count": int(counts.min()) if K else 0,
         "imbalance_ratio": float(nonzero.max() / nonzero.min()) if len(nonzero) else None,
         "per_class": per_class,
-        "noise_matrix": np.round(found["noise_matrix"], 6).tolist(),
-        "joint": np.round(found["joint"], 6).tolist(),
+        "noise_matrix": matrix(found["noise_matrix"]),
+        "joint": matrix(found["joint"]),
     }

@@ -339,74 +339,104 @@ class MixupCE(_Mixing):
         return soft_cross_entropy(logits, lam * y + (1 - lam) * y[perm]).mean()
 
 
+def _mixed_targets(y: Tensor, lam: float, perm: Tensor) -> Tensor:
+    """The mixed label :math:`\\lambda y_i + (1-\\lambda) y_{\\pi(i)}` of every row."""
+    return lam * y + (1 - lam) * y[perm]
+
+
+# A mixed label whose largest entry is 1 (within float error) is still one-hot: both samples
+# have the same class, so the mix carries no ranking or decoupling signal.
+_ONE_HOT_TOL = 1e-6
+
+
 @register("rankmixup_mrl")
 class RankMixupMRL(_Mixing):
-    r"""RankMixup's mixup-based ranking loss: CE on raw samples plus
-    :math:`w \cdot \max(0,\; c(\tilde x) - c(x) + m)`, where :math:`c` is the top-class confidence.
+    r"""RankMixup's mixup-based ranking loss (MRL): cross-entropy on the raw samples plus
+    :math:`w \cdot \frac1n \sum_i s_i \max(0,\; \max_k \tilde z_{ik} - \max_k z_{ik} + m)`.
 
-    A mixed sample :math:`\tilde x = \lambda x_i + (1-\lambda) x_j` should be predicted less
-    confidently than the raw :math:`x_i` by a margin m. Defaults ``alpha=1, margin=0.1, weight=1``.
+    :math:`z_i` are the logits of the raw sample :math:`x_i`, :math:`\tilde z_i` those of
+    :math:`\lambda x_i + (1-\lambda) x_{\pi(i)}` (one :math:`\lambda \sim \mathrm{Beta}(\alpha, \alpha)`
+    per batch, π a random permutation): a mixed sample should score its top class lower than
+    the raw one by a margin m. As in the authors' code, the ranking compares top *logits* (their
+    confidence variant is unused; the margin, 2 on CIFAR, is on the logit scale), and a pair whose
+    mixed label :math:`\lambda y_i + (1-\lambda) y_{\pi(i)}` is still one-hot (same class:
+    :math:`s_i = 0`) adds nothing to the hinge but counts in the mean. Defaults ``alpha=2,
+    margin=2, weight=0.1`` (the authors' CIFAR-10 settings).
 
     References: Noh et al., "RankMixup: Ranking-Based Mixup Training for Network Calibration",
     ICCV 2023.
     """
 
-    def __init__(self, alpha: float = 1.0, margin: float = 0.1, weight: float = 1.0, seed: int = 0):
+    def __init__(self, alpha: float = 2.0, margin: float = 2.0, weight: float = 0.1, seed: int = 0):
         super().__init__(alpha, seed)
         self.margin, self.weight = float(margin), float(weight)
 
-    def ranking_term(self, raw_logits: Tensor, mixed_logits: Tensor) -> Tensor:
-        c_raw = F.softmax(raw_logits.float(), 1).max(1).values
-        c_mix = F.softmax(mixed_logits.float(), 1).max(1).values
-        return F.relu(c_mix - c_raw + self.margin).mean()
+    def ranking_term(self, raw_logits: Tensor, mixed_logits: Tensor, mixed_target: Tensor) -> Tensor:
+        """Mean over the batch of the masked hinge on top logits (see the class docstring)."""
+        diff = mixed_logits.float().max(1).values - raw_logits.float().max(1).values
+        counted = mixed_target.max(1).values < 1 - _ONE_HOT_TOL
+        return (counted * F.relu(diff + self.margin)).mean()
 
     def compute(self, model, x, target, *, index=None):
+        y = soft_targets(target, model.n_classes)
         lam, perm = self.sample_lambda(), self.permutation(len(x), x.device)
         raw = model(x)
         mixed = model(lam * x + (1 - lam) * x[perm])
-        return soft_cross_entropy(raw, target).mean() + self.weight * self.ranking_term(raw, mixed)
+        return (soft_cross_entropy(raw, target).mean()
+                + self.weight * self.ranking_term(raw, mixed, _mixed_targets(y, lam, perm)))
 
 
 def ndcg(gains: Tensor, relevance: Tensor) -> Tensor:
-    r"""RankMixup's M-NDCG per row: DCG of `gains` listed in decreasing `relevance` order over the
-    ideal DCG (gains sorted decreasingly); :math:`DCG = \sum_i (2^{g_i} - 1) / \log_2(i + 1)`.
+    r"""RankMixup's M-NDCG per row: :math:`\min(DCG/IDCG,\; IDCG/DCG)`.
 
-    Equals 1 exactly when the gains (confidences) are ordered like the relevances (mixing
-    coefficients); differentiable in `gains`.
+    The columns (raw sample first, then its mixed versions) are put in decreasing `relevance`
+    order (stable, so the raw sample, relevance 1, stays first);
+    :math:`DCG = \sum_r g_{(r)} / \log_2(r + 1)` sums the `gains` (top-class confidences) and
+    :math:`IDCG = \sum_r \rho_{(r)} / \log_2(r + 1)` the relevances (largest label coefficients) in
+    that order. It is 1 when the discounted confidences add up to the discounted coefficients
+    and falls the further they are apart, in either direction; differentiable in `gains`.
     """
     m = gains.shape[1]
     discount = 1 / torch.log2(torch.arange(2, m + 2, device=gains.device, dtype=torch.float32))
     order = torch.argsort(relevance, dim=1, descending=True, stable=True)
-    dcg = ((2 ** gains.gather(1, order) - 1) * discount).sum(1)
-    idcg = ((2 ** gains.sort(1, descending=True).values - 1) * discount).sum(1)
-    return dcg / idcg.clamp_min(1e-12)
+    dcg = (gains.gather(1, order) * discount).sum(1)
+    idcg = (relevance.gather(1, order) * discount).sum(1)
+    return torch.minimum(dcg / idcg, idcg / dcg)
 
 
 @register("rankmixup_mndcg")
 class RankMixupMNDCG(_Mixing):
-    r"""RankMixup's M-NDCG loss: CE on raw samples plus :math:`w\,(1 - \mathrm{NDCG})`.
+    r"""RankMixup's M-NDCG loss: cross-entropy on the raw samples plus :math:`w\,(1 - \text{M-NDCG})`.
 
-    Each sample x gets ``n_mix`` mixed versions with coefficients :math:`\lambda_1..\lambda_M`; its
-    list has relevances (1, max(λ_m, 1−λ_m)…) and gains = top-class confidences. NDCG = 1 when the
-    confidences are ordered like the label mixing coefficients (see :func:`ndcg`). Defaults
-    ``alpha=1, n_mix=3, weight=1``.
+    Each sample x gets ``n_mix`` mixed versions, each with its own
+    :math:`\lambda_m \sim \mathrm{Beta}(\alpha, \alpha)` and permutation. Its list holds the raw
+    sample (relevance :math:`\max_k y_k`, 1 for a hard label) and the mixed versions (relevance
+    :math:`\max_k \tilde y_{mk}`, the largest coefficient of the mixed label: :math:`\max(\lambda_m,
+    1-\lambda_m)`, or 1 when both samples share a class); the gains are the top-class confidences.
+    M-NDCG compares the discounted sums of both (see :func:`ndcg`), so confidences are pulled
+    towards the mixing coefficients, as in the authors' code. Defaults ``alpha=2, n_mix=3,
+    weight=0.1`` (the authors' CIFAR-10 settings).
 
     References: Noh et al., "RankMixup: Ranking-Based Mixup Training for Network Calibration",
     ICCV 2023.
     """
 
-    def __init__(self, alpha: float = 1.0, n_mix: int = 3, weight: float = 1.0, seed: int = 0):
+    def __init__(self, alpha: float = 2.0, n_mix: int = 3, weight: float = 0.1, seed: int = 0):
         super().__init__(alpha, seed)
+        if int(n_mix) < 1:
+            raise LabelkitError(f"The 'n_mix' parameter of rankmixup_mndcg must be an int in the range [1, inf). "
+                                f"Got {n_mix!r} instead.")
         self.n_mix, self.weight = int(n_mix), float(weight)
 
     def compute(self, model, x, target, *, index=None):
+        y = soft_targets(target, model.n_classes)
         raw = model(x)
-        confs, rels = [F.softmax(raw.float(), 1).max(1).values], [torch.ones(len(x), device=x.device)]
+        confs, rels = [F.softmax(raw.float(), 1).max(1).values], [y.max(1).values]
         for _ in range(self.n_mix):
             lam, perm = self.sample_lambda(), self.permutation(len(x), x.device)
             mixed = model(lam * x + (1 - lam) * x[perm])
             confs.append(F.softmax(mixed.float(), 1).max(1).values)
-            rels.append(torch.full((len(x),), max(lam, 1 - lam), device=x.device))
+            rels.append(_mixed_targets(y, lam, perm).max(1).values)
         score = ndcg(torch.stack(confs, 1), torch.stack(rels, 1))
         return soft_cross_entropy(raw, target).mean() + self.weight * (1 - score).mean()
 
@@ -418,13 +448,18 @@ class DecoupledMixup(_Mixing):
     :math:`\phi(z)_{a \setminus b} = e^{z_a} / \sum_{k \ne b} e^{z_k}` is the softmax of class a
     with the other mixed class b removed.
 
-    Each mixed class is predicted without competing with its partner, so hard mixed samples
-    (small λ) still push both classes up. Pairs from the same class use the ordinary softmax.
-    Labels are the hard classes a = argmax y_i, b = argmax y_j. Defaults ``alpha=1, eta=0.1``.
+    Each mixed class is predicted without competing with its partner, and both terms have
+    weight η whatever λ is, so hard mixed samples (small λ) still push both classes up. A pair
+    whose mixed label is one-hot (a = b, or λ within 1e-3 of 0 or 1) gets no regulariser, only
+    the cross-entropy, as in the authors' code. Labels are the hard classes a = argmax y_i,
+    b = argmax y_j. Defaults ``alpha=1, eta=0.1``.
 
     References: Liu et al., "Harnessing Hard Mixed Samples with Decoupled Regularizer",
     NeurIPS 2023 (arXiv:2203.10761).
     """
+
+    # The authors count a label entry as present above 1e-3, so λ that close to 0 or 1 is one-hot.
+    lam_eps = 1e-3
 
     def __init__(self, alpha: float = 1.0, eta: float = 0.1, seed: int = 0):
         super().__init__(alpha, seed)
@@ -432,35 +467,39 @@ class DecoupledMixup(_Mixing):
 
     @staticmethod
     def regularizer(logits: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        """Per-row decoupled regulariser; 0 on rows where a = b."""
         z = logits.float()
         rows = torch.arange(len(z), device=z.device)
+        two = a != b
 
         def log_phi(c, other):
-            masked = z.clone()
-            masked[rows, other] = torch.where(c == other, z[rows, other], torch.full_like(z[rows, other], -math.inf))
-            return z[rows, c] - torch.logsumexp(masked, 1)
+            drop = z.clone()
+            drop[rows, other] = torch.where(two, torch.full_like(z[rows, other], -math.inf), z[rows, other])
+            return z[rows, c] - torch.logsumexp(drop, 1)
 
-        return -(log_phi(a, b) + log_phi(b, a))
+        return torch.where(two, -(log_phi(a, b) + log_phi(b, a)), torch.zeros_like(z[:, 0]))
 
     def compute(self, model, x, target, *, index=None):
         y = soft_targets(target, model.n_classes)
         lam, perm = self.sample_lambda(), self.permutation(len(x), x.device)
         logits = model(lam * x + (1 - lam) * x[perm])
-        mce = soft_cross_entropy(logits, lam * y + (1 - lam) * y[perm])
+        mce = soft_cross_entropy(logits, _mixed_targets(y, lam, perm))
+        if min(lam, 1 - lam) <= self.lam_eps:
+            return mce.mean()
         a = y.argmax(1)
         return (mce + self.eta * self.regularizer(logits, a, a[perm])).mean()
 
 
 def cmixup_partner_probs(y: Tensor, bandwidth: float) -> Tensor:
-    r"""C-Mixup's sampling matrix :math:`P(j \mid i) \propto \exp(-\lVert y_i - y_j\rVert^2 / 2\sigma^2)`, j ≠ i.
+    r"""C-Mixup's sampling matrix :math:`P(j \mid i) \propto \exp(-\lVert y_i - y_j\rVert^2 / 2\sigma^2)`.
 
-    `y` is (n,) or (n, d) (regression targets, or soft labels); rows of the result sum to 1.
+    j runs over every row, i itself included (distance 0, the largest weight), as in the authors'
+    kernel-density rates. `y` is (n,) or (n, d) (regression targets, or soft labels); rows of the
+    result sum to 1. Cost O(n² d): call it on a batch, not a dataset.
     """
     y = y.float().reshape(len(y), -1)
     d2 = torch.cdist(y, y).pow(2)
-    logits = -d2 / (2 * bandwidth ** 2)
-    logits.fill_diagonal_(-math.inf)
-    return torch.softmax(logits, dim=1)
+    return torch.softmax(-d2 / (2 * bandwidth ** 2), dim=1)
 
 
 @register("cmixup")
@@ -469,6 +508,10 @@ class CMixup(_Mixing):
     :math:`\propto \exp(-\lVert y_i - y_j \rVert^2 / 2\sigma^2)` (see :func:`cmixup_partner_probs`),
     so only examples with similar labels are mixed.
 
+    One :math:`\lambda \sim \mathrm{Beta}(\alpha, \alpha)` per batch; each row draws its partner
+    independently (with replacement), i itself included, so some rows are left unmixed. Partners
+    come from the batch, as in the authors' per-batch variant (their default draws from the
+    whole training set through an N × N matrix, which does not scale).
     Written for regression (``criterion="mse"``: targets (n,) or (n, d), model outputs the same
     width); ``criterion="soft_ce"`` applies the same sampling to soft classification labels.
     Defaults ``alpha=2, bandwidth=1, criterion="soft_ce"``.

@@ -1,53 +1,141 @@
 """Out-of-sample predicted probabilities from a probe on embeddings.
 
-Confident learning is only as good as the probabilities it is given. On embeddings, a fixed
-unregularised probe overfits and is over-confident, which floods the flagged set; so
-:func:`get_out_of_sample_probs` picks the probe among a few candidates by cross-validated log-loss.
+Confident learning is only as good as the probabilities it is given. On embeddings a fixed probe
+either overfits (and floods the flagged set with over-confident mistakes) or leaves accuracy on the
+table where class boundaries are curved; so :func:`get_out_of_sample_probs` picks, among a few
+candidate families, the one with the lowest cross-validated log-loss:
+
+- logistic regression on standardised features and on raw features (C on a grid);
+- k-nearest neighbours on unit-normalised embeddings (k and smoothing on a grid), which costs one
+  neighbour search for every setting;
+- a one-hidden-layer MLP (torch) with early stopping on an inner split of each training fold;
+- the average of the best two when their log-losses are within 2 % of each other.
+
+At scale the choice is made on a stratified subsample (at most ``max_selection_rows`` rows), then
+one k-fold at the chosen setting runs over all rows, minibatched in float32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
 from labelkit.errors import LabelkitError, check_in_range
 
-PROBES = ("auto", "sklearn", "torch")
+PROBES = ("auto", "sklearn", "torch", "logreg", "knn", "mlp")
 DEFAULT_C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
 # Unit-norm embeddings (CLIP, MiniLM, pixels) also get a probe in their own geometry, where the
 # useful C is larger because features are small.
 RAW_C_GRID = (0.1, 1.0, 10.0, 100.0)
+KNN_K_GRID = (5, 10, 20, 40)
+# Probability mass spread over the training-fold class prior, so no class gets exactly 0.
+KNN_SMOOTHING_GRID = (0.01, 0.03, 0.1, 0.3)
 SKLEARN_MAX_ROWS = 20_000
+MAX_SELECTION_ROWS = 20_000
+# Two candidates this close (relative log-loss) are averaged as a further candidate.
+AVERAGE_WITHIN = 0.02
+# An expensive candidate is abandoned once its log-loss on the folds done so far is this much
+# (relative) worse than the best candidate's on the same rows.
+ABANDON_ABOVE = 0.05
 Progress = Callable[[int, "int | None"], None]
 
 
 @dataclass
 class ProbeChoice:
-    """Which probe produced the out-of-sample probabilities, and how the candidates scored."""
+    """Which probe produced the out-of-sample probabilities, and how every candidate scored.
+
+    ``cv_log_loss`` maps each candidate's name to its out-of-fold log-loss on the selection rows;
+    ``candidates`` adds accuracy and seconds; ``skipped`` says which candidates were abandoned and
+    why. ``features`` is the winner's family (standardized, raw, knn, mlp or average), ``C`` its
+    regularisation for a logistic regression (else None).
+    """
 
     engine: str
     features: str
-    C: float
+    C: float | None
     n_folds: int
     cv_log_loss: dict[str, float]
     cv_accuracy: float
+    chosen: str = ""
+    candidates: dict[str, dict] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    selection_rows: int = 0
+    rows: int = 0
+    holdout_rows: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
-def _folds(labels: np.ndarray, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
+@dataclass(frozen=True)
+class _Setting:
+    family: str  # standardized | raw | knn | mlp | average
+    C: float | None = None
+    k: int | None = None
+    smoothing: float | None = None
+    parts: tuple = ()
 
+    @property
+    def name(self) -> str:
+        if self.family in ("standardized", "raw"):
+            return f"{self.family} C={self.C:g}"
+        if self.family == "knn":
+            return f"knn k={self.k} smoothing={self.smoothing:g}"
+        if self.family == "average":
+            return "average(" + " + ".join(p.name for p in self.parts) + ")"
+        return self.family
+
+
+# ---------------------------------------------------------------------------------------------
+# Folds and subsample
+
+
+def _check_classes(labels: np.ndarray) -> np.ndarray:
     counts = np.bincount(labels)
     present = counts[counts > 0]
     if present.min() < 2:
         raise LabelkitError(f"Class id {int(np.flatnonzero(counts == present.min())[0])} has only 1 usable example; "
                             "out-of-sample probabilities need at least 2 per class (drop or merge that class).")
+    return present
+
+
+def _fold_ids(labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """Return a stratified fold id per row (k = min(n_folds, smallest class count))."""
+    from sklearn.model_selection import StratifiedKFold
+
+    present = _check_classes(labels)
     k = int(min(n_folds, present.min()))
-    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels))
+    fold_of = np.empty(len(labels), dtype=np.int16)
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    for f, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
+        fold_of[test] = f
+    return fold_of
+
+
+def _stratified_subsample(labels: np.ndarray, max_rows: int, min_per_class: int, seed: int) -> np.ndarray:
+    """Return sorted positions of a class-proportional random subsample of at most ~`max_rows` rows.
+
+    Every class keeps at least ``min(count, min_per_class)`` rows so the folds stay stratified.
+    One sort over (class, random key): O(n log n), no loop over rows.
+    """
+    n = len(labels)
+    if n <= max_rows:
+        return np.arange(n)
+    counts = np.bincount(labels)
+    quota = np.maximum(np.ceil(counts * (max_rows / n)).astype(np.int64), np.minimum(counts, min_per_class))
+    order = np.lexsort((np.random.default_rng(seed).random(n), labels))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    rank = np.arange(n) - starts[labels[order]]
+    return np.sort(order[rank < quota[labels[order]]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Logistic regression
 
 
 class _SklearnProbe:
@@ -68,114 +156,485 @@ class _SklearnProbe:
             self.fitted_scaler = True
         self.model.set_params(C=C)
         self.model.fit(self.X_train, y_train)
-        out = np.zeros((len(X_test), n_classes))
+        out = np.zeros((len(X_test), n_classes), dtype=np.float32)
         out[:, self.model.classes_] = self.model.predict_proba(self.X_test)
         return out
 
 
-class _TorchProbe:
-    def __init__(self, seed: int, device: str, standardize: bool = True):
-        self.seed, self.device, self.standardize = seed, device, standardize
-
-    def fit_predict(self, X_train, y_train, X_test, C: float, n_classes: int) -> np.ndarray:
-        return _fit_predict_torch(X_train, y_train, X_test, C, n_classes, self.seed, device=self.device,
-                                  standardize=self.standardize)
+def _epochs_for(n_train: int, batch_size: int, *, steps: int, low: int, high: int) -> int:
+    """Epochs giving about `steps` optimiser steps: many passes over small data, few over large."""
+    return int(min(high, max(low, math.ceil(steps * batch_size / max(1, n_train)))))
 
 
-def _fit_predict_torch(X_train, y_train, X_test, C: float, n_classes: int, seed: int, *, device: str = "cpu",
-                       epochs: int = 30, batch_size: int = 4096, standardize: bool = True) -> np.ndarray:
-    """Return softmax-regression probabilities trained by minibatch Adam on the same objective as
-    scikit-learn's LogisticRegression: mean cross-entropy + ||W||² / (2 C n)."""
+def _moments(X: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Return per-feature mean and std of X[rows], in chunks (no copy of X[rows])."""
+    s = np.zeros(X.shape[1], np.float64)
+    ss = np.zeros(X.shape[1], np.float64)
+    for start in range(0, len(rows), chunk):
+        block = X[rows[start:start + chunk]].astype(np.float64)
+        s += block.sum(0)
+        ss += np.square(block).sum(0)
+    n = max(1, len(rows))
+    mean = s / n
+    std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
+    std[std < 1e-12] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _torch_fit_predict(X: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, n_classes: int, *,
+                       setting: _Setting, seed: int, device: str = "cpu") -> np.ndarray:
+    """Return probabilities for rows `test` of a torch probe (logistic regression or MLP) fit on rows `train`.
+
+    Rows are gathered per minibatch from X, so memory is O(batch × d) besides X and the output.
+    Logistic regression minimises the same objective as scikit-learn's LogisticRegression, mean
+    cross-entropy + ||W||² / (2 C n), by minibatch Adam; the MLP stops early on an inner 10 %
+    split of `train` (patience 3 epochs) and keeps its best epoch's weights.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    # Small minibatches are slower on several threads than on one (synchronisation dominates).
+    if device == "cpu" and min(len(train), 4096) * X.shape[1] < (1 << 20):
+        torch.set_num_threads(1)
+    try:
+        return _torch_fit_predict_inner(X, labels, train, test, n_classes, setting=setting, seed=seed, device=device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torch_fit_predict_inner(X: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, n_classes: int,
+                             *, setting: _Setting, seed: int, device: str) -> np.ndarray:
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    mean, std = X_train.mean(0), X_train.std(0)
-    std[std == 0] = 1.0
-    if not standardize:
-        mean, std = np.zeros_like(mean), np.ones_like(std)
-    Xt = torch.as_tensor((X_train - mean) / std, dtype=torch.float32, device=device)
-    yt = torch.as_tensor(y_train, dtype=torch.long, device=device)
-    n, d = Xt.shape
-    layer = torch.nn.Linear(d, n_classes).to(device)
-    torch.nn.init.zeros_(layer.weight)
-    torch.nn.init.zeros_(layer.bias)
-    opt = torch.optim.Adam(layer.parameters(), lr=0.05)
+    torch.manual_seed(seed)
+    standardize = setting.family != "raw"
+    mean, std = _moments(X, train) if standardize else (np.zeros(X.shape[1], np.float32),
+                                                         np.ones(X.shape[1], np.float32))
+    mean_t, std_t = torch.as_tensor(mean, device=device), torch.as_tensor(std, device=device)
+    d = X.shape[1]
+
+    def batch(rows: np.ndarray) -> "torch.Tensor":
+        return (torch.as_tensor(X[rows], device=device) - mean_t) / std_t
+
+    if setting.family == "mlp":
+        hidden = int(min(512, max(64, 2 * d)))
+        model = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                                    torch.nn.Linear(hidden, n_classes)).to(device)
+        perm = train[torch.randperm(len(train), generator=g).numpy()]
+        n_val = max(1, len(train) // 10)
+        val, fit_rows = perm[:n_val], perm[n_val:]
+        # About 20 steps per epoch on small data, so early stopping sees progress every epoch.
+        batch_size = int(min(1024, max(32, len(fit_rows) // 20)))
+        epochs = _epochs_for(len(fit_rows), batch_size, steps=3000, low=5, high=60)
+        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+        penalty = 0.0
+    else:
+        model = torch.nn.Linear(d, n_classes).to(device)
+        torch.nn.init.zeros_(model.weight)
+        torch.nn.init.zeros_(model.bias)
+        fit_rows, val = train, None
+        batch_size = 4096
+        epochs = _epochs_for(len(fit_rows), batch_size, steps=400, low=2, high=30)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        penalty = 1.0 / (2.0 * setting.C * len(fit_rows))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    penalty = 1.0 / (2.0 * C * n)
+    y_all = torch.as_tensor(labels, dtype=torch.long)
+    best, best_state, bad = np.inf, None, 0
     for _ in range(epochs):
-        order = torch.randperm(n, generator=g).to(device)
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            loss = torch.nn.functional.cross_entropy(layer(Xt[idx]), yt[idx]) + penalty * layer.weight.square().sum()
+        model.train()
+        order = fit_rows[torch.randperm(len(fit_rows), generator=g).numpy()]
+        for start in range(0, len(order), batch_size):
+            rows = np.sort(order[start:start + batch_size])  # sorted gathers are cache-friendlier
+            logits = model(batch(rows))
+            loss = torch.nn.functional.cross_entropy(logits, y_all[rows].to(device))
+            if penalty:
+                loss = loss + penalty * model.weight.square().sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         sched.step()
+        if val is not None:
+            model.eval()
+            with torch.no_grad():
+                v = float(torch.nn.functional.cross_entropy(model(batch(val)), y_all[val].to(device)))
+            if v < best - 1e-4:
+                best, bad = v, 0
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= 3:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    out = np.empty((len(test), n_classes), dtype=np.float32)
     with torch.no_grad():
-        Xs = torch.as_tensor((X_test - mean) / std, dtype=torch.float32, device=device)
-        return torch.softmax(layer(Xs), dim=1).double().cpu().numpy()
+        for start in range(0, len(test), 65536):
+            rows = test[start:start + 65536]
+            out[start:start + len(rows)] = torch.softmax(model(batch(rows)), dim=1).float().cpu().numpy()
+    return out
+
+
+def _fit_predict_torch(X_train, y_train, X_test, C: float, n_classes: int, seed: int, *, device: str = "cpu",
+                       standardize: bool = True) -> np.ndarray:
+    """Return softmax-regression probabilities for `X_test` from a torch fit on (`X_train`, `y_train`)."""
+    X = np.concatenate([np.asarray(X_train, np.float32), np.asarray(X_test, np.float32)])
+    labels = np.concatenate([np.asarray(y_train, np.int64), np.zeros(len(X_test), np.int64)])
+    setting = _Setting("standardized" if standardize else "raw", C=C)
+    return _torch_fit_predict(X, labels, np.arange(len(X_train)), np.arange(len(X_train), len(X)), n_classes,
+                              setting=setting, seed=seed, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# k nearest neighbours
+
+
+def _knn_counts(nbr_labels: np.ndarray, valid: np.ndarray, k: int, n_classes: int,
+                chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Return (label counts of each row's first k valid neighbours, shape (n, n_classes), float32; number used)."""
+    n = len(nbr_labels)
+    use = valid & (np.cumsum(valid, axis=1) <= k)
+    counts = np.empty((n, n_classes), np.float32)
+    for start in range(0, n, chunk):
+        u = use[start:start + chunk]
+        rows = np.nonzero(u)[0]
+        flat = rows * n_classes + nbr_labels[start:start + chunk][u]
+        counts[start:start + len(u)] = np.bincount(flat, minlength=len(u) * n_classes).reshape(len(u), n_classes)
+    return counts, use.sum(1)
+
+
+def _knn_probs(counts: np.ndarray, used: np.ndarray, prior: np.ndarray, smoothing: float) -> np.ndarray:
+    """Return (1 - smoothing) · neighbour label frequencies + smoothing · prior (prior alone without neighbours)."""
+    out = counts / np.maximum(used, 1)[:, None].astype(np.float32)
+    out *= 1.0 - smoothing
+    out += smoothing * prior
+    empty = used == 0
+    out[empty] = prior[empty]
+    return out
+
+
+def _neighbours(X: np.ndarray, k: int, device: str) -> np.ndarray:
+    from labelkit.neighbors import find_nearest_neighbors
+
+    # Called by keyword: the search may grow options (an approximate index above a size).
+    idx, _ = find_nearest_neighbors(X, k=int(min(k, len(X) - 1)), device=device)
+    return idx
+
+
+def _knn_search_k(k: int, n_folds: int, holdout_fraction: float = 0.0) -> int:
+    """Neighbours to search so that about k remain after dropping same-fold and held-out ones."""
+    keep = (1 - 1 / n_folds if n_folds > 1 else 1.0) * (1 - holdout_fraction)
+    return int(math.ceil(k / max(keep, 0.05) * 1.2)) + 5
+
+
+def _fold_priors(labels: np.ndarray, fold_of: np.ndarray, n_classes: int) -> np.ndarray:
+    """Return the class prior of each fold's training rows, shape (n_folds + 1, n_classes); the last row
+    is the prior of all rows (what a held-out row sees)."""
+    n_folds = int(fold_of.max()) + 1
+    total = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    priors = np.empty((n_folds + 1, n_classes), np.float32)
+    for f in range(n_folds):
+        c = total - np.bincount(labels[fold_of == f], minlength=n_classes)
+        priors[f] = c / c.sum() if c.sum() else 1.0 / n_classes
+    priors[n_folds] = total / total.sum()
+    return priors
+
+
+# ---------------------------------------------------------------------------------------------
+# The search
+
+
+def _log_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+    p = probs[np.arange(len(labels)), labels].astype(np.float64)
+    return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0))))
+
+
+def _normalise(probs: np.ndarray) -> np.ndarray:
+    np.clip(probs, 1e-12, 1.0, out=probs)
+    probs /= probs.sum(1, keepdims=True)
+    return probs
+
+
+class _Search:
+    """Candidates evaluated on the same folds of the selection rows; keeps every score and the best per family."""
+
+    def __init__(self, labels: np.ndarray, fold_of: np.ndarray, n_classes: int):
+        self.labels, self.fold_of, self.n_classes = labels, fold_of, n_classes
+        self.n_folds = int(fold_of.max()) + 1
+        self.scores: dict[str, dict] = {}
+        self.skipped: dict[str, str] = {}
+        self.best_of: dict[str, tuple[float, _Setting, np.ndarray]] = {}
+
+    def add(self, setting: _Setting, probs: np.ndarray, seconds: float) -> float:
+        loss = _log_loss(self.labels, probs)
+        self.scores[setting.name] = {"log_loss": loss, "accuracy": float((probs.argmax(1) == self.labels).mean()),
+                                     "seconds": round(seconds, 3)}
+        key = setting.family if setting.family != "raw" else "raw"
+        if key not in self.best_of or loss < self.best_of[key][0]:
+            self.best_of[key] = (loss, setting, probs)
+        return loss
+
+    def best(self) -> tuple[float, _Setting, np.ndarray] | None:
+        return min(self.best_of.values(), key=lambda t: t[0]) if self.best_of else None
+
+
+def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: Sequence[float], engine: str,
+                     device: str, seed: int, tick: Callable[[], None]) -> None:
+    """Walk the C grid upwards on the search folds; stop once the out-of-fold log-loss worsens
+    (it is unimodal in C in practice)."""
+    n_folds = search.n_folds
+    folds = [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
+    probes = [_SklearnProbe(seed, family == "standardized") for _ in folds] if engine == "sklearn" else None
+    family_best = np.inf
+    for C in sorted(grid):
+        started = time.perf_counter()
+        setting = _Setting(family, C=float(C))
+        probs = np.zeros((len(labels), search.n_classes), np.float32)
+        for f, (train, test) in enumerate(folds):
+            if probes is not None:
+                probs[test] = probes[f].fit_predict(X[train], labels[train], X[test], C, search.n_classes)
+            else:
+                probs[test] = _torch_fit_predict(X, labels, train, test, search.n_classes, setting=setting,
+                                                 seed=seed, device=device)
+            tick()
+        loss = search.add(setting, _normalise(probs), time.perf_counter() - started)
+        if loss >= family_best:
+            break
+        family_best = loss
+
+
+def _evaluate_knn(X, labels, fold_of, search: _Search, *, k_grid: Sequence[int], smoothing_grid: Sequence[float],
+                  device: str) -> None:
+    """Every (k, smoothing) from one neighbour search: a row's neighbours in its own fold are dropped."""
+    started = time.perf_counter()
+    idx = _neighbours(X, _knn_search_k(max(k_grid), search.n_folds), device)
+    valid = fold_of[idx] != fold_of[:, None]
+    nbr_labels = labels[idx]
+    prior = _fold_priors(labels, fold_of, search.n_classes)[fold_of]
+    shared = time.perf_counter() - started
+    for k in sorted(k_grid):
+        counts, used = _knn_counts(nbr_labels, valid, int(k), search.n_classes)
+        for s in smoothing_grid:
+            t = time.perf_counter()
+            search.add(_Setting("knn", k=int(k), smoothing=float(s)), _knn_probs(counts, used, prior, s),
+                       shared / len(k_grid) + time.perf_counter() - t)
+
+
+def _evaluate_mlp(X, labels, fold_of, search: _Search, *, device: str, seed: int, tick: Callable[[], None]) -> None:
+    """Fold by fold; abandoned as soon as it trails the best candidate by more than ABANDON_ABOVE on the
+    folds done so far, since the remaining folds would have to undo that gap."""
+    started = time.perf_counter()
+    setting = _Setting("mlp")
+    probs = np.zeros((len(labels), search.n_classes), np.float32)
+    leader = search.best()
+    done = np.zeros(len(labels), bool)
+    for f in range(search.n_folds):
+        train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
+        probs[test] = _normalise(_torch_fit_predict(X, labels, train, test, search.n_classes, setting=setting,
+                                                    seed=seed + f, device=device))
+        tick()
+        done[test] = True
+        if leader is not None and f < search.n_folds - 1:
+            mine, theirs = _log_loss(labels[done], probs[done]), _log_loss(labels[done], leader[2][done])
+            if mine > theirs * (1 + ABANDON_ABOVE):
+                search.skipped["mlp"] = (f"abandoned after {f + 1} of {search.n_folds} folds: log-loss {mine:.4f} "
+                                         f"vs {theirs:.4f} for {leader[1].name}")
+                return
+    search.add(setting, probs, time.perf_counter() - started)
+
+
+def _evaluate_average(search: _Search) -> None:
+    ranked = sorted(search.best_of.values(), key=lambda t: t[0])
+    if len(ranked) >= 2 and ranked[1][0] <= ranked[0][0] * (1 + AVERAGE_WITHIN):
+        (_, a, pa), (_, b, pb) = ranked[:2]
+        search.add(_Setting("average", parts=(a, b)), (pa + pb) / 2, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every row at the chosen setting
+
+
+def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int, *, engine: str, device: str,
+                  seed: int, tick: Callable[[], None]) -> np.ndarray:
+    """Return probabilities for every row: in-fold rows from the model fit on the other folds, held-out
+    rows from the model fit on all non-held-out rows (their labels are never read)."""
+    n = len(X)
+    probs = np.zeros((n, n_classes), np.float32)
+    train_rows = np.flatnonzero(~holdout)
+    held = np.flatnonzero(holdout)
+    if setting.family == "average":
+        for part in setting.parts:
+            probs += _predict_rows(part, X, labels, fold_of, holdout, n_classes, engine=engine, device=device,
+                                   seed=seed, tick=tick)
+        return _normalise(probs / len(setting.parts))
+    n_folds = int(fold_of[train_rows].max()) + 1
+    if setting.family == "knn":
+        idx = _neighbours(X, _knn_search_k(setting.k, n_folds, len(held) / n), device)
+        # A held-out row's neighbours must be training rows; an in-fold row's, training rows of other folds.
+        own = np.where(holdout, -1, fold_of).astype(np.int32)
+        valid = (~holdout[idx]) & ((own[:, None] < 0) | (fold_of[idx] != own[:, None]))
+        safe_labels = np.where(holdout, 0, labels)  # held-out labels are masked out by `valid` anyway
+        counts, used = _knn_counts(safe_labels[idx], valid, setting.k, n_classes)
+        fold_train = np.where(holdout, 0, fold_of)
+        priors = _fold_priors(safe_labels[train_rows], fold_train[train_rows], n_classes)
+        prior = priors[np.where(holdout, n_folds, fold_of)]
+        tick()
+        return _normalise(_knn_probs(counts, used, prior, setting.smoothing))
+    jobs = [(train_rows[fold_of[train_rows] != f], train_rows[fold_of[train_rows] == f]) for f in range(n_folds)]
+    if len(held):
+        jobs.append((train_rows, held))
+    for j, (train, test) in enumerate(jobs):
+        if engine == "sklearn" and setting.family != "mlp":
+            model = _SklearnProbe(seed, setting.family == "standardized")
+            probs[test] = model.fit_predict(X[train], labels[train], X[test], setting.C, n_classes)
+        else:
+            probs[test] = _torch_fit_predict(X, labels, train, test, n_classes, setting=setting,
+                                             seed=seed + (j if setting.family == "mlp" else 0), device=device)
+        tick()
+    return _normalise(probs)
 
 
 def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_classes: int | None = None,
                             n_folds: int = 5, C_grid: Sequence[float] = DEFAULT_C_GRID,
                             raw_C_grid: Sequence[float] | None = RAW_C_GRID, probe: str = "auto",
+                            k_grid: Sequence[int] = KNN_K_GRID, holdout: np.ndarray | None = None,
+                            folds: np.ndarray | None = None, max_selection_rows: int = MAX_SELECTION_ROWS,
                             device: str = "cpu", seed: int = 0,
                             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, ProbeChoice]:
-    """Return (pred_probs of shape (n_samples, n_classes), fold per row, the probe chosen).
+    """Return (pred_probs of shape (n_samples, n_classes) float32, fold per row, the probe chosen).
 
-    Candidates are logistic regressions on standardised features (C in `C_grid`) and on the raw
-    features (C in `raw_C_grid`; None skips them). Each runs through the same stratified k folds;
-    the one with the lowest out-of-fold log-loss wins and its out-of-fold probabilities are returned.
+    Candidates (see the module docstring) run through the same stratified folds of a selection
+    subsample of at most `max_selection_rows` non-held-out rows; the one with the lowest
+    out-of-fold log-loss wins. If the subsample is all non-held-out rows its out-of-fold
+    probabilities are returned; otherwise one k-fold at the chosen setting runs over all of them.
+    Cheap candidates run first (kNN: one neighbour search for all its settings; then logistic
+    regression); the MLP is abandoned fold by fold once it trails the leader by more than 5 %.
 
     Parameters
     ----------
     embeddings : ndarray of shape (n_samples, n_features)
     labels : ndarray of shape (n_samples,)
-        Integer class ids in [0, n_classes).
-    probe : {'auto', 'sklearn', 'torch'}
-        'auto' is scikit-learn logistic regression up to 20,000 rows, the torch probe above.
-    """
-    from sklearn.metrics import log_loss
+        Integer class ids in [0, n_classes). Labels of held-out rows are never read.
+    probe : {'auto', 'sklearn', 'torch', 'logreg', 'knn', 'mlp'}
+        'auto' tries every family. 'sklearn' and 'torch' are logistic regression only, on that
+        engine; 'logreg', 'knn' and 'mlp' restrict the search to one family. Logistic regression
+        runs on scikit-learn up to 20,000 training rows, on the minibatched torch probe above.
+    holdout : ndarray of bool of shape (n_samples,), optional
+        Held-out rows (a test split): never in a training fold nor in the selection subsample;
+        predicted by a model fit on all non-held-out rows at the chosen setting. Their fold is -1.
+    folds : ndarray of int of shape (n_samples,), optional
+        A fold id per row in [0, n_folds) instead of the seeded stratified split (entries of
+        held-out rows are ignored).
+    max_selection_rows : int
+        Rows of the stratified subsample on which the candidate and its setting are chosen.
 
+    Returns
+    -------
+    pred_probs : ndarray of shape (n_samples, n_classes), float32
+        A row's probabilities never come from a fitted model that saw that row. (Which candidate
+        wins is decided on the selection rows' labels.)
+    fold : ndarray of int16 of shape (n_samples,)
+        The fold in which each row was predicted; -1 for held-out rows.
+    choice : ProbeChoice
+    """
     labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
     n_classes = int(n_classes or labels.max() + 1)
     check_in_range(n_folds, "n_folds", "get_out_of_sample_probs", low=2, kind="an int")
+    check_in_range(max_selection_rows, "max_selection_rows", "get_out_of_sample_probs", low=2 * n_classes,
+                   kind="an int")
     if probe not in PROBES:
         raise LabelkitError(f"The 'probe' parameter of get_out_of_sample_probs must be one of {', '.join(PROBES)}. "
                             f"Got {probe!r} instead.")
-    engine = probe if probe != "auto" else ("sklearn" if len(labels) <= SKLEARN_MAX_ROWS else "torch")
-    folds = _folds(labels, n_folds, seed)
-    fold_of = np.empty(len(labels), dtype=np.int16)
-    for f, (_, test) in enumerate(folds):
-        fold_of[test] = f
+    holdout = np.zeros(n, bool) if holdout is None else np.asarray(holdout, bool)
+    if holdout.shape != (n,):
+        raise LabelkitError(f"The 'holdout' parameter of get_out_of_sample_probs must be a bool mask of shape ({n},). "
+                            f"Got shape {holdout.shape} instead.")
+    train_rows = np.flatnonzero(~holdout)
+    if len(train_rows) < 2:
+        raise LabelkitError(f"Only {len(train_rows)} rows are not held out; out-of-sample probabilities need more.")
     X = np.asarray(embeddings, dtype=np.float32)
-    families = [("standardized", True, sorted(C_grid))]
-    if raw_C_grid:
-        families.append(("raw", False, sorted(raw_C_grid)))
-    best, scores, done = None, {}, 0
-    total = sum(len(g) for _, _, g in families) * len(folds)
-    for family, standardize, grid in families:
-        probes = [_SklearnProbe(seed, standardize) if engine == "sklearn" else _TorchProbe(seed, device, standardize)
-                  for _ in folds]
-        family_best = np.inf
-        # Out-of-fold log-loss is unimodal in C in practice: walk the grid upwards, stop once it worsens.
-        for C in grid:
-            probs = np.zeros((len(labels), n_classes))
-            for (train, test), model in zip(folds, probes):
-                probs[test] = model.fit_predict(X[train], labels[train], X[test], C, n_classes)
-                done += 1
-                if progress:
-                    progress(done, total)
-            probs = np.clip(probs, 1e-12, 1.0)
-            probs /= probs.sum(1, keepdims=True)
-            name = f"{family} C={C:g}"
-            scores[name] = float(log_loss(labels, probs, labels=np.arange(n_classes)))
-            if best is None or scores[name] < best[0]:
-                best = (scores[name], C, probs, family)
-            if scores[name] >= family_best:
-                break
-            family_best = scores[name]
-    _, C, probs, family = best
-    acc = float((probs.argmax(1) == labels).mean())
-    return probs, fold_of, ProbeChoice(engine=engine, features=family, C=C, n_folds=len(folds), cv_log_loss=scores,
-                                       cv_accuracy=acc)
+    started = time.perf_counter()
+    fold_of = np.full(n, -1, np.int16)
+    if folds is not None:
+        fold_of[train_rows] = np.asarray(folds)[train_rows]
+        if fold_of[train_rows].min() < 0:
+            raise LabelkitError("The 'folds' parameter of get_out_of_sample_probs must hold ids >= 0 for rows "
+                                "that are not held out.")
+    else:
+        fold_of[train_rows] = _fold_ids(labels[train_rows], n_folds, seed)
+    _check_classes(labels[train_rows])
+    sel = train_rows[_stratified_subsample(labels[train_rows], max_selection_rows, n_folds, seed)]
+    n_train = len(train_rows)
+    engine_of = lambda rows: "sklearn" if rows <= SKLEARN_MAX_ROWS else "torch"
+    lr_engine = {"sklearn": "sklearn", "torch": "torch"}.get(probe, engine_of(len(sel)))
+
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        if progress:
+            progress(done[0], None)
+
+    # Selection folds: the full split restricted to the subsample (still stratified: both are).
+    Xs, ys, fs = (X, labels, fold_of) if len(sel) == n else (X[sel], labels[sel], fold_of[sel])
+    fs = np.unique(fs, return_inverse=True)[1].astype(np.int16)  # contiguous ids
+    search = _Search(ys, fs, n_classes)
+    families = {"auto": ("knn", "logreg", "mlp"), "sklearn": ("logreg",), "torch": ("logreg",)}.get(probe, (probe,))
+    if "knn" in families:
+        _evaluate_knn(Xs, ys, fs, search, k_grid=k_grid, smoothing_grid=KNN_SMOOTHING_GRID, device=device)
+    if "logreg" in families:
+        _evaluate_logreg(Xs, ys, fs, search, family="standardized", grid=C_grid, engine=lr_engine, device=device,
+                         seed=seed, tick=tick)
+        if raw_C_grid:
+            _evaluate_logreg(Xs, ys, fs, search, family="raw", grid=raw_C_grid, engine=lr_engine, device=device,
+                             seed=seed, tick=tick)
+    if "mlp" in families:
+        _evaluate_mlp(Xs, ys, fs, search, device=device, seed=seed, tick=tick)
+    if len(families) > 1:
+        _evaluate_average(search)
+    _, setting, sel_probs = search.best()
+    selection_seconds = time.perf_counter() - started
+
+    if len(sel) == n_train:
+        # The selection's out-of-fold probabilities are final; only held-out rows need a model.
+        probs = sel_probs if len(sel) == n else np.zeros((n, n_classes), np.float32)
+        if len(sel) < n:
+            probs[sel] = sel_probs
+            probs[holdout] = _predict_held(setting, X, labels, train_rows, np.flatnonzero(holdout), n_classes,
+                                           engine=engine_of(n_train), device=device, seed=seed, tick=tick)
+    else:
+        probs = _predict_rows(setting, X, labels, fold_of, holdout, n_classes, engine=engine_of(n_train),
+                              device=device, seed=seed, tick=tick)
+    fold_of[holdout] = -1
+    fam = setting.family
+    losses = {name: s["log_loss"] for name, s in search.scores.items()}
+    choice = ProbeChoice(engine=lr_engine if fam in ("standardized", "raw") else ("torch" if fam == "mlp" else fam),
+                         features=fam, C=setting.C, n_folds=search.n_folds, cv_log_loss=losses,
+                         cv_accuracy=search.scores[setting.name]["accuracy"], chosen=setting.name,
+                         candidates=search.scores, skipped=search.skipped, selection_rows=len(sel), rows=n,
+                         holdout_rows=int(holdout.sum()),
+                         seconds={"selection": round(selection_seconds, 3),
+                                  "total": round(time.perf_counter() - started, 3)})
+    return probs, fold_of, choice
+
+
+def _predict_held(setting: _Setting, X, labels, train_rows, held, n_classes: int, *, engine: str, device: str,
+                  seed: int, tick: Callable[[], None]) -> np.ndarray:
+    """Return probabilities for held-out rows from a model fit on all training rows at `setting`."""
+    if setting.family == "average":
+        return _normalise(sum(_predict_held(p, X, labels, train_rows, held, n_classes, engine=engine, device=device,
+                                            seed=seed, tick=tick) for p in setting.parts) / len(setting.parts))
+    if setting.family == "knn":
+        mask = np.ones(len(X), bool)
+        mask[train_rows] = False
+        fold_of = np.zeros(len(X), np.int16)
+        return _predict_rows(setting, X, labels, fold_of, mask, n_classes, engine=engine, device=device, seed=seed,
+                             tick=tick)[held]
+    tick()
+    if engine == "sklearn" and setting.family != "mlp":
+        return _normalise(_SklearnProbe(seed, setting.family == "standardized").fit_predict(
+            X[train_rows], labels[train_rows], X[held], setting.C, n_classes))
+    return _normalise(_torch_fit_predict(X, labels, train_rows, held, n_classes, setting=setting, seed=seed,
+                                         device=device))

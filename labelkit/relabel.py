@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.workspace import Workspace, read_probs, write_table
+from labelkit.workspace import (Workspace, current_items_fingerprint, is_current, read_probs, require_current,
+                                with_fingerprint, write_table)
 
 # A template ensemble in the style of the CLIP paper's prompt engineering (written here).
 TEMPLATES = (
@@ -283,6 +284,7 @@ def _targets(ws: Workspace, all_items: bool):
         return items, items
     if not ws.issues_path.exists():
         raise LabelkitError(f"No issues in {ws.root}: run `labelkit issues -w {ws.root}` first, or pass --all.")
+    require_current(ws, ws.issues_path)
     flagged = pq.read_table(ws.issues_path, columns=["id", "is_label_issue"]).to_pandas()
     ids = set(flagged.loc[flagged["is_label_issue"], "id"])
     return items, items[items["id"].isin(ids)].reset_index(drop=True)
@@ -291,6 +293,7 @@ def _targets(ws: Workspace, all_items: bool):
 def _probe_pred(ws: Workspace, ids: Sequence[str]) -> np.ndarray | None:
     if not ws.probs_path.exists():
         return None
+    require_current(ws, ws.probs_path)  # a vote from another dataset's probe is no vote
     prob_ids, P = read_probs(ws.probs_path)
     pred = dict(zip(prob_ids, P.argmax(1)))
     return np.array([pred.get(i, -1) for i in ids])
@@ -444,12 +447,14 @@ def _changes(rows: list[dict], todo) -> list[dict]:
 
 def _store(ws: Workspace, method: str, rows: list[dict]) -> None:
     new = pa.Table.from_pylist(rows, schema=RELABELS_SCHEMA)
-    if ws.relabels_path.exists():
+    items_fp = current_items_fingerprint(ws)
+    # Proposals made for an earlier ingest describe other rows: they are dropped, not merged.
+    if is_current(ws, ws.relabels_path, items_fp=items_fp):
         old = pq.read_table(ws.relabels_path)
         ids = set(new.column("id").to_pylist())
         keep = [not (m == method and i in ids) for m, i in zip(old.column("method").to_pylist(), old.column("id").to_pylist())]
         new = pa.concat_tables([old.filter(pa.array(keep)).cast(RELABELS_SCHEMA), new])
-    write_table(new, ws.relabels_path)
+    write_table(with_fingerprint(new.replace_schema_metadata(None), items_fp), ws.relabels_path)
 
 
 def aggregate_votes(ws: Workspace) -> np.ndarray:
@@ -468,6 +473,7 @@ def aggregate_votes(ws: Workspace) -> np.ndarray:
         ok = probe >= 0
         votes[np.flatnonzero(ok), probe[ok]] += 1
     if ws.relabels_path.exists():
+        require_current(ws, ws.relabels_path, rerun="relabel")
         rel = pq.read_table(ws.relabels_path).to_pandas()
         rel = rel[rel["accepted"] & rel["proposed_label"].notna() & rel["id"].isin(row)]
         for i, lab in zip(rel["id"], rel["proposed_label"]):
@@ -476,7 +482,7 @@ def aggregate_votes(ws: Workspace) -> np.ndarray:
     table = pa.table({"id": pa.array(ids, pa.string()),
                       "soft_label": pa.array(list(soft), pa.list_(pa.float32())),
                       "votes": pa.array(votes.sum(1).astype(np.int32))})
-    write_table(table, ws.soft_labels_path)
+    write_table(with_fingerprint(table, current_items_fingerprint(ws)), ws.soft_labels_path)
     return soft
 
 
@@ -496,14 +502,16 @@ def apply_votes(ws: Workspace, soft: np.ndarray) -> tuple[str, int]:
     name = f"label_v{n}"
     cls = np.asarray(classes, dtype=object)
     path = ws.label_version_path(name)
-    write_table(pa.table({"id": pa.array(items["id"].tolist(), pa.string()),
-                          "label": pa.array(cls[new].tolist(), pa.string()),
-                          "given_label": pa.array(items["label"].tolist(), pa.string()),
-                          "changed": pa.array(new != given)}), path)
+    items_fp = current_items_fingerprint(ws)
+    write_table(with_fingerprint(pa.table({"id": pa.array(items["id"].tolist(), pa.string()),
+                                           "label": pa.array(cls[new].tolist(), pa.string()),
+                                           "given_label": pa.array(items["label"].tolist(), pa.string()),
+                                           "changed": pa.array(new != given)}), items_fp), path)
     manifest = ws.read_manifest()
     manifest.setdefault("label_versions", {})[name] = {
         "path": str(path.relative_to(ws.root)), "changed": int((new != given).sum()),
         "rule": "argmax of votes (given, probe, accepted CLIP, LLM); ties keep the given label",
+        "items_fingerprint": items_fp,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     ws.write_manifest(manifest)
     return name, int((new != given).sum())

@@ -30,7 +30,8 @@ import numpy as np
 import pyarrow as pa
 
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.workspace import Workspace, embedding_array, write_table
+from labelkit.workspace import (Workspace, check_name, current_items_fingerprint, embedding_array, require_current,
+                                with_fingerprint, write_table)
 
 METHODS = ("rs2", "dsir", "smote", "prune")
 # The options each method accepts (the keyword arguments of select_<method> besides the workspace and name).
@@ -325,7 +326,8 @@ def _write_subset(ws: Workspace, name: str, method: str, columns: dict, before: 
         **({"embedding": columns["embedding"]} if "embedding" in columns else {}),
         **({"log_weight": pa.array(columns["log_weight"], pa.float64())} if "log_weight" in columns else {}),
     })
-    path = write_table(table, ws.subset_path(name))
+    items_fp = current_items_fingerprint(ws)
+    path = write_table(with_fingerprint(table, items_fp), ws.subset_path(name))
     if "epoch" in columns:
         after = _counts([lab for lab, e in zip(columns["label"], columns["epoch"]) if e == 0], classes)
         details = {"per_epoch": True, **details}
@@ -335,7 +337,7 @@ def _write_subset(ws: Workspace, name: str, method: str, columns: dict, before: 
                           class_counts_before=before, class_counts_after=after, details=details)
     manifest = ws.read_manifest()
     record = dict(manifest.get("stages", {}).get("select", {}))
-    record[name] = {k: v for k, v in result.to_dict().items() if k != "name"}
+    record[name] = {k: v for k, v in result.to_dict().items() if k != "name"} | {"items_fingerprint": items_fp}
     ws.update_stage("select", record)
     return result
 
@@ -355,8 +357,9 @@ def select(workspace: Workspace | Path | str = "labelkit-out", method: str = "pr
         raise LabelkitError(f"{flag} does not apply to {method}.")
     if method == "dsir" and ("target" not in options or "k" not in options):
         raise LabelkitError("dsir needs --target TARGET and --k N.")
+    name = check_name(method if name is None else name, "select")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    return funcs[method](ws, name=name or method, **options)
+    return funcs[method](ws, name=name, **options)
 
 
 def select_rs2(ws: Workspace, *, name: str = "rs2", fraction: float = 0.1, epochs: int = 10,
@@ -488,6 +491,7 @@ def select_prune(ws: Workspace, *, name: str = "prune", drop: Sequence[str] = ("
     classes = ws.classes()
     if not ws.issues_path.exists():
         raise LabelkitError(f"No issues in {ws.root}; run `labelkit issues -w {ws.root}` first.")
+    require_current(ws, ws.issues_path)
     issues = pq.read_table(ws.issues_path).to_pandas()
     keep = find_prune_mask(issues, drop=drop, keep_fraction=keep_fraction)
     kept = issues[keep]

@@ -11,6 +11,7 @@ on them into exit code 1.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,9 +22,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.workspace import Workspace, atomic_path, read_probs, write_json
+# The split is fixed once at ingest (labelkit.splits) and shared with `issues`, so the probe never
+# trains on the rows `train` evaluates on; heldout_split is re-exported for existing callers.
+from labelkit.splits import HELDOUT_SPLITS, heldout_mask, heldout_split, read_heldout_fingerprint  # noqa: F401
+from labelkit.splits import split_column_mask as _split_column_mask
+from labelkit.workspace import (Workspace, atomic_path, current_items_fingerprint, read_probs, require_current,
+                                require_current_embeddings, write_json)
+from labelkit.workspace import check_name
 
-HELDOUT_SPLITS = ("test", "val", "valid", "validation", "dev", "holdout")
 TRAIN_METRICS = {
     "accuracy": "held-out accuracy",
     "macro_f1": "held-out macro-averaged F1",
@@ -76,42 +82,6 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
         "brier": float(((probs - onehot) ** 2).sum(1).mean()),
         "reliability": reliability,
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# The split
-
-
-def _unit_hash(key: str) -> float:
-    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
-
-
-def _split_column_mask(split: Sequence[str | None] | None) -> np.ndarray | None:
-    """Return the test/val rows of a user split column, or None when it does not split the data."""
-    if split is None:
-        return None
-    mask = np.array([s is not None and str(s).lower() in HELDOUT_SPLITS for s in split])
-    return mask if mask.any() and not mask.all() else None
-
-
-def heldout_split(ids: Sequence[str], labels: np.ndarray, *, fraction: float = 0.2, salt: str = "heldout",
-                  split: Sequence[str | None] | None = None) -> np.ndarray:
-    """Return a boolean mask of held-out rows: fixed by the ids alone, stratified by class.
-
-    Within each class the rows with the smallest hash of (salt, id) are held out, ⌈fraction·n_c⌉ of
-    them (none for a class of one row), so the same workspace always gets the same split. When the
-    data has its own split column, its test/val rows are the held-out rows instead.
-    """
-    mask = _split_column_mask(split)
-    if mask is not None:
-        return mask
-    h = np.array([_unit_hash(f"{salt}:{i}") for i in ids])
-    mask = np.zeros(len(ids), bool)
-    for k in np.unique(labels):
-        rows = np.flatnonzero(labels == k)
-        n_out = int(np.ceil(fraction * len(rows))) if len(rows) > 1 else 0
-        mask[rows[np.argsort(h[rows], kind="stable")[:n_out]]] = True
-    return mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +214,7 @@ def read_labels(ws: Workspace, version: str, ids: Sequence[str], classes: list[s
         path = ws.soft_labels_path
         if not path.exists():
             raise LabelkitError(f"No soft labels in {ws.root}; run `labelkit relabel -w {ws.root}` first.")
+        require_current(ws, path, rerun="relabel")
         table = pq.read_table(path, columns=["id", "soft_label"])
         soft = np.asarray(table.column("soft_label").to_pylist(), np.float32)
         where = dict(zip(table.column("id").to_pylist(), range(len(soft))))
@@ -256,6 +227,7 @@ def read_labels(ws: Workspace, version: str, ids: Sequence[str], classes: list[s
     if version not in versions:
         raise LabelkitError(f"Unknown label version {version!r} in {ws.root}; known: "
                             f"{', '.join(['label', 'soft', *versions])}.")
+    require_current(ws, ws.label_version_path(version), rerun="relabel --apply")
     table = pq.read_table(ws.label_version_path(version), columns=["id", "label"])
     index = {c: k for k, c in enumerate(classes)}
     where = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
@@ -269,6 +241,7 @@ def read_subset(ws: Workspace, name: str):
         known = sorted(p.stem for p in (ws.root / "subsets").glob("*.parquet"))
         raise LabelkitError(f"No subset {name!r} in {ws.root}; known: {', '.join(known) or 'none'} "
                             "(make one with `labelkit select`).")
+    require_current(ws, path, rerun=f"select METHOD --name {name}")
     return pq.read_table(path).to_pandas()
 
 
@@ -320,7 +293,7 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
           labels: str = "label", subset: str | None = None, eval_labels: str = "label", name: str | None = None,
           head: str = "mlp", hidden: int = 256, max_epochs: int = 200, batch_size: int = 128, lr: float = 1e-3,
           weight_decay: float = 1e-4, patience: int = 20, monitor: str | None = "accuracy",
-          heldout_fraction: float = 0.2,
+          heldout_fraction: float | None = None,
           teachers: Sequence[str] = (), check: bool = False, fail_on: list[str] | None = None,
           config_start: Path | str = ".", device: str = "auto", seed: int = 0,
           progress: Progress | None = None) -> TrainResult:
@@ -339,8 +312,12 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     started = time.perf_counter()
     if head not in HEADS:
         raise LabelkitError(f"The 'head' parameter of train must be one of {', '.join(HEADS)}. Got {head!r} instead.")
-    check_in_range(heldout_fraction, "heldout_fraction", "train", low=0, high=1, low_closed=False, high_closed=False)
+    if heldout_fraction is not None:
+        check_in_range(heldout_fraction, "heldout_fraction", "train", low=0, high=1, low_closed=False, high_closed=False)
     check_in_range(max_epochs, "max_epochs", "train", low=1, kind="an int")
+    for param, value in (("name", name), ("subset", subset), *(("teachers", t) for t in teachers)):
+        if value is not None:  # names become paths under models/ and subsets/
+            check_name(value, "train", param=param)
     rules = None
     if check or fail_on:
         rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start, section="train",
@@ -357,7 +334,11 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     K = len(classes)
     device = resolve_device(device)
     key, emb_ids, matrix = load_workspace_embeddings(ws)
-    items = ws.read_items(columns=["id", "label_id", "split", "error"])
+    items_fp = current_items_fingerprint(ws)
+    items_table = ws.read_items_table(["id", "label_id", "split", "content_hash", "error"])
+    require_current_embeddings(ws, key, items_table.column("id").combine_chunks(),
+                               items_table.column("content_hash").combine_chunks())
+    items = items_table.to_pandas()
     usable = items["error"].isna().to_numpy() & (items["label_id"].to_numpy() >= 0)
     row_of = {i: r for r, i in enumerate(emb_ids)}
     ids = [i for i, u in zip(items["id"], usable) if u and i in row_of]
@@ -365,8 +346,13 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
         raise LabelkitError(f"No usable embedded rows in {ws.root}; run `labelkit embed -w {ws.root}`.")
     X_all = matrix[[row_of[i] for i in ids]]
     given = read_labels(ws, "label", ids, classes)
-    split = items.set_index("id").loc[ids, "split"].tolist()
-    held = heldout_split(ids, given, fraction=heldout_fraction, split=split)
+    # The held-out rows were fixed at ingest; every model, probe and subset of this workspace
+    # is scored on (and kept away from) the same ids.
+    held, held_record = heldout_mask(ws, ids)
+    if heldout_fraction is not None and heldout_fraction != held_record.get("fraction"):
+        raise LabelkitError(f"The held-out split of {ws.root} was fixed at ingest ({held_record['rows']} rows, "
+                            f"{held_record['source']}, fraction {held_record.get('fraction')}); 'heldout_fraction' "
+                            f"{heldout_fraction} cannot change it.")
 
     y_eval = given if eval_labels == "label" else read_labels(ws, eval_labels, ids, classes)
     if y_eval.ndim == 2:
@@ -427,6 +413,8 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
         epoch_rows = [e for e in epoch_rows if len(e)]
 
     params = dict(loss_params or {})
+    if "seed" in LOSSES[loss].param_names():  # mixing draws follow --seed unless a loss seed is given
+        params.setdefault("seed", seed)
     if LOSSES[loss].needs_index:
         params |= {"n_samples": len(fit_rows), "n_classes": K}
     if loss != "distill" and teachers:
@@ -436,7 +424,7 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     if loss == "distill":
         targets, teacher_names = _teacher_targets(ws, teachers, X_train[fit_rows],
                                                   [ids[train_rows[r]] for r in fit_rows if r < len(train_rows)],
-                                                  device=device)
+                                                  device=device, heldout_record=held_record)
     loss_fn = get_loss(loss, **params)
 
     model, history = fit_head(X_train[fit_rows], targets, loss=loss_fn, n_classes=K, X_val=X_train[val_rows],
@@ -465,8 +453,9 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
                      "epochs": history["epochs"], "best_epoch": history["best_epoch"],
                      "best_val_nll": history["best_val_nll"], "early_stopping_patience": patience, "monitor": monitor,
                      "schedule": "rs2 subset" if epoch_rows is not None else "full passes"},
-        "heldout": {"rows": int(len(eval_rows)), "fraction": heldout_fraction,
-                    "source": "split column" if _split_column_mask(split) is not None else "hash of id"},
+        "heldout": {"rows": int(len(eval_rows)), "fraction": held_record.get("fraction"),
+                    "source": held_record["source"], "ids_fingerprint": held_record["ids_fingerprint"]},
+        "items_fingerprint": items_fp,
         "data_hash": data_hash, "metrics": metrics, "classes": classes, "seed": seed, "device": device,
         "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
     }
@@ -483,7 +472,8 @@ def _label_repr(y) -> str:
     return str(int(y)) if np.ndim(y) == 0 else ",".join(f"{v:.4f}" for v in y)
 
 
-def _teacher_targets(ws: Workspace, teachers: Sequence[str], X: np.ndarray, real_ids: list[str], *, device: str):
+def _teacher_targets(ws: Workspace, teachers: Sequence[str], X: np.ndarray, real_ids: list[str], *, device: str,
+                     heldout_record: dict):
     """Return (averaged teacher probabilities for the rows of X, teacher names) for distillation."""
     from labelkit.losses import ensemble_soft_targets
     import torch
@@ -494,12 +484,21 @@ def _teacher_targets(ws: Workspace, teachers: Sequence[str], X: np.ndarray, real
             d = ws.model_dir(t)
             if not (d / "model.pt").exists():
                 raise LabelkitError(f"No model {t!r} in {ws.root}/models; train it first.")
+            card_path = d / "model_card.json"
+            card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.exists() else {}
+            if card.get("items_fingerprint") != current_items_fingerprint(ws):
+                raise LabelkitError(f"{d} was trained on different data; run `labelkit train -w {ws.root} --name {t}` again.")
             model, _ = load_model(d, device)
             probs.append(torch.as_tensor(predict_proba(model, X, device=device)))
         return ensemble_soft_targets(probs).numpy(), list(teachers)
     # Default teacher: the out-of-sample probe of `labelkit issues`.
     if not ws.probs_path.exists():
         raise LabelkitError(f"--loss distill needs teachers: pass --teacher MODEL or run `labelkit issues -w {ws.root}`.")
+    require_current(ws, ws.probs_path)
+    # The probe must have been kept off the held-out rows train evaluates on (labelkit.splits).
+    if read_heldout_fingerprint(ws.probs_path) != heldout_record["ids_fingerprint"]:
+        raise LabelkitError(f"{ws.probs_path} was not computed with this workspace's held-out split; "
+                            f"run `labelkit issues -w {ws.root}` again.")
     prob_ids, P = read_probs(ws.probs_path)
     where = dict(zip(prob_ids, range(len(prob_ids))))
     if len(real_ids) != len(X):

@@ -10,7 +10,7 @@ import contextlib
 import json
 import os
 import re
-import tempfile
+import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from labelkit.errors import LabelkitError
+from labelkit.errors import LabelkitError, parameter_error
 
 DEFAULT_WORKSPACE = "labelkit-out"
 MANIFEST_VERSION = 1
@@ -47,15 +47,27 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _new_temp_file(path)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _new_temp_file(path: Path) -> Path:
+    """Return a new empty file beside `path`, created with the umask's usual mode (0666 & ~umask)."""
+    # Not mkstemp: it creates 0600, and the rename would hand that mode to every output. Passing
+    # 0o666 to open(2) lets the kernel apply the umask, as any ordinary file creation does.
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def write_table(table: pa.Table, path: Path | str, **kwargs) -> Path:
@@ -114,6 +126,31 @@ def model_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_name(name: str, what: str, *, param: str = "name") -> str:
+    """Return `name` if it can name a file or folder inside ``subsets/`` or ``models/``, else raise.
+
+    Unlike :func:`model_key`, nothing is rewritten: ``a/b`` silently becoming ``a_b`` would write
+    where the user will not look. The leading letter or digit rules out ``.``, ``..`` and hidden
+    names; the character set rules out separators, so no name can leave its folder.
+
+    Parameters
+    ----------
+    name : str
+        The user's name, e.g. ``--name`` of ``select`` or ``train``.
+    what : str
+        The function the name was given to, for the message.
+    param : str, default="name"
+        The parameter's name, for the message.
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise parameter_error(param, what, "a str of at most 128 letters, digits, '.', '_' or '-' that starts "
+                              "with a letter or digit", name)
+    return name
+
+
 class Workspace:
     """A labelkit workspace folder and the files inside it."""
 
@@ -152,10 +189,10 @@ class Workspace:
         return self.root / "embeddings" / f"{model_key(key)}.parquet"
 
     def subset_path(self, name: str) -> Path:
-        return self.root / "subsets" / f"{model_key(name)}.parquet"
+        return self.root / "subsets" / f"{check_name(name, 'subset_path')}.parquet"
 
     def model_dir(self, name: str) -> Path:
-        return self.root / "models" / model_key(name)
+        return self.root / "models" / check_name(name, "model_dir")
 
     # manifest --------------------------------------------------------------------------------
     def exists(self) -> bool:
@@ -231,3 +268,122 @@ def embedding_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
     """Return a float32 matrix as a fixed_size_list<float32>[d] Arrow array."""
     matrix = np.ascontiguousarray(matrix, dtype=np.float32)
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints: which data a derived table was computed from
+#
+# Every derived table (probs, issues, subsets, relabels, label versions, model cards) records the
+# fingerprint of the items it was computed from, in its Parquet footer and in its manifest record.
+# A reader compares it with the workspace's current items, so a re-ingest never lets an old table
+# describe new rows.
+
+ITEMS_FINGERPRINT_KEY = b"labelkit.items_fingerprint"
+FINGERPRINT_KEY = b"labelkit.fingerprint"
+FINGERPRINT_COLUMNS = ("id", "content_hash", "label", "label_id", "error")
+
+
+def _hash_array(h, array: pa.Array) -> None:
+    """Feed `array`'s values and validity into hash `h` without a per-row Python loop."""
+    array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    h.update(str(array.type).encode())
+    h.update(np.asarray(array.is_null().to_numpy(zero_copy_only=False), np.uint8).tobytes())
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        # Offsets are rebased so a sliced array hashes like a fresh one; null slots hash as empty.
+        array = array.fill_null("")
+        offsets = np.frombuffer(array.buffers()[1], np.int64 if pa.types.is_large_string(array.type) else np.int32,
+                                count=len(array) + 1, offset=array.offset * (8 if pa.types.is_large_string(array.type) else 4))
+        start, stop = int(offsets[0]), int(offsets[-1])
+        h.update((offsets - offsets[0]).astype(np.int64).tobytes())
+        data = array.buffers()[2]
+        h.update(memoryview(data)[start:stop] if data is not None else b"")
+    else:
+        h.update(np.ascontiguousarray(array.fill_null(0).to_numpy(zero_copy_only=False)).tobytes())
+
+
+def items_fingerprint(items: pa.Table) -> str:
+    """Return a hex digest of the items' ids, content hashes, labels and usability.
+
+    Hashes the Arrow buffers column by column (about 0.1 s per million rows), so any change of
+    row order, content, label or error gives a different fingerprint.
+    """
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(items.num_rows).encode())
+    for name in FINGERPRINT_COLUMNS:
+        if name in items.column_names:
+            h.update(name.encode())
+            _hash_array(h, items.column(name))
+    return h.hexdigest()
+
+
+def fingerprint(*parts) -> str:
+    """Return a hex digest of JSON-serialisable `parts` (an input fingerprint plus options)."""
+    import hashlib
+
+    text = json.dumps(parts, sort_keys=True, default=_json_default)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def current_items_fingerprint(ws: "Workspace") -> str:
+    """Return the fingerprint of the workspace's items (stored at ingest; computed for older workspaces)."""
+    stored = ws.read_manifest().get("items_fingerprint")
+    return stored if stored else items_fingerprint(ws.read_items_table(list(FINGERPRINT_COLUMNS)))
+
+
+def with_fingerprint(table: pa.Table, items_fp: str, fp: str | None = None) -> pa.Table:
+    """Return `table` with the items fingerprint (and an input fingerprint) in its schema metadata."""
+    meta = dict(table.schema.metadata or {})
+    meta[ITEMS_FINGERPRINT_KEY] = items_fp.encode()
+    if fp is not None:
+        meta[FINGERPRINT_KEY] = fp.encode()
+    return table.replace_schema_metadata(meta)
+
+
+def read_fingerprints(path: Path | str) -> tuple[str | None, str | None]:
+    """Return (items fingerprint, input fingerprint) stored in a Parquet file's footer (None if absent)."""
+    meta = pq.read_schema(path).metadata or {}
+    get = lambda k: meta[k].decode() if k in meta else None
+    return get(ITEMS_FINGERPRINT_KEY), get(FINGERPRINT_KEY)
+
+
+def stale_message(ws: "Workspace", path: Path | str, rerun: str = "issues") -> str:
+    """Return the one-line error for a table computed from other data than the current items."""
+    return f"{path} was computed from different data; run `labelkit {rerun} -w {ws.root}` again."
+
+
+def require_current(ws: "Workspace", path: Path | str, *, rerun: str = "issues", items_fp: str | None = None) -> None:
+    """Raise the user error unless the Parquet file at `path` was computed from the current items."""
+    stored, _ = read_fingerprints(path)
+    if stored is None or stored != (items_fp or current_items_fingerprint(ws)):
+        raise LabelkitError(stale_message(ws, path, rerun))
+
+
+def is_current(ws: "Workspace", path: Path | str, *, items_fp: str | None = None) -> bool:
+    """Return whether the Parquet file at `path` exists and was computed from the current items."""
+    if not Path(path).exists():
+        return False
+    stored, _ = read_fingerprints(path)
+    return stored is not None and stored == (items_fp or current_items_fingerprint(ws))
+
+
+def require_current_embeddings(ws: "Workspace", key: str, ids: pa.Array, content_hash: pa.Array) -> None:
+    """Raise the user error when an embedding table's content hashes differ from the items' for `ids`.
+
+    `embed` stores each row's content hash beside its vector; a table whose rows were embedded from
+    other content (an earlier ingest that reused the same ids) must not be read as this data's.
+    """
+    import pyarrow.compute as pc
+
+    path = ws.embeddings_path(key)
+    if "content_hash" not in pq.read_schema(path).names:
+        return  # written before content hashes were stored; ids are all there is to check
+    table = pq.read_table(path, columns=["id", "content_hash"])
+    row = pc.index_in(ids, value_set=table.column("id").combine_chunks())
+    stored = table.column("content_hash").combine_chunks().take(row)
+    differs = pc.fill_null(pc.not_equal(stored, content_hash), False)
+    if pc.any(differs).as_py():
+        first = ids[int(np.flatnonzero(differs.to_numpy(zero_copy_only=False))[0])].as_py()
+        raise LabelkitError(f"{path} was computed from different data (row {first!r} has changed since it was "
+                            f"embedded); run `labelkit embed -w {ws.root}` again.")

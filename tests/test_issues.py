@@ -75,7 +75,8 @@ def test_regularisation_is_chosen_by_log_loss_in_high_dimensions():
     X = rng.normal(0, 1, (400, 600)).astype(np.float32)
     X[:, :4] += 3 * np.eye(4)[y]
     noisy, _ = flip(y, 0.05, 4)
-    _, _, choice = get_out_of_sample_probs(X, noisy, n_classes=4, C_grid=(0.001, 0.01, 1.0, 100.0), raw_C_grid=None)
+    _, _, choice = get_out_of_sample_probs(X, noisy, n_classes=4, C_grid=(0.001, 0.01, 1.0, 100.0), raw_C_grid=None,
+                                           probe="logreg")
     assert choice.C < 1.0 and choice.features == "standardized"
     losses = choice.cv_log_loss
     assert losses[f"standardized C={choice.C:g}"] == min(losses.values())
@@ -229,7 +230,7 @@ def test_issues_on_sample_digits_finds_most_planted_flips(digits_ws):
     assert (suggested.to_numpy() == key["true_label"].to_numpy()).mean() >= 0.7
     summary = Workspace(digits_ws).read_manifest()["stages"]["issues"]
     probe = summary["probe"]
-    chosen = probe["cv_log_loss"][f"{probe['features']} C={probe['C']:g}"]
+    chosen = probe["cv_log_loss"][probe["chosen"]]
     assert chosen == min(probe["cv_log_loss"].values()) and len(probe["cv_log_loss"]) >= 4
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from labelkit.errors import LabelkitError
-from labelkit.losses import (LOSSES, CMixup, DecoupledMixup, MixupCE, RankMixupMRL, cmixup_partner_probs,
+from labelkit.losses import (LOSSES, CMixup, DecoupledMixup, MixupCE, RankMixupMNDCG, RankMixupMRL, cmixup_partner_probs,
                              ensemble_soft_targets, get_loss, ndcg, soft_cross_entropy)
 
 Z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
@@ -112,32 +112,111 @@ def test_distillation_is_kl_to_the_teacher_average():
     assert close(get_loss("distill")(Z, onehot), CE)  # KL to a one-hot target is CE
 
 
-def test_decoupled_regulariser_by_hand():
-    z = torch.tensor([[1.0, 2.0, 0.5]])
-    reg = DecoupledMixup.regularizer(z, torch.tensor([0]), torch.tensor([1]))
-    hand = -math.log(math.exp(1) / (math.exp(1) + math.exp(0.5))) - math.log(math.exp(2) / (math.exp(2) + math.exp(0.5)))
-    assert close(reg, hand)
-    same = DecoupledMixup.regularizer(z, torch.tensor([0]), torch.tensor([0]))  # same class: plain softmax
-    assert close(same, -2 * math.log(softmax_rows(z)[0][0]))
+class Logits(nn.Module):
+    """The identity as a model: inputs are logits, so every mixed forward pass is worked by hand."""
+
+    n_classes = 3
+
+    def forward(self, x):
+        return x
+
+    features = classifier = forward
 
 
-def test_rankmixup_ranking_term_and_ndcg():
-    raw = torch.tensor([[3.0, 0.0], [0.0, 0.2]])
-    mixed = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
-    c = lambda z: max(softmax_rows(z.unsqueeze(0))[0])  # noqa: E731
-    hand = (max(0, c(mixed[0]) - c(raw[0]) + 0.1) + max(0, c(mixed[1]) - c(raw[1]) + 0.1)) / 2
-    assert close(RankMixupMRL(margin=0.1).ranking_term(raw, mixed), hand)
-    # NDCG is 1 when confidences are ordered like the mixing coefficients, less otherwise
-    rel = torch.tensor([[1.0, 0.8, 0.6]])
-    assert close(ndcg(torch.tensor([[0.9, 0.7, 0.5]]), rel), 1.0)
-    g = torch.tensor([[0.5, 0.7, 0.9]], requires_grad=True)
-    d = 1 / np.log2([2, 3, 4])
-    gains = 2 ** np.array([0.5, 0.7, 0.9]) - 1
-    hand = (gains * d).sum() / (np.sort(gains)[::-1] * d).sum()
-    value = ndcg(g, rel)
+# Four samples, classes 0, 0, 1, 2: the seed-1 draws (λ = 0.424, π = [1, 3, 2, 0]) pair two rows
+# with a sample of their own class (0↔1 and 2↔2) and two across classes.
+XL = [[2.0, 0.0, -1.0], [0.5, 1.5, 0.0], [0.0, 0.3, 1.0], [1.0, -0.5, 0.5]]
+YL = [0, 0, 1, 2]
+
+
+def hand_mix(lam, perm):
+    """Mixed logits and mixed labels, as Python lists."""
+    z = [[lam * a + (1 - lam) * b for a, b in zip(XL[i], XL[perm[i]])] for i in range(4)]
+    y = [[lam * (k == YL[i]) + (1 - lam) * (k == YL[perm[i]]) for k in range(3)] for i in range(4)]
+    return z, y
+
+
+HAND_CE = -sum(math.log(softmax_rows(torch.tensor([XL[i]]))[0][YL[i]]) for i in range(4)) / 4
+
+
+def test_rankmixup_mrl_by_hand():
+    # L = CE(raw) + w·mean_i s_i·max(0, max z̃_i − max z_i + m); s_i = 0 when the mixed label is one-hot
+    twin = RankMixupMRL(alpha=1.0, seed=1)
+    lam, perm = twin.sample_lambda(), twin.permutation(4, "cpu").tolist()
+    assert perm == [1, 3, 2, 0]
+    z, y = hand_mix(lam, perm)
+    m, w = 1.0, 1.0
+    hinge = [max(0.0, max(z[i]) - max(XL[i]) + m) for i in range(4)]
+    counted = [max(y[i]) < 1 for i in range(4)]
+    assert counted == [False, True, False, True] and hinge[0] > 0 and hinge[1] > 0  # the mask matters
+    hand = HAND_CE + w * sum(h for h, c in zip(hinge, counted) if c) / 4
+    value = RankMixupMRL(alpha=1.0, margin=m, weight=w, seed=1).compute(Logits(), torch.tensor(XL), torch.tensor(YL))
     assert close(value, hand)
-    value.sum().backward()
-    assert torch.isfinite(g.grad).all() and g.grad.abs().sum() > 0
+    defaults = RankMixupMRL().params()
+    assert (defaults["alpha"], defaults["margin"], defaults["weight"]) == (2.0, 2.0, 0.1)  # the authors' CIFAR values
+
+
+def test_mndcg_by_hand():
+    d = [1 / math.log2(r + 1) for r in range(1, 5)]
+    # confidences below the coefficients: DCG / IDCG
+    g, rel = [0.9, 0.7, 0.5], [1.0, 0.8, 0.6]
+    hand = sum(a * b for a, b in zip(g, d)) / sum(a * b for a, b in zip(rel, d))
+    assert close(ndcg(torch.tensor([g]), torch.tensor([rel])), hand)
+    # over-confident mixes: IDCG / DCG, and the list is read in relevance order (raw first)
+    g, rel = [0.95, 0.6, 0.99], [1.0, 0.55, 0.9]
+    dcg, idcg = 0.95 * d[0] + 0.99 * d[1] + 0.6 * d[2], 1.0 * d[0] + 0.9 * d[1] + 0.55 * d[2]
+    assert dcg > idcg and close(ndcg(torch.tensor([g]), torch.tensor([rel])), idcg / dcg)
+    assert close(ndcg(torch.tensor([rel]), torch.tensor([rel])), 1.0)  # confidences equal to coefficients
+    gains = torch.tensor([[0.5, 0.7, 0.9]], requires_grad=True)
+    ndcg(gains, torch.tensor([[1.0, 0.8, 0.6]])).sum().backward()
+    assert torch.isfinite(gains.grad).all() and gains.grad.abs().sum() > 0
+
+
+def test_rankmixup_mndcg_by_hand():
+    # each row: raw (relevance 1) then 3 mixes sorted by max of the mixed label (1 for same-class pairs)
+    twin = RankMixupMNDCG(alpha=1.0, seed=1)
+    draws = [(twin.sample_lambda(), twin.permutation(4, "cpu").tolist()) for _ in range(3)]
+    conf = lambda z: max(softmax_rows(torch.tensor([z]))[0])  # noqa: E731
+    d = [1 / math.log2(r + 1) for r in range(1, 5)]
+    mixes = [hand_mix(lam, perm) for lam, perm in draws]
+    total = 0.0
+    for i in range(4):
+        gains = [conf(XL[i])] + [conf(z[i]) for z, _ in mixes]
+        rels = [1.0] + [max(y[i]) for _, y in mixes]
+        order = sorted(range(4), key=lambda k: -rels[k])
+        dcg = sum(gains[k] * d[r] for r, k in enumerate(order))
+        idcg = sum(rels[k] * d[r] for r, k in enumerate(order))
+        total += 1 - min(dcg / idcg, idcg / dcg)
+    assert any(max(y[i]) == 1 for _, y in mixes for i in range(4))  # a same-class pair has relevance 1
+    hand = HAND_CE + 1.0 * total / 4
+    value = RankMixupMNDCG(alpha=1.0, n_mix=3, weight=1.0, seed=1).compute(Logits(), torch.tensor(XL), torch.tensor(YL))
+    assert close(value, hand)
+    with pytest.raises(LabelkitError, match=r"The 'n_mix' parameter of rankmixup_mndcg must be an int in the range"):
+        get_loss("rankmixup_mndcg", n_mix=0)
+
+
+def test_decoupled_regulariser_by_hand():
+    z = torch.tensor([[1.0, 2.0, 0.5], [1.0, 2.0, 0.5]])
+    reg = DecoupledMixup.regularizer(z, torch.tensor([0, 0]), torch.tensor([1, 0]))
+    hand = -math.log(math.exp(1) / (math.exp(1) + math.exp(0.5))) - math.log(math.exp(2) / (math.exp(2) + math.exp(0.5)))
+    assert close(reg[0], hand)
+    assert reg[1] == 0  # same class: no regulariser, as in the authors' code
+
+
+def test_decoupled_mixup_by_hand():
+    # L = mean_i [ CE(z̃_i, ỹ_i) + η·(−log φ_{a∖b} − log φ_{b∖a}) ], the η term only where a ≠ b
+    twin = DecoupledMixup(alpha=1.0, seed=1)
+    lam, perm = twin.sample_lambda(), twin.permutation(4, "cpu").tolist()
+    z, y = hand_mix(lam, perm)
+    eta, total = 0.5, 0.0
+    for i in range(4):
+        e = [math.exp(v) for v in z[i]]
+        total -= sum(y[i][k] * math.log(e[k] / sum(e)) for k in range(3))
+        a, b = YL[i], YL[perm[i]]
+        if a != b:
+            total -= eta * (math.log(e[a] / (sum(e) - e[b])) + math.log(e[b] / (sum(e) - e[a])))
+    value = DecoupledMixup(alpha=1.0, eta=eta, seed=1).compute(Logits(), torch.tensor(XL), torch.tensor(YL))
+    assert close(value, total / 4)
 
 
 def test_mixup_compute_matches_hand_mix_with_the_same_draws():
@@ -153,20 +232,33 @@ def test_mixup_compute_matches_hand_mix_with_the_same_draws():
 
 
 def test_cmixup_partner_probabilities_by_hand_and_sampling():
+    # P(j | i) ∝ exp(−(y_i − y_j)² / 2σ²) over every j, i itself included (weight 1)
     y = torch.tensor([0.0, 1.0, 3.0])
     P = cmixup_partner_probs(y, bandwidth=1.0)
-    r0 = np.array([0, math.exp(-0.5), math.exp(-4.5)])
+    r0 = np.array([1.0, math.exp(-0.5), math.exp(-4.5)])
+    r2 = np.array([math.exp(-4.5), math.exp(-2.0), 1.0])
     assert torch.allclose(P[0], torch.tensor(r0 / r0.sum(), dtype=torch.float32))
-    assert torch.all(P.diagonal() == 0) and torch.allclose(P.sum(1), torch.ones(3))
+    assert torch.allclose(P[2], torch.tensor(r2 / r2.sum(), dtype=torch.float32))
+    assert torch.allclose(P.sum(1), torch.ones(3))
+    r = np.exp(-np.array([0.0, 1.0]) ** 2 / (2 * 0.5 ** 2))  # bandwidth 0.5, two rows
+    assert torch.allclose(cmixup_partner_probs(torch.tensor([[0.0], [1.0]]), 0.5)[0],
+                          torch.tensor(r / r.sum(), dtype=torch.float32))
     loss = CMixup(bandwidth=1.0, criterion="mse", seed=0)
     draws = torch.stack([loss.partners(y) for _ in range(3000)])
-    freq = (draws[:, 0] == 1).float().mean()
-    assert abs(freq - P[0, 1]) < 0.03
-    # regression: the loss is MSE against the mixed targets
-    model = nn.Linear(4, 1)
+    assert abs((draws[:, 0] == 0).float().mean() - P[0, 0]) < 0.03  # self-pairs drawn at their rate
+    assert abs((draws[:, 0] == 1).float().mean() - P[0, 1]) < 0.03
+    # regression: the loss is MSE of f(λx_i + (1−λ)x_j) against λy_i + (1−λ)y_j
+    model = nn.Linear(1, 1)
     model.n_classes = 1
-    value = CMixup(criterion="mse", seed=0).compute(model, torch.randn(3, 4), y)
-    assert torch.isfinite(value)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+        model.bias.fill_(1.0)
+    twin = CMixup(criterion="mse", seed=4)
+    lam, j = twin.sample_lambda(), twin.partners(y).tolist()
+    yl = y.tolist()
+    hand = sum((2 * (lam * yl[i] + (1 - lam) * yl[j[i]]) + 1 - (lam * yl[i] + (1 - lam) * yl[j[i]])) ** 2
+               for i in range(3)) / 3
+    assert close(CMixup(criterion="mse", seed=4).compute(model, y.reshape(3, 1), y), hand)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

@@ -322,7 +322,7 @@ def _hash_of_hashes(hashes: list[str]) -> str:
 
 def _user_fields() -> dict:
     """Return optional license/creator/description fields from [tool.labelkit.report] in pyproject.toml."""
-    import tomllib
+    from labelkit.gate import tomllib  # tomllib on 3.11+, tomli on 3.10
 
     for folder in [Path.cwd(), *Path.cwd().parents]:
         path = folder / "pyproject.toml"

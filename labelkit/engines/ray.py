@@ -1,0 +1,255 @@
+"""The Ray engine: the same stages as the local engine, executed on a Ray cluster (``--engine ray``).
+
+Only imported when the user asks for Ray; every function starts with :func:`connect`, which
+joins the cluster at ``address`` (or ``RAY_ADDRESS``) or starts a local one. What runs where:
+
+- ingest: the driver lists files; hashing and header checks run as tasks over batches of items
+  (:func:`task_map`), results gathered in order, so the items table is the local one.
+- embed: ``read_parquet(items) → map_batches(select) → map_batches(embedder actors)``; the
+  driver writes each gathered chunk as an atomic part, so a killed run resumes
+  (:func:`embed_parts`).
+- issues: the normalised embedding matrix is put once in the object store and every task
+  queries one block of rows against it (:func:`find_nearest_neighbors`). The probe and
+  confident learning run on the driver (see docs/ray.md).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+import warnings
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from labelkit.engines import require_ray
+from labelkit.errors import LabelkitError
+from labelkit.workspace import embedding_array, write_table
+
+TASK_BATCH = 512  # items per task: big enough to amortise ~1 ms of task overhead, small enough to spread
+
+
+def connect(address: str | None = None):
+    """Return the `ray` module, connected to the cluster at `address` (or started locally).
+
+    An already initialised Ray (a notebook, a test fixture) is reused as it is. ``None`` means
+    ``RAY_ADDRESS`` if set, else a new local cluster on this machine's cores.
+    """
+    ray = require_ray()
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.WARNING, configure_logging=True)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LabelkitError(f"Cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: {first}") from None
+    # Progress bars would interleave with labelkit's own on stderr.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    return ray
+
+
+def cluster_cpus_gpus(ray) -> tuple[int, int]:
+    """Return the (CPUs, GPUs) the cluster has in total."""
+    res = ray.cluster_resources()
+    return max(1, int(res.get("CPU", 1))), int(res.get("GPU", 0))
+
+
+def _unwrap(ray, exc: Exception) -> Exception:
+    """Return the user error inside a Ray task error, so the CLI still exits 2 with one line."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, LabelkitError) else exc
+
+
+def _apply_batch(func: Callable, batch: list) -> list:
+    return [func(x) for x in batch]
+
+
+def task_map(func: Callable, items: Iterable, *, address: str | None = None, batch_size: int = TASK_BATCH,
+             max_in_flight: int | None = None) -> Iterator:
+    """Yield ``func(item)`` for every item, in order, computed by Ray tasks over batches of items.
+
+    At most `max_in_flight` batches (default: twice the cluster's CPUs) are submitted ahead of
+    the one being gathered, so the driver's memory is bounded however many items there are.
+    `func` must be picklable (a module-level function, or a closure cloudpickle can ship).
+    """
+    ray = connect(address)
+    cpus, _ = cluster_cpus_gpus(ray)
+    remote = ray.remote(num_cpus=1)(_apply_batch)
+    func_ref = ray.put(func)  # shipped once, not with every batch
+    window = max_in_flight or 2 * cpus
+    iterator = iter(items)
+    pending: deque = deque()
+    while True:
+        while len(pending) < window and (batch := list(itertools.islice(iterator, batch_size))):
+            pending.append(remote.remote(func_ref, batch))
+        if not pending:
+            return
+        try:
+            results = ray.get(pending.popleft())
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(ray, exc) from None
+        yield from results
+
+
+# ---------------------------------------------------------------------------------------------
+# embed
+
+
+def _select_todo(batch: pa.Table, done: dict[str, str]) -> pa.Table:
+    """Return the usable rows whose (id, content_hash) is not embedded yet (the resume rule of `embed`)."""
+    import pyarrow.compute as pc
+
+    batch = batch.filter(pc.is_null(batch.column("error")))
+    if done:
+        keep = [done.get(i) != h for i, h in zip(batch.column("id").to_pylist(), batch.column("content_hash").to_pylist())]
+        batch = batch.filter(pa.array(keep, pa.bool_()))
+    return batch.drop_columns(["error"])
+
+
+class _Embedder:
+    """A Ray Data actor: builds its featurizer once, then embeds each batch it is given."""
+
+    def __init__(self, make_featurizer: Callable, key: str, device: str, modality: str, decode_workers: int):
+        self.featurizer = make_featurizer(device=device)
+        if self.featurizer.key != key:  # e.g. CLIP weights cached on the driver but not on this node
+            raise LabelkitError(f"A Ray worker built embedder {self.featurizer.key!r}, not the driver's {key!r}; "
+                                "make the model's weights available on every node (--pretrained /shared/path.pt).")
+        self.modality, self.decode_workers = modality, decode_workers
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        f, n = self.featurizer, batch.num_rows
+        if self.modality == "text":
+            emb, ok = f.encode_texts(batch.column("text").to_pylist(), batch_size=n), np.ones(n, bool)
+        else:
+            parts = list(f.image_batches(batch.column("image_path").to_pylist(), batch_size=n,
+                                         workers=self.decode_workers))
+            emb = np.concatenate([e for e, _ in parts]) if parts else np.zeros((0, f.dim), np.float32)
+            ok = np.concatenate([o for _, o in parts]) if parts else np.zeros(0, bool)
+        return pa.table({"id": batch.column("id"), "content_hash": batch.column("content_hash"),
+                         "embedding": embedding_array(np.asarray(emb, np.float32)), "ok": pa.array(ok)})
+
+
+def embed_pool(ray) -> dict:
+    """Return the actor pool's shape: one actor per GPU, else every CPU but one.
+
+    The spare CPU is for Ray Data's read and select tasks; a pool that takes every CPU leaves
+    them none and the pipeline hangs (measured on 2 cores).
+    """
+    cpus, gpus = cluster_cpus_gpus(ray)
+    if gpus:
+        per_actor = max(1, min(8, cpus // gpus - 1))  # decode workers beside each GPU
+        return {"size": gpus, "num_gpus": 1, "num_cpus": per_actor, "device": "cuda",
+                "decode_workers": per_actor - 1}
+    return {"size": max(1, cpus - 1), "num_gpus": 0, "num_cpus": 1, "device": "cpu", "decode_workers": 0}
+
+
+def embed_parts(items_path: Path, parts: Path, *, make_featurizer: Callable, key: str, modality: str,
+                done: dict[str, str], batch_size: int, chunk_rows: int, address: str | None = None,
+                total: int | None = None, progress: Callable | None = None) -> tuple[int, int]:
+    """Return (rows embedded, rows that failed to decode); writes ``parts/part-*.parquet``.
+
+    ``ray.data.read_parquet(items)`` feeds an actor pool (:func:`embed_pool`) of `make_featurizer`
+    models (which must build embedding `key`), each loaded once per actor; the driver writes every `chunk_rows` gathered rows as one
+    atomic part, in the layout the local engine consolidates. `done` maps id → content hash of
+    rows already stored (they are skipped).
+    """
+    ray = connect(address)
+    from ray.data import ActorPoolStrategy
+
+    pool = embed_pool(ray)
+    content = "text" if modality == "text" else "image_path"
+    ds = ray.data.read_parquet(str(items_path), columns=["id", "content_hash", content, "error"])
+    ds = ds.map_batches(_select_todo, fn_kwargs={"done": done}, batch_format="pyarrow")  # fused with the read
+    ds = ds.map_batches(_Embedder, batch_size=batch_size, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(size=pool["size"]), num_gpus=pool["num_gpus"],
+                        num_cpus=pool["num_cpus"],
+                        fn_constructor_kwargs={"make_featurizer": make_featurizer, "key": key, "device": pool["device"],
+                                               "modality": modality, "decode_workers": pool["decode_workers"]})
+    parts.mkdir(parents=True, exist_ok=True)
+    embedded = failed = seen = 0
+    buffer: list[pa.Table] = []
+
+    def flush() -> None:
+        nonlocal embedded
+        if not buffer:
+            return
+        table = pa.concat_tables(buffer)
+        buffer.clear()
+        write_table(table, parts / f"part-{time.time_ns()}.parquet")
+        embedded += table.num_rows
+
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            ok = batch.column("ok")
+            good = batch.filter(ok).drop_columns(["ok"])
+            failed += batch.num_rows - good.num_rows
+            seen += batch.num_rows
+            if good.num_rows:
+                buffer.append(good)
+            if sum(t.num_rows for t in buffer) >= chunk_rows:
+                flush()
+            if progress:
+                progress(seen, total)
+    except ray.exceptions.RayTaskError as exc:
+        raise _unwrap(ray, exc) from None
+    flush()
+    return embedded, failed
+
+
+# ---------------------------------------------------------------------------------------------
+# issues: neighbours
+
+
+def _knn_block(E: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, similarities) of the k most similar other rows for rows start..stop of E."""
+    import torch
+
+    with warnings.catch_warnings():  # the object store's arrays are read-only; torch only reads them
+        warnings.simplefilter("ignore", UserWarning)
+        Et = torch.as_tensor(E)
+    S = Et[start:stop] @ Et.T
+    S[torch.arange(stop - start), torch.arange(start, stop)] = -2.0  # never your own neighbour
+    sim, idx = torch.topk(S, k, dim=1)
+    return idx.numpy(), sim.numpy()
+
+
+def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str | None = None,
+                           max_block_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, cosine similarities) of every row's k nearest other rows, like
+    :func:`labelkit.neighbors.find_nearest_neighbors`, with row blocks queried by Ray tasks.
+
+    The unit-normalised float32 matrix is put in the object store once; each task reads it
+    zero-copy and scores one block of rows against all rows (exact, O(block × n) scratch).
+    """
+    import torch
+
+    from labelkit.errors import check_in_range
+
+    ray = connect(address)
+    n = len(embeddings)
+    k = int(min(k, n - 1))
+    check_in_range(k, "k", "find_nearest_neighbors", low=1, kind="an int")
+    E = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32)), dim=1).numpy()
+    cpus, _ = cluster_cpus_gpus(ray)
+    # Enough blocks to keep every CPU busy, none bigger than the scratch budget.
+    block = max(1, min(max_block_bytes // (4 * n), math.ceil(n / (2 * cpus))))
+    E_ref = ray.put(E)
+    remote = ray.remote(num_cpus=1)(_knn_block)
+    idx_out = np.empty((n, k), dtype=np.int64)
+    sim_out = np.empty((n, k), dtype=np.float32)
+    starts = list(range(0, n, block))
+    window = 2 * cpus
+    pending: deque = deque()
+    for start in starts + [None] * window:
+        if start is not None:
+            pending.append((start, remote.remote(E_ref, start, min(n, start + block), k)))
+        if len(pending) > window or (start is None and pending):
+            s, ref = pending.popleft()
+            idx, sim = ray.get(ref)
+            idx_out[s:s + len(idx)], sim_out[s:s + len(idx)] = idx, sim
+    return idx_out, np.clip(sim_out, -1.0, 1.0)

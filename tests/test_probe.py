@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+
+from labelkit.errors import LabelkitError
+from labelkit.probe import _predict_rows, _Setting, _stratified_subsample, get_out_of_sample_probs
+
+
+def blobs(n_per=60, k=3, d=8, seed=0, spread=1.5):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0, 3, (k, d))
+    X = np.concatenate([c + rng.normal(0, spread, (n_per, d)) for c in centers])
+    return X.astype(np.float32), np.repeat(np.arange(k), n_per)
+
+
+def rings(n=600, seed=0):
+    """Two concentric rings: no linear boundary separates them, neighbours do."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat([0, 1], n // 2)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    radius = np.where(y == 0, 1.0, 2.0) + rng.normal(0, 0.1, n)
+    X = np.c_[radius * np.cos(angle), radius * np.sin(angle), rng.normal(0, 0.1, (n, 2))]
+    return X.astype(np.float32), y
+
+
+def flip_some(y, rows, k):
+    out = y.copy()
+    out[rows] = (out[rows] + 1) % k
+    return out
+
+
+def test_held_out_rows_never_train_nor_select_and_have_fold_minus_one():
+    X, y = blobs()
+    holdout = np.zeros(len(y), bool)
+    holdout[::7] = True
+    kw = dict(n_classes=3, holdout=holdout, probe="auto", C_grid=(0.1, 1.0), raw_C_grid=None)
+    p1, f1, c1 = get_out_of_sample_probs(X, y, **kw)
+    # Any labels on the held-out rows: nothing at all changes, not even the choice.
+    rng = np.random.default_rng(1)
+    y2 = y.copy()
+    y2[holdout] = rng.integers(0, 3, holdout.sum())
+    p2, f2, c2 = get_out_of_sample_probs(X, y2, **kw)
+    assert np.array_equal(p1, p2) and c1.chosen == c2.chosen
+    assert (f1[holdout] == -1).all() and (f1[~holdout] >= 0).all() and np.array_equal(f1, f2)
+    assert c1.holdout_rows == holdout.sum() and p1.dtype == np.float32
+    assert np.allclose(p1.sum(1), 1, atol=1e-5) and (p1[holdout].argmax(1) == y[holdout]).mean() > 0.9
+
+
+SETTINGS = [_Setting("standardized", C=1.0), _Setting("raw", C=1.0), _Setting("knn", k=5, smoothing=0.1),
+            _Setting("mlp"), _Setting("average", parts=(_Setting("standardized", C=1.0), _Setting("knn", k=5,
+                                                                                                      smoothing=0.1)))]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.family)
+@pytest.mark.parametrize("engine", ["sklearn", "torch"])
+def test_every_candidate_is_out_of_sample(setting, engine):
+    """Relabelling fold-0 and held-out rows leaves their own probabilities unchanged, and changes the others'."""
+    if engine == "torch" and setting.family not in ("standardized", "raw"):
+        pytest.skip("the engine only matters for logistic regression")
+    X, y = blobs(n_per=40)
+    folds = np.arange(len(y)) % 3
+    holdout = np.zeros(len(y), bool)
+    holdout[5::11] = True
+    kwargs = dict(engine=engine, device="cpu", seed=0, tick=lambda: None)
+    fold_ids = folds.astype(np.int16)
+    p1 = _predict_rows(setting, X, y, fold_ids, holdout, 3, **kwargs)
+    # Held-out labels are never read: nothing changes.
+    p_held = _predict_rows(setting, X, flip_some(y, np.flatnonzero(holdout), 3), fold_ids, holdout, 3, **kwargs)
+    assert np.array_equal(p1, p_held)
+    # Fold-0 labels only train the other folds' models and the held-out rows' model.
+    in_fold0 = (folds == 0) & ~holdout
+    p2 = _predict_rows(setting, X, flip_some(y, np.flatnonzero(in_fold0), 3), fold_ids, holdout, 3, **kwargs)
+    assert np.allclose(p1[in_fold0], p2[in_fold0], atol=1e-6)
+    assert np.abs(p1[~in_fold0] - p2[~in_fold0]).max() > 0.05
+
+
+def test_relabelling_a_row_does_not_change_its_own_probabilities_through_the_public_api():
+    X, y = blobs(n_per=40)
+    folds = np.arange(len(y)) % 4
+    kw = dict(n_classes=3, folds=folds, probe="logreg", C_grid=(1.0,), raw_C_grid=None)
+    p1, f1, _ = get_out_of_sample_probs(X, y, **kw)
+    p2, f2, _ = get_out_of_sample_probs(X, flip_some(y, [3, 7, 51], 3), **kw)  # all in fold 3
+    assert np.array_equal(f1, folds) and np.array_equal(f1, f2)
+    assert np.allclose(p1[[3, 7, 51]], p2[[3, 7, 51]], atol=1e-6)
+    assert not np.allclose(p1[folds != 3], p2[folds != 3], atol=1e-3)
+
+
+def test_chosen_candidate_has_the_lowest_cv_log_loss_and_its_probabilities_are_returned():
+    X, y = rings()
+    probs, _, choice = get_out_of_sample_probs(X, y, n_classes=2, C_grid=(0.1, 1.0), raw_C_grid=(1.0,))
+    losses = choice.cv_log_loss
+    assert losses[choice.chosen] == min(losses.values())
+    assert {"standardized C=0.1", "raw C=1", "knn k=5 smoothing=0.01"} <= set(losses)
+    assert "mlp" in losses or "mlp" in choice.skipped
+    # Rings have no linear boundary: logistic regression is near chance, the winner is not linear.
+    assert choice.features in ("knn", "mlp", "average") and choice.cv_accuracy > 0.95
+    assert losses["standardized C=1"] > 0.6
+    p = probs[np.arange(len(y)), y].astype(np.float64)
+    assert -np.mean(np.log(p)) == pytest.approx(losses[choice.chosen], rel=1e-4)
+    assert set(choice.candidates[choice.chosen]) == {"log_loss", "accuracy", "seconds"}
+
+
+def test_linear_data_in_high_dimensions_picks_a_regularised_linear_probe():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 60)
+    X = rng.normal(0, 1, (240, 300)).astype(np.float32)
+    X[:, :4] += 2.5 * np.eye(4)[y]
+    _, _, choice = get_out_of_sample_probs(X, y, n_classes=4, C_grid=(0.01, 0.1, 1.0), raw_C_grid=None)
+    assert choice.features in ("standardized", "average") and choice.C in (0.01, 0.1, None)
+    assert choice.cv_log_loss[choice.chosen] < min(v for k, v in choice.cv_log_loss.items() if k.startswith("knn"))
+
+
+def test_selection_on_a_subsample_then_one_k_fold_over_every_row():
+    X, y = blobs(n_per=300, k=3, d=6)
+    y = flip_some(y, np.arange(0, 900, 13), 3)
+    holdout = np.zeros(len(y), bool)
+    holdout[-50:] = True
+    probs, folds, choice = get_out_of_sample_probs(X, y, n_classes=3, max_selection_rows=200, holdout=holdout,
+                                                   probe="logreg", raw_C_grid=None)
+    assert 200 <= choice.selection_rows <= 203 and choice.rows == 900 and choice.holdout_rows == 50
+    assert set(folds[~holdout].tolist()) == set(range(5)) and (folds[holdout] == -1).all()
+    assert np.allclose(probs.sum(1), 1, atol=1e-5) and (probs.argmax(1) == y).mean() > 0.85
+
+
+def test_stratified_subsample_keeps_class_shares_and_small_classes():
+    y = np.repeat([0, 1, 2], [9000, 990, 10])
+    sel = _stratified_subsample(y, 1000, 5, seed=0)
+    counts = np.bincount(y[sel], minlength=3)
+    assert counts[0] == 900 and counts[1] == 99 and counts[2] == 5
+    assert np.array_equal(sel, np.sort(sel)) and len(np.unique(sel)) == len(sel)
+
+
+def test_parameter_errors_name_the_parameter():
+    X, y = blobs(n_per=10)
+    with pytest.raises(LabelkitError, match=r"The 'probe' parameter of get_out_of_sample_probs must be one of auto, "
+                                            r"sklearn, torch, logreg, knn, mlp\. Got 'svm' instead\."):
+        get_out_of_sample_probs(X, y, probe="svm")
+    with pytest.raises(LabelkitError, match=r"The 'holdout' parameter .* shape \(30,\)\. Got shape \(3,\) instead\."):
+        get_out_of_sample_probs(X, y, holdout=np.ones(3, bool))
