@@ -13,13 +13,14 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
           image_col: str | None = None, model: str = "auto", pretrained: str | None = None,
           pred_probs: Path | str | None = None, device: str = "auto", write_report: bool = True,
           config_start: Path | str = ".", progress: Callable | None = None, engine: str = "local",
-          ray_address: str | None = None, offline: bool = False) -> dict:
+          ray_address: str | None = None, offline: bool = False, embedding_col: str | None = None) -> dict:
     """Return the full audit summary: issues summary, top label issues, warnings and gate verdict.
 
     The gate rules come from `fail_on`, else the nearest config (see :mod:`labelkit.gate`), else
     the default. The caller turns ``result['gate']['passed'] is False`` into exit code 1.
     `engine` and `ray_address` go to every stage (see :mod:`labelkit.engines`); `offline` to
-    `embed` (never download weights).
+    `embed` (never download weights). With `embedding_col`, ingest stores the table's own
+    embeddings and the embed step is skipped.
     """
     from labelkit import gate
     from labelkit.embed import check_featurizer_options, embed
@@ -32,8 +33,9 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
     on = {"engine": check_engine(engine, "audit"), "ray_address": ray_address}
     if pred_probs is None:
         check_featurizer_options(model, pretrained)  # a bad --model / --pretrained fails before ingest writes
-    ingest(source, ws, label_col=label_col, text_col=text_col, image_col=image_col, progress=progress, **on)
-    if pred_probs is None:
+    ingested = ingest(source, ws, label_col=label_col, text_col=text_col, image_col=image_col, progress=progress,
+                      embedding_col=embedding_col, **on)
+    if pred_probs is None and ingested.embedding_key is None:
         embed(ws, model=model, pretrained=pretrained, device=device, progress=progress, offline=offline, **on)
     found = issues(ws, pred_probs=pred_probs, device=device, progress=progress, **on)
     verdict = gate.evaluate(rules, found.summary)

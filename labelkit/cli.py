@@ -80,8 +80,13 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
            split_col: Optional[str] = typer.Option(None, help="Split column of a table."),
            id_col: Optional[str] = typer.Option(None, help="Unique id column of a table (default: row number)."),
            classes: Optional[Path] = typer.Option(None, "--classes", help="File with one class per line: fixes the class order."),
-           allow_outside_root: bool = typer.Option(False, help="Accept image paths outside the table's folder."),
+           allow_outside_root: bool = typer.Option(False, help="Accept image paths outside the table's folder, and "
+                                                               "image-folder symlinks that lead out of the folder."),
            encoding: Optional[str] = typer.Option(None, help="Text encoding of a CSV/TSV/JSONL table (default utf-8)."),
+           embedding_col: Optional[str] = typer.Option(None, help="Column holding your own embeddings (Parquet list of "
+                                                                  "numbers, or JSON arrays in CSV/JSONL): stored as the "
+                                                                  "workspace's embeddings, so no `embed` step is needed."),
+           workers: Optional[int] = typer.Option(None, help="Processes reading image files (default: one per core; 0: none)."),
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
            as_json: bool = JsonOpt):
     """Read an image folder or a table into the workspace (items.parquet + manifest.json)."""
@@ -92,7 +97,7 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
         result = run(source, workspace, label_col=label_col, text_col=text_col, image_col=image_col,
                      split_col=split_col, id_col=id_col, classes_file=classes,
                      allow_outside_root=allow_outside_root, encoding=encoding, progress=update,
-                     engine=engine, ray_address=ray_address)
+                     engine=engine, ray_address=ray_address, embedding_col=embedding_col, workers=workers)
     if as_json:
         return _print_json(result.to_dict())
     detected = {k: v for k, v in result.columns.items() if v}
@@ -100,6 +105,9 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
         out.print("Columns: " + ", ".join(f"{k}=[bold]{v}[/]" for k, v in detected.items()), highlight=False)
     out.print(f"Ingested [bold]{result.rows}[/] rows ({result.usable_rows} usable, {result.modality}) "
               f"from {result.source} into {workspace}/items.parquet", highlight=False)
+    if result.embedding_key:
+        out.print(f"Your embeddings of the usable rows: {workspace}/embeddings/{result.embedding_key}.parquet "
+                  "(`labelkit issues` uses them; no `embed` needed)", highlight=False)
     table = Table("class", "rows", title=f"{len(result.classes)} classes", title_justify="left")
     for c, k in result.class_counts.items():
         table.add_row(c, str(k))
@@ -111,9 +119,11 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
 # --------------------------------------------------------------------------------------------
 @app.command()
 def embed(workspace: Path = WorkspaceOpt,
-          model: str = typer.Option("auto", help="auto (MiniLM for text; CLIP if its weights load, else pixels, for "
-                                                 "images), pixels, minilm-l6-v2, or an open_clip model name."),
-          pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or local checkpoint path."),
+          model: str = typer.Option("auto", help="auto (MiniLM for text; for images CLIP ViT-B-32 laion2b_s34b_b79k, "
+                                                 "downloaded once, or pixels when its weights cannot be had), pixels, "
+                                                 "minilm-l6-v2, or an open_clip model name."),
+          pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or local checkpoint path; "
+                                                              "if it does not load, the command stops (exit 2)."),
           device: str = typer.Option("auto", help="auto, cpu or cuda."),
           batch_size: Optional[int] = typer.Option(None, min=1, help="Images/texts per batch (default by device)."),
           workers: Optional[int] = typer.Option(None, min=0, help="Image decoding processes (default by device)."),
@@ -220,6 +230,8 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
           label_col: Optional[str] = typer.Option(None, help="Label column of a table."),
           text_col: Optional[str] = typer.Option(None, help="Text column of a table."),
           image_col: Optional[str] = typer.Option(None, help="Image-path column of a table."),
+          embedding_col: Optional[str] = typer.Option(None, help="Column holding your own embeddings (skips embedding; "
+                                                                 "see `labelkit ingest --help`)."),
           model: str = typer.Option("auto", help="Embedding model (see `labelkit embed --help`)."),
           pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or checkpoint path."),
           pred_probs: Optional[Path] = typer.Option(None, help="Your own out-of-sample probabilities (skips embedding)."),
@@ -235,7 +247,8 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
     with progress:
         result = run(source, workspace, fail_on=fail_on, label_col=label_col, text_col=text_col, image_col=image_col,
                      model=model, pretrained=pretrained, pred_probs=pred_probs, device=device, write_report=report,
-                     progress=update, engine=engine, ray_address=ray_address, offline=offline)
+                     progress=update, engine=engine, ray_address=ray_address, offline=offline,
+                     embedding_col=embedding_col)
     if as_json:
         _print_json(result)
     else:

@@ -179,16 +179,18 @@ class OpenCLIPFeaturizer(Featurizer):
 
         kind = check_clip_options(model, pretrained)
         tag, warning, what = pretrained, None, f"pretrained weights {pretrained!r}"
+        hub_off = _offline_reason(offline)  # or the hub is unreachable: then the cache only, too
         if kind == "random":
             tag, warning = "random", (f"{model} has RANDOM weights (no --pretrained): its embeddings mean "
                                       "nothing; this is for tests only.")
         elif kind == "file":
             tag, what = f"{Path(pretrained).stem}-{_file_digest(Path(pretrained))}", f"checkpoint {pretrained}"
         else:
-            fetch_clip_weights(model, pretrained, offline=offline, progress=progress)
+            hub_off = hub_off or _hub_unreachable()
+            _fetch_clip_weights(model, pretrained, hub_off, progress)
         try:
             # Weights are local by now; offline, open_clip must not reach for the network either.
-            with _quiet_logs(), _hub_offline(_offline_reason(offline) is not None):
+            with _quiet_logs(), _hub_offline(hub_off is not None):
                 net, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
         except Exception as exc:  # a corrupt file, a checkpoint of another architecture
             raise LabelkitError(f"Could not load {what} for {model}: {_first_line(exc)}. Pass --pretrained "
@@ -254,6 +256,11 @@ def check_clip_options(model: str, pretrained: str | None) -> str:
     if pretrained is None:
         return "random"
     if Path(pretrained).is_file():
+        problem = _checkpoint_problem(Path(pretrained))
+        if problem:
+            raise LabelkitError(f"Could not load checkpoint {pretrained} for {model}: {problem}. Pass --pretrained "
+                                f"/path/to/checkpoint.pt (a local open_clip checkpoint of {model}), or --model "
+                                f"{PIXELS} for the pixel baseline.")
         return "file"
     if open_clip.get_pretrained_cfg(model, pretrained):
         return "tag"
@@ -263,6 +270,22 @@ def check_clip_options(model: str, pretrained: str | None) -> str:
     known = f"known tags: {', '.join(tags)}" if tags else "open_clip knows no pretrained tags for it"
     raise LabelkitError(f"Unknown pretrained tag {pretrained!r} for {model} ({known}); pass a known tag or "
                         "--pretrained /path/to/checkpoint.pt.")
+
+
+def _checkpoint_problem(path: Path) -> str | None:
+    """Return why `path` cannot be a checkpoint, from its first bytes, or None if it may be one.
+
+    torch's own error for a file that is not a checkpoint at all is e.g. "pop from empty list".
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        return "the file is empty"
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":  # torch.save's zip, or a pickle (protocol 2+)
+        return None
+    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
+        return None  # safetensors: a little-endian header length, then JSON
+    return f"it is not a PyTorch (zip or pickle) or safetensors file (it starts with {head[:12]!r})"
 
 
 def check_featurizer_options(model: str = "auto", pretrained: str | None = None) -> None:
@@ -391,13 +414,18 @@ def fetch_clip_weights(model: str, tag: str, *, offline: bool = False, progress:
     only the cache is looked at. Raises :class:`LabelkitError` naming what was tried and the
     exception that stopped it.
     """
+    return _fetch_clip_weights(model, tag, _offline_reason(offline) or _hub_unreachable(), progress)
+
+
+def _fetch_clip_weights(model: str, tag: str, why_off: str | None, progress: Progress | None) -> str:
+    """:func:`fetch_clip_weights`, told whether (and why) only the cache may be used."""
     import open_clip
 
     cfg = open_clip.get_pretrained_cfg(model, tag)
     if not cfg.get("hf_hub"):
-        if _offline_reason(offline) is not None:
+        if why_off is not None:
             raise LabelkitError(f"Could not load pretrained weights {tag!r} for {model}: open_clip downloads them "
-                                f"from {cfg.get('url')} and downloads are off ({_offline_reason(offline)}).")
+                                f"from {cfg.get('url')} and {_off_clause(why_off)}.")
         from open_clip.pretrained import download_pretrained
 
         try:
@@ -408,7 +436,6 @@ def fetch_clip_weights(model: str, tag: str, *, offline: bool = False, progress:
     from huggingface_hub import constants, hf_hub_download
 
     repo, names = _weight_files(cfg)
-    why_off = _offline_reason(offline) or _hub_unreachable()
     last: BaseException | None = None
     for name in names:
         try:

@@ -580,7 +580,8 @@ def _arrow_embeddings(column: pa.ChunkedArray, where: Callable[[int], str], bloc
                 raise LabelkitError(f"{where(first + bad // dim)} contains a missing value (null).")
             raw = values.to_numpy(zero_copy_only=False)
             rows = out[first:first + len(part)]
-            np.copyto(rows.reshape(-1), raw, casting="unsafe")
+            with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values are reported below
+                np.copyto(rows.reshape(-1), raw, casting="unsafe")
             _check_finite(rows, raw, first, where)
         start += len(chunk)
     return out if out is not None else np.zeros((0, 0), np.float32)
@@ -588,8 +589,7 @@ def _arrow_embeddings(column: pa.ChunkedArray, where: Callable[[int], str], bloc
 
 def _check_finite(rows: np.ndarray, raw, first: int, where: Callable[[int], str]) -> None:
     """Raise naming the first row of `rows` (float32) with NaN or infinity."""
-    # A float64 sum of float32 values cannot overflow, so it is finite exactly when every value is.
-    bad = np.flatnonzero(~np.isfinite(rows.sum(axis=1, dtype=np.float64)))
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
     if len(bad):
         i = int(bad[0])
         dim = rows.shape[1]

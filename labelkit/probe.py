@@ -638,3 +638,25 @@ def _predict_held(setting: _Setting, X, labels, train_rows, held, n_classes: int
             X[train_rows], labels[train_rows], X[held], setting.C, n_classes))
     return _normalise(_torch_fit_predict(X, labels, train_rows, held, n_classes, setting=setting, seed=seed,
                                          device=device))
+
+
+# ---------------------------------------------------------------------------------------------
+# Neighbour evidence for the ranking
+
+
+def get_neighbor_agreement(labels: np.ndarray, neighbor_idx: np.ndarray) -> np.ndarray:
+    """Return the fraction of each row's nearest neighbours that carry its label, float32 in [0, 1].
+
+    Parameters
+    ----------
+    labels : ndarray of shape (n_samples,)
+    neighbor_idx : ndarray of shape (n_samples, k)
+        From :func:`labelkit.neighbors.find_nearest_neighbors` (a row is never its own neighbour).
+    """
+    labels = np.asarray(labels)
+    return (labels[neighbor_idx] == labels[:, None]).mean(1, dtype=np.float32)
+
+
+def combine_with_neighbors(label_quality: np.ndarray, agreement: np.ndarray) -> np.ndarray:
+    """Return the mean of cleanlab's label-quality score and the neighbour agreement (lower is worse)."""
+    return (np.asarray(label_quality, np.float32) + np.asarray(agreement, np.float32)) / 2

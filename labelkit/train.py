@@ -413,8 +413,6 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
         epoch_rows = [e for e in epoch_rows if len(e)]
 
     params = dict(loss_params or {})
-    if "seed" in LOSSES[loss].param_names():  # mixing draws follow --seed unless a loss seed is given
-        params.setdefault("seed", seed)
     if LOSSES[loss].needs_index:
         params |= {"n_samples": len(fit_rows), "n_classes": K}
     if loss != "distill" and teachers:

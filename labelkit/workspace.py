@@ -355,6 +355,8 @@ def stale_message(ws: "Workspace", path: Path | str, rerun: str = "issues") -> s
 
 def require_current(ws: "Workspace", path: Path | str, *, rerun: str = "issues", items_fp: str | None = None) -> None:
     """Raise the user error unless the Parquet file at `path` was computed from the current items."""
+    if not Path(path).exists():
+        raise LabelkitError(f"{path} is missing; run `labelkit {rerun} -w {ws.root}` again.")
     stored, _ = read_fingerprints(path)
     if stored is None or stored != (items_fp or current_items_fingerprint(ws)):
         raise LabelkitError(stale_message(ws, path, rerun))

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labelkit.workspace import Workspace, atomic_path, read_embeddings, read_probs, write_json
+from labelkit.workspace import (Workspace, atomic_path, current_items_fingerprint, is_current, read_embeddings,
+                                read_probs, require_current, write_json)
 
 MAX_MAP_POINTS = 2000
 GALLERY_SIZE = 36
@@ -197,6 +198,10 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
     classes = manifest["classes"]
     stages = manifest.get("stages", {})
     summary = stages.get("issues")
+    # Tables left by an earlier ingest describe other rows: refuse them rather than show them.
+    items_fp = current_items_fingerprint(ws)
+    if ws.issues_path.exists() or summary is not None:
+        require_current(ws, ws.issues_path, items_fp=items_fp)
     modality = manifest.get("modality", "image")
     usable = items["error"].isna()
     data: dict = {
@@ -218,7 +223,8 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
     }
     extra: dict = {"figures": {}, "galleries": {}, "notes": []}
     counts = summary["class_counts"] if summary else items.loc[usable, "label"].value_counts().reindex(classes, fill_value=0).to_dict()
-    per_class_issues = [summary["per_class"][c]["label_issues"] for c in classes] if summary else [0] * len(classes)
+    per_class_issues = ([summary["per_class"][c]["label_issues"] or 0 for c in classes] if summary
+                        else [0] * len(classes))
     extra["figures"]["class_counts"] = plot_class_counts(classes, [counts[c] for c in classes], per_class_issues)
     if "split" in items and items["split"].notna().any():
         data["splits"] = items["split"].fillna("(none)").value_counts().to_dict()
@@ -235,17 +241,29 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
         extra["notes"].append("No `labelkit issues` results in this workspace yet: label checks are not shown.")
         return data, extra
 
+    has_probs = ws.probs_path.exists()  # absent when label issues could not be computed (one class)
+    if has_probs:
+        require_current(ws, ws.probs_path, items_fp=items_fp)
     iss = pq.read_table(ws.issues_path).to_pandas()
-    prob_ids, prob_matrix = read_probs(ws.probs_path)
     info = items.set_index("id")
     iss = iss.join(info[["label_id", "image_path", "text", "source"]], on="id")
-    extra["figures"]["noise_matrix"] = plot_noise_matrix(classes, np.asarray(summary["noise_matrix"]))
-    pred_of = dict(zip(prob_ids, prob_matrix.argmax(1)))
-    pred = np.array([pred_of[i] for i in iss["id"]])
+    if summary.get("noise_matrix") is not None:
+        extra["figures"]["noise_matrix"] = plot_noise_matrix(classes, np.asarray(summary["noise_matrix"]))
+    if summary.get("label_issues_not_measured"):
+        extra["notes"].append(f"Label issues were not computed: {summary['label_issues_not_measured']}.")
     given = iss["label_id"].to_numpy()
-    agreement = {"probe": float((pred == given).mean())}
+    if has_probs:
+        prob_ids, prob_matrix = read_probs(ws.probs_path)
+        pred_of = dict(zip(prob_ids, prob_matrix.argmax(1)))
+        pred = np.array([pred_of.get(i, -1) for i in iss["id"]])
+    else:
+        pred = np.full(len(iss), -1)
+    agreement = {"probe": float((pred == given).mean()) if has_probs else None}
     relabels = ws.relabels_path
-    if relabels.exists():
+    if relabels.exists() and not is_current(ws, relabels, items_fp=items_fp):
+        extra["notes"].append(f"{relabels.name} was computed from different data and is not shown; run "
+                              f"`labelkit relabel -w {ws.root}` again.")
+    elif relabels.exists():
         rel = pq.read_table(relabels).to_pandas()
         for method, grp in rel.groupby("method"):
             merged = grp.merge(iss[["id", "given_label"]], on="id")
@@ -254,7 +272,7 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
                 agreement[str(method)] = float((merged.loc[answered, "proposed_label"] == merged.loc[answered, "given_label"]).mean())
     data["ground_truth_correlation"] = {
         "agreement_with_given": agreement,
-        "per_class_agreement": {c: float((pred[given == k] == k).mean()) if (given == k).any() else None
+        "per_class_agreement": {c: float((pred[given == k] == k).mean()) if has_probs and (given == k).any() else None
                                 for k, c in enumerate(classes)},
     }
 
@@ -303,7 +321,7 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
         extra["notes"].append(f"The label-issue gallery shows the {gallery_size} lowest-quality of {len(flagged):,} "
                               "flagged rows; all are in issues.parquet.")
 
-    model = _latest_model(ws)
+    model = _latest_model(ws, items_fp)
     if model is not None:
         data["model"] = model
         if model.get("metrics", {}).get("reliability"):
@@ -336,9 +354,14 @@ def _user_fields() -> dict:
     return {}
 
 
-def _latest_model(ws: Workspace) -> dict | None:
+def _latest_model(ws: Workspace, items_fp: str) -> dict | None:
+    """Return the newest model card trained on the current items (models from an earlier ingest are ignored)."""
     cards = sorted((ws.root / "models").glob("*/model_card.json"), key=lambda p: p.stat().st_mtime)
-    return json.loads(cards[-1].read_text()) if cards else None
+    for path in reversed(cards):
+        card = json.loads(path.read_text())
+        if card.get("items_fingerprint") == items_fp:
+            return card
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
