@@ -284,13 +284,30 @@ FACT_COLUMNS = ("content_hash", "bytes", "width", "height", "error")
 
 
 def describe_image_files(paths: Sequence[str]) -> dict[str, list]:
-    """Return :func:`describe_image_file` of many files as columns (one task of the process pool)."""
-    out: dict[str, list] = {k: [] for k in FACT_COLUMNS}
+    """Return :func:`describe_image_file` of many files as columns (one task of the process pool).
+
+    The common case (a sound PNG or JPEG) is inlined with raw `os.read`, which costs half of
+    `open().read()` on small files; any other file takes :func:`describe_image_file`.
+    """
+    hashes, sizes, widths, heights, errors = out = [], [], [], [], []
+    sha1 = hashlib.sha1
     for path in paths:
-        row = describe_image_file(path)
-        for k in FACT_COLUMNS:
-            out[k].append(row[k])
-    return out
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                data = os.read(fd, 1 << 20)
+                while len(data) and (more := os.read(fd, 1 << 20)):
+                    data += more
+            finally:
+                os.close(fd)
+        except OSError:
+            data = b""
+        size = png_size(data) if data[:8] == PNG_SIGNATURE else jpeg_size(data) if data[:2] == b"\xff\xd8" else None
+        row = ((sha1(data).hexdigest(), len(data), size[0], size[1], None) if size is not None
+               else tuple(describe_image_file(path)[k] for k in FACT_COLUMNS))
+        for column, value in zip(out, row):
+            column.append(value)
+    return dict(zip(FACT_COLUMNS, out))
 
 
 def read_image_folder(root: Path, *, map_fn=None, allow_outside_root: bool = False) -> Iterator[dict]:
@@ -699,7 +716,9 @@ def write_user_embeddings(ws: Workspace, items: pa.Table, matrix: np.ndarray, co
                       "content_hash": items.column("content_hash").filter(pa.array(keep)),
                       "embedding": embedding_array(vectors)})
     path = ws.embeddings_path(key)
-    write_table(table, path, row_group_size=16384)
+    # Float vectors neither compress nor dictionary-encode: plain pages halve the CPU of writing
+    # this file and of every later read of it.
+    write_table(table, path, row_group_size=16384, compression="none", use_dictionary=False)
     return {"key": key, "model": "user", "pretrained": None, "dim": int(matrix.shape[1]), "device": None,
             "rows": int(table.num_rows), "embedded_now": 0, "cached": 0, "skipped_unusable": int(len(keep) - keep.sum()),
             "failed": 0, "seconds": 0.0, "path": str(path.relative_to(ws.root)), "warning": None,

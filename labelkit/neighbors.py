@@ -7,19 +7,101 @@ import numpy as np
 from labelkit.errors import check_in_range
 
 
-def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str = "cpu",
-                           max_block_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
-    """Return (indices, cosine similarities), each of shape (n_samples, k), of every row's k nearest
-    other rows, most similar first.
+# Exact search up to this many rows on CPU; above it an approximate index. Exact brute force is
+# O(n^2 d): ~4 s at 20k rows on 2 cores, ~90 s at 100k, hours at 1M. On a GPU exact stays fast far
+# longer (1M x 512 in fp16 is seconds), so the switch moves up there.
+EXACT_MAX_ROWS_CPU = 20_000
+EXACT_MAX_ROWS_CUDA = 4_000_000
+# IVF lists per sqrt(n) rows and lists probed per query: measured on bench/scale.py's clustered
+# 512-d data (recall@10 against exact search on a sample is printed there).
+IVF_PROBES = 8
+_SEARCH_CHUNK = 16_384
 
-    Exact brute force in row blocks, so memory is O(block × n) whatever n is: 1M × 512 needs
-    about 256 MB of scratch besides the embeddings.
+
+def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Return the rows scaled to unit L2 norm as float32, without a copy when they already are."""
+    E = np.ascontiguousarray(embeddings, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", E, E))
+    if np.all(np.abs(norms - 1) < 1e-4):  # embedders already normalise; a 2 GB copy at 1M x 512 is avoidable
+        return E
+    return E / np.maximum(norms, 1e-12)[:, None]
+
+
+def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str = "cpu",
+                           max_block_bytes: int = 256 << 20, exact_max_rows: int | None = None,
+                           n_probes: int = IVF_PROBES, seed: int = 0, progress=None,
+                           return_info: bool = False):
+    """Return (indices, cosine similarities), each of shape (n_samples, k), of every row's k nearest
+    other rows, most similar first; with ``return_info`` also a dict describing the search.
+
+    Exact brute force in row blocks up to `exact_max_rows` rows, so memory is O(block x n)
+    whatever n is (1M x 512 needs about 256 MB of scratch besides the embeddings). Above it, an
+    approximate FAISS inverted-file index (IVF-Flat, inner product on unit rows): k-means cells of
+    about sqrt(n) rows, each query scans its `n_probes` nearest cells. Similarities of the
+    returned pairs are exact; only a neighbour may be missed (recall@10 is measured by
+    ``bench/scale.py``).
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, n_features)
+    k : int
+        Neighbours per row (at most n_samples - 1).
+    device : str
+        'cpu' or 'cuda[:N]' for the exact search.
+    exact_max_rows : int or None
+        Largest n searched exactly; None is 20,000 on CPU and 4,000,000 on CUDA.
+    n_probes : int
+        IVF cells scanned per query (approximate search only).
+    seed : int
+        Seed of the k-means training sample (approximate search only).
+    progress : callable or None
+        ``progress(done, total)`` after each block of queries; approximate search also reports
+        ``progress(done, total, phase)`` phases 'index build' and 'search' when the callback accepts it.
+    return_info : bool
+        Also return ``{"index": ..., "params": ..., "seconds": {...}}``.
+
+    References
+    ----------
+    Jegou, Douze, Schmid. "Product Quantization for Nearest Neighbor Search". IEEE TPAMI 2011 (IVF).
+    Johnson, Douze, Jegou. "Billion-scale similarity search with GPUs". IEEE TBD 2019 (FAISS).
     """
-    import torch
+    import time
 
     n = len(embeddings)
     k = int(min(k, n - 1))
     check_in_range(k, "k", "find_nearest_neighbors", low=1, kind="an int")
+    check_in_range(n_probes, "n_probes", "find_nearest_neighbors", low=1, kind="an int")
+    if exact_max_rows is None:
+        exact_max_rows = EXACT_MAX_ROWS_CUDA if device.startswith("cuda") else EXACT_MAX_ROWS_CPU
+    check_in_range(exact_max_rows, "exact_max_rows", "find_nearest_neighbors", low=0, kind="an int")
+    started = time.perf_counter()
+    if n <= exact_max_rows:
+        idx, sim = _exact(embeddings, k, device, max_block_bytes, progress)
+        info = {"index": "exact", "params": {"metric": "cosine", "device": device},
+                "seconds": {"search": round(time.perf_counter() - started, 3)}}
+    else:
+        idx, sim, info = _ivf(_unit_rows(embeddings), k, n_probes, seed, progress)
+    return (idx, sim, info) if return_info else (idx, sim)
+
+
+def _phase_reporter(progress, phase: str):
+    """Return a (done, total) callback that also names the phase when `progress` takes a third argument."""
+    if progress is None:
+        return lambda done, total: None
+    import inspect
+
+    try:
+        takes_phase = len(inspect.signature(progress).parameters) >= 3
+    except (TypeError, ValueError):
+        takes_phase = False
+    return (lambda done, total: progress(done, total, phase)) if takes_phase else progress
+
+
+def _exact(embeddings, k, device, max_block_bytes, progress):
+    import torch
+
+    n = len(embeddings)
+    report = _phase_reporter(progress, "neighbours (exact)")
     E = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32), device=device), dim=1)
     if device.startswith("cuda"):
         E = E.half()
@@ -32,7 +114,64 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
         S[torch.arange(stop - start), torch.arange(start, stop)] = -2.0  # never your own neighbour
         sim, idx = torch.topk(S.float(), k, dim=1)
         idx_out[start:stop], sim_out[start:stop] = idx.cpu().numpy(), sim.cpu().numpy()
+        report(stop, n)
     return idx_out, np.clip(sim_out, -1.0, 1.0)
+
+
+def _ivf(E: np.ndarray, k: int, n_probes: int, seed: int, progress):
+    """Return (indices, sims, info) from a FAISS IVF-Flat index over the unit rows `E`."""
+    import time
+
+    import faiss
+
+    n, d = E.shape
+    n_lists = int(np.clip(round(np.sqrt(n)), 16, 65_536))
+    n_probes = int(min(n_probes, n_lists))
+    build = _phase_reporter(progress, "index build")
+    t0 = time.perf_counter()
+    build(0, n)
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, n_lists, faiss.METRIC_INNER_PRODUCT)
+    # 32 rows per cell train k-means as well as all rows would here, at a fraction of the cost;
+    # the sample and k-means seeds make the cells, hence the result, reproducible.
+    train_rows = np.random.default_rng(seed).choice(n, size=min(n, 32 * n_lists), replace=False)
+    index.cp.seed = seed
+    index.cp.niter = 10
+    index.cp.min_points_per_centroid = 1
+    index.train(E[np.sort(train_rows)])
+    for start in range(0, n, 4 * _SEARCH_CHUNK):
+        index.add(E[start:start + 4 * _SEARCH_CHUNK])
+        build(min(n, start + 4 * _SEARCH_CHUNK), n)
+    index.nprobe = n_probes
+    t1 = time.perf_counter()
+    search = _phase_reporter(progress, "search")
+    idx_out = np.empty((n, k), dtype=np.int64)
+    sim_out = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, _SEARCH_CHUNK):
+        stop = min(n, start + _SEARCH_CHUNK)
+        sim, idx = index.search(E[start:stop], k + 1)
+        idx_out[start:stop], sim_out[start:stop] = _drop_self(idx, sim, np.arange(start, stop), k)
+        search(stop, n)
+    del index
+    info = {"index": "faiss.IndexIVFFlat",
+            "params": {"metric": "cosine", "n_lists": n_lists, "n_probes": n_probes, "train_rows": len(train_rows),
+                       "kmeans_iterations": 10, "faiss": faiss.__version__},
+            "seconds": {"index_build": round(t1 - t0, 3), "search": round(time.perf_counter() - t1, 3)}}
+    return idx_out, np.clip(sim_out, -1.0, 1.0), info
+
+
+def _drop_self(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the first k results of each row that are not the row itself, order kept.
+
+    The query's own row is usually first, but ties with exact copies can put it anywhere, or past
+    the k + 1 returned; FAISS pads missing results with -1, which sort last.
+    """
+    bad = (idx == rows[:, None]) | (idx < 0)
+    order = np.argsort(bad, axis=1, kind="stable")[:, :k]
+    idx, sim = np.take_along_axis(idx, order, 1), np.take_along_axis(sim, order, 1)
+    missing = np.take_along_axis(bad, order, 1)
+    sim[missing] = -1.0
+    return np.where(missing, rows[:, None], idx), sim
 
 
 def get_outlier_scores(neighbor_sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,6 @@ from labelkit.errors import LabelkitError, check_in_range
 # The split is fixed once at ingest (labelkit.splits) and shared with `issues`, so the probe never
 # trains on the rows `train` evaluates on; heldout_split is re-exported for existing callers.
 from labelkit.splits import HELDOUT_SPLITS, heldout_mask, heldout_split, read_heldout_fingerprint  # noqa: F401
-from labelkit.splits import split_column_mask as _split_column_mask
 from labelkit.workspace import (Workspace, atomic_path, current_items_fingerprint, read_probs, require_current,
                                 require_current_embeddings, write_json)
 from labelkit.workspace import check_name
@@ -413,6 +412,8 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
         epoch_rows = [e for e in epoch_rows if len(e)]
 
     params = dict(loss_params or {})
+    if "seed" in LOSSES[loss].param_names():  # mixing draws follow --seed unless a loss seed is given
+        params.setdefault("seed", seed)
     if LOSSES[loss].needs_index:
         params |= {"n_samples": len(fit_rows), "n_classes": K}
     if loss != "distill" and teachers:

@@ -74,28 +74,41 @@ def name_message(param: str, func: str, name: str) -> str:
             f"that starts with a letter or digit. Got {name!r} instead.")
 
 
+@pytest.fixture
+def small_ws(tmp_path):
+    """A freshly ingested 30-row text workspace (names are checked before embeddings are needed)."""
+    import pandas as pd
+
+    from labelkit.ingest import ingest
+
+    pd.DataFrame({"text": [f"row {i}" for i in range(30)], "label": ["a", "b", "c"] * 10}).to_csv(
+        tmp_path / "t.csv", index=False)
+    ingest(tmp_path / "t.csv", tmp_path / "ws")
+    return tmp_path / "ws"
+
+
 @pytest.mark.parametrize("name", BAD_NAMES)
-def test_select_refuses_a_name_that_leaves_subsets_before_writing(cli, digits_copy, name):
-    before = tree_state(digits_copy.parent)
-    code, _, err = cli("select", "prune", "-w", digits_copy, "--name", name)
+def test_select_refuses_a_name_that_leaves_subsets_before_writing(cli, small_ws, name):
+    before = tree_state(small_ws.parent)
+    code, _, err = cli("select", "rs2", "-w", small_ws, "--fraction", "0.5", "--epochs", "2", "--name", name)
     assert code == 2 and one_line(err) == one_line(name_message("name", "select", name))
-    assert tree_state(digits_copy.parent) == before
+    assert tree_state(small_ws.parent) == before
 
 
 @pytest.mark.parametrize("option, param", [("--name", "name"), ("--subset", "subset"), ("--teacher", "teachers")])
 @pytest.mark.parametrize("name", ["..", "../x", "a/b", ""])
-def test_train_refuses_a_name_that_leaves_models_or_subsets_before_writing(cli, digits_copy, option, param, name):
-    before = tree_state(digits_copy.parent)
+def test_train_refuses_a_name_that_leaves_models_or_subsets_before_writing(cli, small_ws, option, param, name):
+    before = tree_state(small_ws.parent)
     extra = ["--loss", "distill"] if option == "--teacher" else []
-    code, _, err = cli("train", "-w", digits_copy, option, name, *extra)
+    code, _, err = cli("train", "-w", small_ws, option, name, *extra)
     assert code == 2 and one_line(err) == one_line(name_message(param, "train", name))
-    assert tree_state(digits_copy.parent) == before
+    assert tree_state(small_ws.parent) == before
 
 
-def test_a_plain_name_is_kept_as_given(cli, digits_copy):
-    code, _, err = cli("select", "prune", "-w", digits_copy, "--name", "clean.v1-b_2")
+def test_a_plain_name_is_kept_as_given(cli, small_ws):
+    code, _, err = cli("select", "rs2", "-w", small_ws, "--fraction", "0.5", "--epochs", "2", "--name", "clean.v1-b_2")
     assert code == 0, err
-    assert sorted(p.name for p in (digits_copy / "subsets").iterdir()) == ["clean.v1-b_2.parquet"]
+    assert sorted(p.name for p in (small_ws / "subsets").iterdir()) == ["clean.v1-b_2.parquet"]
 
 
 # --------------------------------------------------------------------------------------------- files

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from labelkit.errors import LabelkitError
-from labelkit.losses import (LOSSES, CMixup, DecoupledMixup, MixupCE, RankMixupMNDCG, RankMixupMRL, cmixup_partner_probs,
-                             ensemble_soft_targets, get_loss, ndcg, soft_cross_entropy)
+from labelkit.losses import (LOSSES, CMixup, DecoupledMixup, MixupCE, RankMixupMNDCG, RankMixupMRL,
+                             cmixup_partner_probs, ensemble_soft_targets, get_loss, ndcg, soft_cross_entropy)
 
 Z = torch.tensor([[2.0, 0.0, -1.0], [0.5, 1.5, 0.0]])
 Y = torch.tensor([0, 2])
@@ -176,7 +176,9 @@ def test_rankmixup_mndcg_by_hand():
     # each row: raw (relevance 1) then 3 mixes sorted by max of the mixed label (1 for same-class pairs)
     twin = RankMixupMNDCG(alpha=1.0, seed=1)
     draws = [(twin.sample_lambda(), twin.permutation(4, "cpu").tolist()) for _ in range(3)]
-    conf = lambda z: max(softmax_rows(torch.tensor([z]))[0])  # noqa: E731
+    def conf(z):
+        return max(softmax_rows(torch.tensor([z]))[0])
+
     d = [1 / math.log2(r + 1) for r in range(1, 5)]
     mixes = [hand_mix(lam, perm) for lam, perm in draws]
     total = 0.0

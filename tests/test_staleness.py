@@ -115,7 +115,7 @@ def test_embeddings_of_other_content_are_not_reused(tmp_path, cli):
     first = embed(ws, model="pixels")
     assert first.embedded_now == 24
     ingest(tmp_path / "b.csv", ws)
-    key = first.to_dict()["embedding_key"] if "embedding_key" in first.to_dict() else "pixels-16-std"
+    key = "pixels-16-std"
     with pytest.raises(LabelkitError, match=r"embeddings/pixels-16-std.parquet was computed from different data "
                                             r"\(row '0' has changed since it was embedded\); run `labelkit embed"):
         issues(ws, embedding_key=key, probe="sklearn")

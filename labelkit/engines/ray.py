@@ -48,8 +48,9 @@ def connect(address: str | None = None):
         except (ConnectionError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise LabelkitError(f"Cannot connect to the Ray cluster at {address or 'RAY_ADDRESS'}: {first}") from None
-    # Progress bars would interleave with labelkit's own on stderr.
+    # Progress bars and per-dataset INFO lines would interleave with labelkit's own on stderr.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     return ray
 
 
