@@ -7,7 +7,8 @@ folder), runs each stage with ``engine='local'`` and ``engine='ray'`` on a local
 `--cpus` CPUs, checks that both give the same table, and prints seconds, rows/s, the ratio
 (ray / local throughput) and Ray's throughput per worker. ``neighbors`` times the part of
 `issues` that Ray shards (the k-NN search) on its own; ``issues`` is the whole verb, whose probe
-runs on the driver under both engines. Needs the extra: ``pip install -e ".[ray]"``.
+runs on the driver under both engines (``neighbors`` and ``issues`` imply ``ingest,embed``).
+Needs the extra: ``pip install -e ".[ray]"``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster.")
     parser.add_argument("--stages", default="ingest,embed,neighbors,issues")
     args = parser.parse_args()
-    stages = args.stages.split(",")
+    stages = set(args.stages.split(","))
+    if stages & {"neighbors", "issues"}:
+        stages |= {"ingest", "embed"}  # they read the embeddings the earlier stages write
 
     import pyarrow.parquet as pq
     import ray

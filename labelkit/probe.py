@@ -402,23 +402,51 @@ class _Search:
 def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: Sequence[float], engine: str,
                      device: str, seed: int, tick: Callable[[], None]) -> None:
     """Walk the C grid upwards on the search folds; stop once the out-of-fold log-loss worsens
-    (it is unimodal in C in practice)."""
+    (it is unimodal in C in practice).
+
+    When another family leads, a setting is abandoned fold by fold as in :func:`_evaluate_mlp`;
+    the walk then goes on only while the abandoned setting still improves on the previous one on
+    the rows both have predicted.
+    """
     n_folds = search.n_folds
     folds = [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
     probes = [_SklearnProbe(seed, family == "standardized") for _ in folds] if engine == "sklearn" else None
+    leader = search.best()
+    leader = leader if leader is not None and leader[1].family != family else None
+    prev: tuple[np.ndarray, np.ndarray] | None = None  # previous setting's probabilities and rows done
     family_best = np.inf
     for C in sorted(grid):
         started = time.perf_counter()
         setting = _Setting(family, C=float(C))
         probs = np.zeros((len(labels), search.n_classes), np.float32)
+        done = np.zeros(len(labels), bool)
+        abandoned = False
         for f, (train, test) in enumerate(folds):
             if probes is not None:
                 probs[test] = probes[f].fit_predict(X[train], labels[train], X[test], C, search.n_classes)
             else:
                 probs[test] = _torch_fit_predict(X, labels, train, test, search.n_classes, setting=setting,
                                                  seed=seed, device=device)
+            done[test] = True
             tick()
+            if leader is not None and f < n_folds - 1:
+                part = _normalise(probs[done].copy())
+                mine, theirs = _log_loss(labels[done], part), _log_loss(labels[done], leader[2][done])
+                if mine > theirs * (1 + ABANDON_ABOVE):
+                    search.skipped[setting.name] = (f"abandoned after {f + 1} of {n_folds} folds: log-loss {mine:.4f} "
+                                                    f"vs {theirs:.4f} for {leader[1].name}")
+                    abandoned = True
+                    break
+        if abandoned:
+            both = done & prev[1] if prev is not None else done
+            worse = prev is not None and both.any() and (
+                _log_loss(labels[both], _normalise(probs[both].copy())) >= _log_loss(labels[both], prev[0][both]))
+            if worse:
+                break
+            prev = (_normalise(probs), done)
+            continue
         loss = search.add(setting, _normalise(probs), time.perf_counter() - started)
+        prev = (probs, done)
         if loss >= family_best:
             break
         family_best = loss
@@ -661,24 +689,3 @@ def _predict_held(setting: _Setting, X, labels, train_rows, held, n_classes: int
     return _normalise(_torch_fit_predict(X, labels, train_rows, held, n_classes, setting=setting, seed=seed,
                                          device=device))
 
-
-# ---------------------------------------------------------------------------------------------
-# Neighbour evidence for the ranking
-
-
-def get_neighbor_agreement(labels: np.ndarray, neighbor_idx: np.ndarray) -> np.ndarray:
-    """Return the fraction of each row's nearest neighbours that carry its label, float32 in [0, 1].
-
-    Parameters
-    ----------
-    labels : ndarray of shape (n_samples,)
-    neighbor_idx : ndarray of shape (n_samples, k)
-        From :func:`labelkit.neighbors.find_nearest_neighbors` (a row is never its own neighbour).
-    """
-    labels = np.asarray(labels)
-    return (labels[neighbor_idx] == labels[:, None]).mean(1, dtype=np.float32)
-
-
-def combine_with_neighbors(label_quality: np.ndarray, agreement: np.ndarray) -> np.ndarray:
-    """Return the mean of cleanlab's label-quality score and the neighbour agreement (lower is worse)."""
-    return (np.asarray(label_quality, np.float32) + np.asarray(agreement, np.float32)) / 2

@@ -267,3 +267,94 @@ def test_rows_without_embeddings_are_a_clear_error(cli, digits_ws, tmp_path):
     assert code == 2
     assert one_line(err) == (f"error: 2 usable rows (e.g. {first!r}) have no embedding in {key}; "
                              f"run `labelkit embed -w {ws}` again.")
+
+
+def noisy_probs(n, K, seed=0, noise=0.1):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, K, n)
+    labels = np.where(rng.random(n) < noise, rng.integers(0, K, n), truth)
+    logits = rng.normal(0, 1, (n, K)).astype(np.float32)
+    logits[np.arange(n), truth] += 2.5
+    probs = np.exp(logits)
+    return labels, probs / probs.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("rank_by", ["self_confidence", "normalized_margin"])
+def test_batched_confident_learning_equals_in_memory(rank_by):
+    labels, probs = noisy_probs(20_000, 50)
+    filter_by = {"self_confidence": "low_self_confidence", "normalized_margin": "low_normalized_margin"}[rank_by]
+    memory = find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by)
+    batched = find_label_issues(labels, probs, filter_by=filter_by, rank_by=rank_by, max_bytes=0, batch_rows=1000)
+    assert memory["cl"] == {"path": "in-memory", "filter_by": filter_by}
+    assert batched["cl"] == {"path": "batched", "filter_by": filter_by, "requested_filter_by": filter_by,
+                             "batch_rows": 1000}
+    assert 2000 < memory["is_label_issue"].sum() < 4000
+    assert (batched["is_label_issue"] == memory["is_label_issue"]).all()
+    assert np.array_equal(batched["label_quality"], memory["label_quality"])
+    assert np.array_equal(batched["suggested_label"], memory["suggested_label"])
+    assert np.allclose(batched["joint"], memory["joint"], atol=1e-12)
+    assert np.allclose(batched["noise_matrix"], memory["noise_matrix"], atol=1e-12)
+
+
+def test_batched_path_runs_above_the_memory_budget_and_says_which_filter_it_applied():
+    labels, probs = noisy_probs(3000, 5)
+    in_budget = find_label_issues(labels, probs, max_bytes=probs.nbytes)
+    over = find_label_issues(labels, probs, max_bytes=probs.nbytes - 1)
+    assert in_budget["cl"]["path"] == "in-memory" and in_budget["cl"]["filter_by"] == "prune_by_noise_rate"
+    assert over["cl"] == {"path": "batched", "filter_by": "low_self_confidence",
+                          "requested_filter_by": "prune_by_noise_rate", "batch_rows": (64 << 20) // 20}
+    plain = find_label_issues(labels, probs, filter_by="low_self_confidence")
+    assert (over["is_label_issue"] == plain["is_label_issue"]).all()
+
+
+def test_pixel_default_threshold_pairs_no_distinct_digits_but_finds_resized_and_jpeg_copies(tmp_path):
+    import io
+    import shutil
+
+    from PIL import Image
+
+    from labelkit.embed import PixelFeaturizer, embed
+    from labelkit.ingest import ingest
+    from labelkit.issues import issues
+
+    data = tmp_path / "digits"
+    shutil.copytree(SAMPLE / "digits", data)
+    planted = {}
+    for n, original in enumerate(sorted((data / "3").glob("*.png"))[:12]):
+        im = Image.open(original).convert("RGB")
+        if n % 2:
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=70)
+            im = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        else:
+            im = im.resize((im.width * 3 // 2, im.height * 3 // 2))
+        im.save(data / "3" / f"copy{n}.png")
+        planted[f"3/copy{n}.png"] = f"3/{original.name}"
+    ws = tmp_path / "ws"
+    ingest(data, ws)
+    embed(ws, model="pixels")
+    result = issues(ws)
+    assert result.summary["dup_threshold"] == PixelFeaturizer.near_duplicate_threshold == 0.993
+    iss = pd.read_parquet(ws / "issues.parquet").set_index("id")
+    assert iss.loc[list(planted), "duplicate_of"].to_dict() == planted
+    # Distinct handwritten digits: the old default 0.985 paired about 20 of them, now at most one pair.
+    assert result.summary["near_duplicates"] <= len(planted) + 1
+    old = issues(ws, dup_threshold=0.985).summary
+    assert old["near_duplicates"] >= len(planted) + 15 and old["dup_threshold"] == 0.985
+
+
+def test_manifest_records_index_cl_path_and_seconds_per_phase(digits_copy, monkeypatch):
+    import labelkit.neighbors
+    from labelkit.issues import issues
+
+    exact = issues(digits_copy).summary
+    assert exact["neighbors"]["index"] == "exact"
+    assert set(exact["phase_seconds"]) >= {"probe", "confident_learning", "search"}
+    assert exact["confident_learning"] == {"path": "in-memory", "filter_by": "prune_by_noise_rate"}
+    monkeypatch.setattr(labelkit.neighbors, "EXACT_MAX_ROWS_CPU", 100)  # force the approximate side on 1.8k rows
+    approx = issues(digits_copy).summary
+    record = Workspace(digits_copy).read_manifest()["stages"]["issues"]
+    assert record["neighbors"]["index"] == approx["neighbors"]["index"] == "faiss.IndexIVFFlat"
+    assert record["neighbors"]["params"]["n_lists"] == 42
+    assert set(record["phase_seconds"]) >= {"probe", "confident_learning", "index_build", "search"}
+    assert abs(approx["near_duplicates"] - exact["near_duplicates"]) <= 1
