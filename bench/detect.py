@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SINGLES = {"standardized": "std LR", "raw": "raw LR", "knn": "kNN", "mlp": "MLP"}
+ALONE = {"standardized": dict(probe="logreg", raw_C_grid=None), "raw": dict(probe="logreg", C_grid=()),
+         "knn": dict(probe="knn"), "mlp": dict(probe="mlp")}
 
 
 def f1(flagged: np.ndarray, truth: np.ndarray) -> float:
@@ -153,7 +155,7 @@ def quality_table() -> bool:
                 found = find_label_issues(noisy, choice._family_probs[family][1])
                 f_flags, f_quality = found["is_label_issue"], found["label_quality"]
             else:
-                f_flags, f_quality, _, _ = labelkit_method(X, noisy, probe=family)
+                f_flags, f_quality, _, _ = labelkit_method(X, noisy, **ALONE[family])
             best_single = max(best_single, f1(f_flags, truth))
             cells.append(f"{f1(f_flags, truth):.3f} / {precision_at_k(f_quality, truth):.3f}")
         d_flags, d_quality, d_seconds = datalab_method(X, noisy)

@@ -89,7 +89,7 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
            embedding_col: Optional[str] = typer.Option(None, help="Column holding your own embeddings (Parquet list of "
                                                                   "numbers, or JSON arrays in CSV/JSONL): stored as the "
                                                                   "workspace's embeddings, so no `embed` step is needed."),
-           workers: Optional[int] = typer.Option(None, help="Processes reading image files (default: one per core; 0: none)."),
+           workers: Optional[int] = typer.Option(None, help="Processes checking an image folder's files (default: one per core; 0: none)."),
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
            as_json: bool = JsonOpt):
     """Read an image folder or a table into the workspace (items.parquet + manifest.json)."""

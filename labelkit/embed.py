@@ -645,7 +645,7 @@ def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "a
             modality=modality))
         embedded, failed = embed_parts(ws.items_path, parts, make_featurizer=make, key=f.key, modality=modality,
                                        done=done, batch_size=batch_size, chunk_rows=chunk_rows,
-                                       address=ray_address, total=len(todo), progress=progress)
+                                       address=ray_address, total=len(todo), progress=progress, errors=errors)
     elif len(todo):
         parts.mkdir(parents=True, exist_ok=True)
         ids, hashes = todo["id"].tolist(), todo["content_hash"].tolist()

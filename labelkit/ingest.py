@@ -771,7 +771,8 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
         recorded as the workspace's embed stage, so ``issues`` and ``audit`` need no ``embed``.
         A missing, ragged, non-numeric or non-finite embedding is an error naming its row.
     workers : int, optional
-        Processes that read and check image files (default: one per core; 0: this process).
+        Processes that read, hash and check an image folder's files (default: one per core;
+        0: this process). Table image paths are checked on threads.
     """
     from labelkit.engines import check_engine, mapper
 

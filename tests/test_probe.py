@@ -89,11 +89,12 @@ def test_chosen_candidate_has_the_lowest_cv_log_loss_and_its_probabilities_are_r
     probs, _, choice = get_out_of_sample_probs(X, y, n_classes=2, C_grid=(0.1, 1.0), raw_C_grid=(1.0,))
     losses = choice.cv_log_loss
     assert losses[choice.chosen] == min(losses.values())
-    assert {"standardized C=0.1", "raw C=1", "knn k=5 smoothing=0.01"} <= set(losses)
-    assert "mlp" in losses or "mlp" in choice.skipped
+    assert "knn k=5 smoothing=0.01" in losses
+    for name in ("standardized C=0.1", "raw C=1", "mlp"):  # scored, or abandoned with the reason
+        assert name in losses or choice.skipped[name].startswith("abandoned after")
     # Rings have no linear boundary: logistic regression is near chance, the winner is not linear.
     assert choice.features in ("knn", "mlp", "average") and choice.cv_accuracy > 0.95
-    assert losses["standardized C=1"] > 0.6
+    assert all(v > 0.6 for k, v in losses.items() if "C=" in k)
     p = probs[np.arange(len(y)), y].astype(np.float64)
     assert -np.mean(np.log(p)) == pytest.approx(losses[choice.chosen], rel=1e-4)
     assert set(choice.candidates[choice.chosen]) == {"log_loss", "accuracy", "seconds"}

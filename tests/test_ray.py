@@ -164,6 +164,26 @@ def test_embed_ray_resumes_and_equals_local(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
+def test_embed_ray_records_undecodable_rows_like_local(ray_cluster, tmp_path):
+    from labelkit.embed import embed
+    from labelkit.ingest import ingest
+
+    data = tmp_path / "data"
+    for i in range(12):
+        _png(data / ("a" if i % 2 else "b") / f"{i:02d}.png", i)
+    results = {}
+    for engine in ("local", "ray"):
+        ingest(data, tmp_path / engine)
+    (data / "a" / "03.png").write_bytes(b"not a png any more")  # changed after ingest: fails to decode
+    for engine in ("local", "ray"):
+        results[engine] = embed(tmp_path / engine, model="pixels", engine=engine)
+    assert (results["ray"].embedded_now, results["ray"].failed) == (results["local"].embedded_now, 1) == (11, 1)
+    a, b = (pq.read_table(tmp_path / e / results[e].errors_path) for e in ("local", "ray"))
+    assert b.column("id").to_pylist() == ["a/03.png"] and a.equals(b)
+    assert pq.read_table(tmp_path / "ray" / results["ray"].path).equals(pq.read_table(tmp_path / "local" / results["local"].path))
+
+
+@pytest.mark.slow
 def test_audit_ray_flags_the_same_rows_as_local(ray_cluster, cli, tmp_path):
     """The issue's acceptance check: `labelkit audit sample_data/digits --engine ray` = local."""
     results = {}

@@ -53,14 +53,21 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def test_report_renders_in_headless_chromium(audited, tmp_path):
-    """Renders the report in a real browser, checks sections are visible and the console is clean."""
-    if _chromium() is None:
+@pytest.fixture
+def chromium() -> str:
+    """Return the browser's path; requested before `audited`, so a missing one ends the test at once."""
+    path = _chromium()
+    if path is None:
         # CI sets LABELKIT_REQUIRE_BROWSER=1: there a missing browser is a failure, not a quiet skip.
         if os.environ.get("LABELKIT_REQUIRE_BROWSER") == "1":
             pytest.fail("LABELKIT_REQUIRE_BROWSER=1 but Chromium is not installed (.ci/run installs Debian's "
                         "chromium package)")
         pytest.skip("Chromium is not installed here (.ci/run installs Debian's chromium package)")
+    return path
+
+
+def test_report_renders_in_headless_chromium(chromium, audited, tmp_path):
+    """Renders the report in a real browser, checks sections are visible and the console is clean."""
     from playwright.sync_api import sync_playwright
 
     _, _, ws = audited
@@ -68,7 +75,7 @@ def test_report_renders_in_headless_chromium(audited, tmp_path):
     html = report(tmp_path / "ws").html_path
     errors = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=[
+        browser = p.chromium.launch(executable_path=chromium, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1280, "height": 1000})

@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from labelkit.engines import require_ray
 from labelkit.errors import LabelkitError
@@ -103,8 +104,6 @@ def task_map(func: Callable, items: Iterable, *, address: str | None = None, bat
 
 def _select_todo(batch: pa.Table, done: dict[str, str]) -> pa.Table:
     """Return the usable rows whose (id, content_hash) is not embedded yet (the resume rule of `embed`)."""
-    import pyarrow.compute as pc
-
     batch = batch.filter(pc.is_null(batch.column("error")))
     if done:
         keep = [done.get(i) != h for i, h in zip(batch.column("id").to_pylist(), batch.column("content_hash").to_pylist())]
@@ -125,14 +124,16 @@ class _Embedder:
     def __call__(self, batch: pa.Table) -> pa.Table:
         f, n = self.featurizer, batch.num_rows
         if self.modality == "text":
-            emb, ok = f.encode_texts(batch.column("text").to_pylist(), batch_size=n), np.ones(n, bool)
+            emb, ok, why = f.encode_texts(batch.column("text").to_pylist(), batch_size=n), np.ones(n, bool), [""] * n
         else:
             parts = list(f.image_batches(batch.column("image_path").to_pylist(), batch_size=n,
-                                         workers=self.decode_workers))
-            emb = np.concatenate([e for e, _ in parts]) if parts else np.zeros((0, f.dim), np.float32)
-            ok = np.concatenate([o for _, o in parts]) if parts else np.zeros(0, bool)
+                                         workers=self.decode_workers, with_errors=True))
+            emb = np.concatenate([e for e, _, _ in parts]) if parts else np.zeros((0, f.dim), np.float32)
+            ok = np.concatenate([o for _, o, _ in parts]) if parts else np.zeros(0, bool)
+            why = [w for _, _, ws in parts for w in ws]
         return pa.table({"id": batch.column("id"), "content_hash": batch.column("content_hash"),
-                         "embedding": embedding_array(np.asarray(emb, np.float32)), "ok": pa.array(ok)})
+                         "embedding": embedding_array(np.asarray(emb, np.float32)), "ok": pa.array(ok),
+                         "error": pa.array(why, pa.string())})
 
 
 def embed_pool(ray) -> dict:
@@ -151,13 +152,15 @@ def embed_pool(ray) -> dict:
 
 def embed_parts(items_path: Path, parts: Path, *, make_featurizer: Callable, key: str, modality: str,
                 done: dict[str, str], batch_size: int, chunk_rows: int, address: str | None = None,
-                total: int | None = None, progress: Callable | None = None) -> tuple[int, int]:
+                total: int | None = None, progress: Callable | None = None,
+                errors: dict[str, list] | None = None) -> tuple[int, int]:
     """Return (rows embedded, rows that failed to decode); writes ``parts/part-*.parquet``.
 
     ``ray.data.read_parquet(items)`` feeds an actor pool (:func:`embed_pool`) of `make_featurizer`
     models (which must build embedding `key`), each loaded once per actor; the driver writes every `chunk_rows` gathered rows as one
     atomic part, in the layout the local engine consolidates. `done` maps id → content hash of
-    rows already stored (they are skipped).
+    rows already stored (they are skipped). Failed rows are appended to `errors` (lists ``id``,
+    ``content_hash``, ``error``), as the local engine records them.
     """
     ray = connect(address)
     from ray.data import ActorPoolStrategy
@@ -187,8 +190,13 @@ def embed_parts(items_path: Path, parts: Path, *, make_featurizer: Callable, key
     try:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             ok = batch.column("ok")
-            good = batch.filter(ok).drop_columns(["ok"])
+            good = batch.filter(ok).drop_columns(["ok", "error"])
             failed += batch.num_rows - good.num_rows
+            if errors is not None and good.num_rows < batch.num_rows:
+                bad = batch.filter(pc.invert(ok))
+                errors["id"] += bad.column("id").to_pylist()
+                errors["content_hash"] += bad.column("content_hash").to_pylist()
+                errors["error"] += [e or "failed to embed" for e in bad.column("error").to_pylist()]
             seen += batch.num_rows
             if good.num_rows:
                 buffer.append(good)
