@@ -1,8 +1,9 @@
 """`labelkit ingest`: read an image folder tree or a table into the workspace's items table.
 
-Readers yield one plain dict per row and never hold decoded images, so memory stays flat with
-the number of files. A row that cannot be used is kept, with `error` saying why; later stages
-skip it.
+Readers never hold decoded images. Image folders are listed here and checked by a process pool
+that returns Arrow batches; tables are read row by row as plain dicts, except a table of user
+embeddings, which Arrow converts column-wise. A row that cannot be used is kept, with `error`
+saying why; later stages skip it.
 """
 
 from __future__ import annotations
@@ -344,7 +345,7 @@ def read_image_folder_batches(root: Path, *, workers: int | None = None, batch_s
             yield _items_batch(chunk, describe_image_files([c[1] for c in chunk if c[4] is None]))
         return
     pending: collections.deque = collections.deque()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_quiet_worker) as pool:
         for chunk in chunks:
             pending.append((chunk, pool.submit(describe_image_files, [c[1] for c in chunk if c[4] is None])))
             # Bounded, so memory stays flat however many files; deep enough that the workers
@@ -378,6 +379,14 @@ def _pool_context():
     import sys
 
     return mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+
+
+def _quiet_worker() -> None:
+    """Silence warnings in a pool worker: a forked worker must never write to the inherited stderr,
+    whose lock the caller's progress thread may have held at the fork."""
+    import warnings
+
+    warnings.simplefilter("ignore")
 
 
 def _items_batch(chunk: list[tuple], facts: dict[str, list]) -> pa.RecordBatch:

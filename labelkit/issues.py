@@ -583,7 +583,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
             from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
 
             phase_started = time.perf_counter()
-            nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address)
+            nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address, seed=seed)
             neighbors_info = {"index": "ray", "seconds": {"search": round(time.perf_counter() - phase_started, 3)}}
         else:
             nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=k_neighbors, device=device, seed=seed,

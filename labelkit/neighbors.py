@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from labelkit.errors import check_in_range
@@ -102,7 +104,10 @@ def _exact(embeddings, k, device, max_block_bytes, progress):
 
     n = len(embeddings)
     report = phase_progress(progress, "neighbours (exact)")
-    E = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32), device=device), dim=1)
+    with warnings.catch_warnings():  # a read-only (Arrow-backed) array is fine: normalize() writes a new tensor
+        warnings.simplefilter("ignore", UserWarning)
+        E = torch.as_tensor(np.asarray(embeddings, np.float32), device=device)
+    E = torch.nn.functional.normalize(E, dim=1)
     if device.startswith("cuda"):
         E = E.half()
     block = max(1, min(n, max_block_bytes // (4 * n)))

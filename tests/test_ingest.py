@@ -343,7 +343,7 @@ def test_process_pool_ingest_equals_in_process(tmp_path):
     assert rows["c1/x.jpg"]["width"] == 5 and rows["c1/x.jpg"]["height"] == 9
     assert (rows["c0/003.png"]["width"], rows["c0/003.png"]["height"]) == (6, 7)  # an array (7, 6) is 6 wide
     assert rows["c0/003.png"]["content_hash"] == hashlib.sha1((src / "c0" / "003.png").read_bytes()).hexdigest()
-    assert rows["c2/bad.png"]["error"].startswith("corrupt image") or rows["c2/bad.png"]["error"] == "not a readable image"
+    assert rows["c2/bad.png"]["error"] == "not a readable image" and rows["c2/bad.png"]["bytes"] == 15
     ingest(src, tmp_path / "a", workers=2)
     ingest(src, tmp_path / "b", workers=0)
     a, b = Workspace(tmp_path / "a").read_items_table(), Workspace(tmp_path / "b").read_items_table()
@@ -358,8 +358,6 @@ def pa_concat(batches):
 
 def test_header_fast_path_never_accepts_what_pillow_rejects():
     import io
-
-    from labelkit.ingest import describe_image_file
 
     rng = np.random.default_rng(0)
     accepted = 0
@@ -381,7 +379,19 @@ def test_header_fast_path_never_accepts_what_pillow_rejects():
                 assert im.size == fast
                 im.verify()
     assert accepted > 3  # the untouched files, and flips inside pixel data, take the fast path
-    assert describe_image_file.__module__ == "labelkit.ingest"
+    truncated = describe_image_files_of(data[:-2])  # sound up to the scan, end marker cut off
+    assert truncated["error"] == "truncated image (JPEG end marker missing)" and truncated["width"] == 11
+
+
+def describe_image_files_of(data: bytes) -> dict:
+    import tempfile
+
+    from labelkit.ingest import describe_image_files
+
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as f:
+        f.write(data)
+        f.flush()
+        return {k: v[0] for k, v in describe_image_files([f.name]).items()}
 
 
 def _fast_size(data: bytes):
@@ -415,3 +425,18 @@ def test_symlinks_out_of_the_data_folder_are_refused_unless_allowed(cli, tmp_pat
     items = Workspace(tmp_path / "ws").read_items().set_index("id")
     assert code == 0 and items["error"].isna().all()
     assert sorted(items.index) == ["cat/1.png", "cat/inside.png", "cat/link.png", "dog/2.png", "dog/more/deep.png"]
+
+
+def test_embedding_col_fixed_size_and_large_lists_of_integers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from labelkit.features import load_workspace_embeddings
+
+    ints = [[1, 2, 3], [4, 5, 6], [7, 8, 9], [-1, 0, 1]]
+    for name, kind in (("fixed", pa.list_(pa.int32(), 3)), ("large", pa.large_list(pa.int64()))):
+        pq.write_table(pa.table({"label": ["a", "b", "a", "b"], "e": pa.array(ints, kind)}), tmp_path / f"{name}.parquet")
+        ingest(tmp_path / f"{name}.parquet", tmp_path / name, embedding_col="e")
+        _, ids, matrix = load_workspace_embeddings(Workspace(tmp_path / name))
+        assert ids == ["0", "1", "2", "3"] and matrix.dtype == np.float32
+        assert matrix.tolist() == [[float(v) for v in row] for row in ints]

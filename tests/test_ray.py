@@ -6,7 +6,6 @@ a user gets without it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,6 +129,22 @@ def test_neighbors_ray_equal_local(ray_cluster):
     assert ridx[5, 0] == 600 and ridx[600, 0] == 5 and rsim[5, 0] == pytest.approx(1.0, abs=1e-6)
     assert np.array_equal(idx, ridx)
     assert np.abs(sim - rsim).max() <= 1e-6
+
+
+def test_neighbors_ray_above_the_exact_limit_use_the_local_ivf_index(ray_cluster):
+    """Above the exact-search limit the local engine is approximate; Ray searches the same index."""
+    from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
+    from labelkit.neighbors import find_nearest_neighbors
+
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((20, 32)).astype(np.float32)
+    E = centres[rng.integers(0, 20, 3000)] + 0.3 * rng.standard_normal((3000, 32)).astype(np.float32)
+    exact, _ = find_nearest_neighbors(E, k=5, exact_max_rows=10_000)
+    idx, sim, info = find_nearest_neighbors(E, k=5, exact_max_rows=1000, seed=3, return_info=True)
+    assert info["index"] == "faiss.IndexIVFFlat"
+    ridx, rsim = ray_neighbors(E, k=5, exact_max_rows=1000, seed=3)
+    assert not np.array_equal(ridx, exact)  # approximate: it did not fall back to exact search
+    assert np.array_equal(idx, ridx) and np.array_equal(sim, rsim)
 
 
 @pytest.mark.slow

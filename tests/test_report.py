@@ -53,9 +53,10 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def chromium() -> str:
-    """Return the browser's path; requested before `audited`, so a missing one ends the test at once."""
+    """Return the browser's path; set up before `audited` (same scope, listed first), so a missing
+    browser ends the test at once."""
     path = _chromium()
     if path is None:
         # CI sets LABELKIT_REQUIRE_BROWSER=1: there a missing browser is a failure, not a quiet skip.

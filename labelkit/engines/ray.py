@@ -8,9 +8,10 @@ joins the cluster at ``address`` (or ``RAY_ADDRESS``) or starts a local one. Wha
 - embed: ``read_parquet(items) → map_batches(select) → map_batches(embedder actors)``; the
   driver writes each gathered chunk as an atomic part, so a killed run resumes
   (:func:`embed_parts`).
-- issues: the normalised embedding matrix is put once in the object store and every task
-  queries one block of rows against it (:func:`find_nearest_neighbors`). The probe and
-  confident learning run on the driver (see docs/ray.md).
+- issues: the normalised embedding matrix (exact search) or the local engine's IVF index (above
+  its exact limit) is put once in the object store and every task queries one block of rows
+  against it (:func:`find_nearest_neighbors`). The probe and confident learning run on the
+  driver (see docs/ray.md).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def cluster_cpus_gpus(ray) -> tuple[int, int]:
     return max(1, int(res.get("CPU", 1))), int(res.get("GPU", 0))
 
 
-def _unwrap(ray, exc: Exception) -> Exception:
+def _unwrap(exc: Exception) -> Exception:
     """Return the user error inside a Ray task error, so the CLI still exits 2 with one line."""
     cause = getattr(exc, "cause", None)
     return cause if isinstance(cause, LabelkitError) else exc
@@ -94,7 +95,7 @@ def task_map(func: Callable, items: Iterable, *, address: str | None = None, bat
         try:
             results = ray.get(pending.popleft())
         except ray.exceptions.RayTaskError as exc:
-            raise _unwrap(ray, exc) from None
+            raise _unwrap(exc) from None
         yield from results
 
 
@@ -123,7 +124,9 @@ class _Embedder:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         f, n = self.featurizer, batch.num_rows
-        if self.modality == "text":
+        if n == 0:  # a block whose rows were all embedded before (resume)
+            emb, ok, why = np.zeros((0, f.dim), np.float32), np.zeros(0, bool), []
+        elif self.modality == "text":
             emb, ok, why = f.encode_texts(batch.column("text").to_pylist(), batch_size=n), np.ones(n, bool), [""] * n
         else:
             parts = list(f.image_batches(batch.column("image_path").to_pylist(), batch_size=n,
@@ -157,8 +160,9 @@ def embed_parts(items_path: Path, parts: Path, *, make_featurizer: Callable, key
     """Return (rows embedded, rows that failed to decode); writes ``parts/part-*.parquet``.
 
     ``ray.data.read_parquet(items)`` feeds an actor pool (:func:`embed_pool`) of `make_featurizer`
-    models (which must build embedding `key`), each loaded once per actor; the driver writes every `chunk_rows` gathered rows as one
-    atomic part, in the layout the local engine consolidates. `done` maps id → content hash of
+    models (which must build embedding `key`), each loaded once per actor; the driver writes
+    every `chunk_rows` gathered rows as one atomic part, in the layout the local engine
+    consolidates. `done` maps id → content hash of
     rows already stored (they are skipped). Failed rows are appended to `errors` (lists ``id``,
     ``content_hash``, ``error``), as the local engine records them.
     """
@@ -167,7 +171,8 @@ def embed_parts(items_path: Path, parts: Path, *, make_featurizer: Callable, key
 
     pool = embed_pool(ray)
     content = "text" if modality == "text" else "image_path"
-    ds = ray.data.read_parquet(str(items_path), columns=["id", "content_hash", content, "error"])
+    # select_columns is pushed down into the read (the `columns=` argument is deprecated).
+    ds = ray.data.read_parquet(str(items_path)).select_columns(["id", "content_hash", content, "error"])
     ds = ds.map_batches(_select_todo, fn_kwargs={"done": done}, batch_format="pyarrow")  # fused with the read
     ds = ds.map_batches(_Embedder, batch_size=batch_size, batch_format="pyarrow",
                         compute=ActorPoolStrategy(size=pool["size"]), num_gpus=pool["num_gpus"],
@@ -205,7 +210,7 @@ def embed_parts(items_path: Path, parts: Path, *, make_featurizer: Callable, key
             if progress:
                 progress(seen, total)
     except ray.exceptions.RayTaskError as exc:
-        raise _unwrap(ray, exc) from None
+        raise _unwrap(exc) from None
     flush()
     return embedded, failed
 
@@ -227,36 +232,93 @@ def _knn_block(E: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray
     return idx.numpy(), sim.numpy()
 
 
-def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str | None = None,
-                           max_block_bytes: int = 256 << 20) -> tuple[np.ndarray, np.ndarray]:
-    """Return (indices, cosine similarities) of every row's k nearest other rows, like
-    :func:`labelkit.neighbors.find_nearest_neighbors`, with row blocks queried by Ray tasks.
+_INDEXES: dict[str, object] = {}  # per worker process: a deserialised index is reused by later tasks
 
-    The unit-normalised float32 matrix is put in the object store once; each task reads it
-    zero-copy and scores one block of rows against all rows (exact, O(block × n) scratch).
+
+def _ivf_block(token: str, blob: np.ndarray, E: np.ndarray, start: int, stop: int, k: int,
+               n_probes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, similarities) of rows start..stop of E searched in the serialised IVF index."""
+    import faiss
+
+    from labelkit.neighbors import _drop_self
+
+    index = _INDEXES.get(token)
+    if index is None:
+        _INDEXES.clear()  # one index per run: never hold an earlier run's copy
+        index = _INDEXES[token] = faiss.deserialize_index(np.asarray(blob))
+        index.nprobe = n_probes
+    sim, idx = index.search(np.ascontiguousarray(E[start:stop]), k + 1)
+    return _drop_self(idx, sim, np.arange(start, stop), k)
+
+
+def _build_ivf(E: np.ndarray, n_probes: int, seed: int):
+    """Return (the IVF-Flat index, probes) that :func:`labelkit.neighbors.find_nearest_neighbors`
+    builds for the unit rows `E`: same cells, training sample and k-means seed, so the same result."""
+    import faiss
+
+    n, d = E.shape
+    n_lists = int(np.clip(round(np.sqrt(n)), 16, 65_536))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, n_lists, faiss.METRIC_INNER_PRODUCT)
+    train_rows = np.random.default_rng(seed).choice(n, size=min(n, 32 * n_lists), replace=False)
+    index.cp.seed = seed
+    index.cp.niter = 10
+    index.cp.min_points_per_centroid = 1
+    index.train(E[np.sort(train_rows)])
+    index.add(E)
+    return index, int(min(n_probes, n_lists))
+
+
+def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str | None = None,
+                           max_block_bytes: int = 256 << 20, exact_max_rows: int | None = None,
+                           n_probes: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, cosine similarities) of every row's k nearest other rows, as
+    :func:`labelkit.neighbors.find_nearest_neighbors` on CPU does, with row blocks queried by Ray tasks.
+
+    Up to `exact_max_rows` rows (default: the local engine's CPU limit) the unit-normalised
+    float32 matrix is put in the object store once and each task scores one block of rows against
+    all rows (exact, O(block × n) scratch). Above it, the driver builds the local engine's IVF
+    index once, puts it in the object store serialised, and each task searches one block of rows
+    in it (a worker deserialises it once and reuses it).
     """
     import torch
 
+    from labelkit import neighbors
     from labelkit.errors import check_in_range
 
     ray = connect(address)
     n = len(embeddings)
     k = int(min(k, n - 1))
     check_in_range(k, "k", "find_nearest_neighbors", low=1, kind="an int")
-    E = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32)), dim=1).numpy()
+    exact_max_rows = neighbors.EXACT_MAX_ROWS_CPU if exact_max_rows is None else exact_max_rows
+    n_probes = neighbors.IVF_PROBES if n_probes is None else n_probes
+    check_in_range(n_probes, "n_probes", "find_nearest_neighbors", low=1, kind="an int")
     cpus, _ = cluster_cpus_gpus(ray)
-    # Enough blocks to keep every CPU busy, none bigger than the scratch budget.
-    block = max(1, min(max_block_bytes // (4 * n), math.ceil(n / (2 * cpus))))
-    E_ref = ray.put(E)
-    remote = ray.remote(num_cpus=1)(_knn_block)
+    if n <= exact_max_rows:
+        with warnings.catch_warnings():  # read-only (Arrow-backed) input: normalize() writes a new tensor
+            warnings.simplefilter("ignore", UserWarning)
+            E = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32)), dim=1).numpy()
+        # Enough blocks to keep every CPU busy, none bigger than the scratch budget.
+        block = max(1, min(max_block_bytes // (4 * n), math.ceil(n / (2 * cpus))))
+        remote, args = ray.remote(num_cpus=1)(_knn_block), (ray.put(E),)
+        tail = (k,)
+    else:
+        import faiss
+
+        E = neighbors._unit_rows(embeddings)
+        index, probes = _build_ivf(E, n_probes, seed)
+        blob = faiss.serialize_index(index)
+        del index
+        block = max(1, min(16_384, math.ceil(n / (2 * cpus))))
+        remote, args = ray.remote(num_cpus=1)(_ivf_block), (f"{time.time_ns()}", ray.put(blob), ray.put(E))
+        tail = (k, probes)
     idx_out = np.empty((n, k), dtype=np.int64)
     sim_out = np.empty((n, k), dtype=np.float32)
-    starts = list(range(0, n, block))
     window = 2 * cpus
     pending: deque = deque()
-    for start in starts + [None] * window:
+    for start in list(range(0, n, block)) + [None] * window:
         if start is not None:
-            pending.append((start, remote.remote(E_ref, start, min(n, start + block), k)))
+            pending.append((start, remote.remote(*args, start, min(n, start + block), *tail)))
         if len(pending) > window or (start is None and pending):
             s, ref = pending.popleft()
             idx, sim = ray.get(ref)
