@@ -739,7 +739,7 @@ def write_user_embeddings(ws: Workspace, items: pa.Table, matrix: np.ndarray, co
     return {"key": key, "model": "user", "pretrained": None, "dim": int(matrix.shape[1]), "device": None,
             "rows": int(table.num_rows), "embedded_now": 0, "cached": 0, "skipped_unusable": int(len(keep) - keep.sum()),
             "failed": 0, "seconds": 0.0, "path": str(path.relative_to(ws.root)), "warning": None,
-            "source": "user", "column": column, "embedding_key": key}
+            "errors_path": None, "first_errors": [], "source": "user", "column": column, "embedding_key": key}
 
 
 # ---------------------------------------------------------------------------------------------

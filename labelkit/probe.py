@@ -238,7 +238,7 @@ def _torch_fit_predict_inner(X: np.ndarray, labels: np.ndarray, train: np.ndarra
         return (torch.as_tensor(X[rows], device=device) - mean_t) / std_t
 
     if setting.family == "mlp":
-        hidden = int(min(512, max(64, 2 * d)))
+        hidden = int(min(256, max(64, 2 * d)))
         model = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
                                     torch.nn.Linear(hidden, n_classes)).to(device)
         perm = train[torch.randperm(len(train), generator=g).numpy()]
@@ -246,7 +246,7 @@ def _torch_fit_predict_inner(X: np.ndarray, labels: np.ndarray, train: np.ndarra
         val, fit_rows = perm[:n_val], perm[n_val:]
         # About 20 steps per epoch on small data, so early stopping sees progress every epoch.
         batch_size = int(min(1024, max(32, len(fit_rows) // 20)))
-        epochs = _epochs_for(len(fit_rows), batch_size, steps=3000, low=5, high=60)
+        epochs = _epochs_for(len(fit_rows), batch_size, steps=1500, low=5, high=40)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
         penalty = 0.0
     else:
