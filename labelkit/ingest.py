@@ -702,6 +702,8 @@ def _cells(values) -> pa.Array:
         arr = pa.array(values, from_pandas=True)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         arr = None
+    if isinstance(arr, pa.ChunkedArray):  # an Arrow-backed pandas column
+        arr = arr.combine_chunks()
     if arr is not None and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
         arr = arr.cast(pa.string())
         return pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), pa.scalar(None, pa.string()), arr)
@@ -824,11 +826,15 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
         cols["split"] = detect_column(columns, "split", split_col, source, required=False)
         cols["id"] = detect_column(columns, "id", id_col, source, required=False)
         if cols["id"] is not None:
-            ids = df[cols["id"]].map(_cell)
-            dup = ids[ids.duplicated(keep=False) & ids.notna()]
-            if len(dup):
+            # Column-wise: a million ids are checked without a Python object each.
+            codes = pc.dictionary_encode(_cells(df[cols["id"]])).indices.fill_null(-1).to_numpy(zero_copy_only=False)
+            counts = np.bincount(codes[codes >= 0]) if len(codes) else np.zeros(0, np.int64)
+            repeated = np.flatnonzero((codes >= 0) & (counts[np.maximum(codes, 0)] > 1)) if len(counts) else []
+            if len(repeated):
+                first = int(repeated[0])
                 raise LabelkitError(f"Column {cols['id']!r} of {source} is not a unique id: "
-                                    f"{dup.iloc[0]!r} appears {int((ids == dup.iloc[0]).sum())} times.")
+                                    f"{_cells(df[cols['id']])[first].as_py()!r} appears "
+                                    f"{int(counts[codes[first]])} times.")
         if embedding_col is not None:
             cols["embedding"] = embedding_col
             user_embeddings = read_embedding_column(source, df, embedding_col, id_col=cols["id"])

@@ -405,8 +405,8 @@ def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: 
     (it is unimodal in C in practice).
 
     When another family leads, a setting is abandoned fold by fold as in :func:`_evaluate_mlp`;
-    the walk then goes on only while the abandoned setting still improves on the previous one on
-    the rows both have predicted.
+    the walk then goes on only while its improvement over the previous setting (on the rows both
+    have predicted) is at least its remaining gap to the leader.
     """
     n_folds = search.n_folds
     folds = [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
@@ -438,11 +438,13 @@ def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: 
                     abandoned = True
                     break
         if abandoned:
+            # Walk on only while one more step at this rate of improvement could close the gap to
+            # the leader: the loss is unimodal in C, so the steps shrink towards its minimum.
             both = done & prev[1] if prev is not None else done
-            worse = prev is not None and both.any() and (
-                _log_loss(labels[both], _normalise(probs[both].copy())) >= _log_loss(labels[both], prev[0][both]))
-            if worse:
-                break
+            if prev is not None and both.any():
+                gain = _log_loss(labels[both], prev[0][both]) - _log_loss(labels[both], _normalise(probs[both].copy()))
+                if gain < mine - theirs:
+                    break
             prev = (_normalise(probs), done)
             continue
         loss = search.add(setting, _normalise(probs), time.perf_counter() - started)

@@ -440,3 +440,10 @@ def test_embedding_col_fixed_size_and_large_lists_of_integers(tmp_path):
         _, ids, matrix = load_workspace_embeddings(Workspace(tmp_path / name))
         assert ids == ["0", "1", "2", "3"] and matrix.dtype == np.float32
         assert matrix.tolist() == [[float(v) for v in row] for row in ints]
+
+
+def test_duplicate_ids_in_a_parquet_table_are_found_column_wise(cli, tmp_path):
+    pd.DataFrame({"id": ["a", "b", None, "b", "c", "b"], "text": list("uvwxyz"), "label": list("pqpqpq")}).to_parquet(
+        tmp_path / "t.parquet")
+    code, _, err = cli("ingest", tmp_path / "t.parquet", "-w", tmp_path / "ws")
+    assert code == 2 and one_line(err) == f"error: Column 'id' of {tmp_path / 't.parquet'} is not a unique id: 'b' appears 3 times."

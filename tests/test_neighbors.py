@@ -29,7 +29,7 @@ def test_approximate_index_above_threshold_recalls_exact_neighbours():
     idx_e, sim_e, info_e = find_nearest_neighbors(X, k=10, return_info=True)  # 3000 rows: exact by default
     idx_a, sim_a, info_a = find_nearest_neighbors(X, k=10, exact_max_rows=1000, return_info=True)
     assert info_e["index"] == "exact" and info_a["index"] == "faiss.IndexIVFFlat"
-    assert info_a["params"]["n_lists"] == 55 and info_a["params"]["n_probes"] == 8
+    assert info_a["params"]["n_lists"] == 55 and info_a["params"]["n_probes"] == 4
     assert set(info_a["seconds"]) == {"index_build", "search"}
     truth = exact_topk(X, 10)
     assert (idx_e == truth).mean() > 0.999
