@@ -144,6 +144,11 @@ def check_name(name: str, what: str, *, param: str = "name") -> str:
         The function the name was given to, for the message.
     param : str, default="name"
         The parameter's name, for the message.
+
+    Raises
+    ------
+    LabelkitError
+        Exit code 2, in scikit-learn's message shape, naming `param` and `what`.
     """
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise parameter_error(param, what, "a str of at most 128 letters, digits, '.', '_' or '-' that starts "
