@@ -615,6 +615,10 @@ def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "a
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     manifest = ws.read_manifest()
     modality = manifest.get("modality", "image")
+    if modality == "embedding":
+        key = manifest.get("stages", {}).get("embed", {}).get("embedding_key")
+        raise LabelkitError(f"The rows of {ws.root} are your own vectors (ingested with --embedding-col into "
+                            f"embeddings/{key}.parquet); there is nothing to embed. Run `labelkit issues -w {ws.root}`.")
     items = ws.read_items(columns=["id", "modality", "text", "image_path", "content_hash", "error"])
     f = featurizer or load_featurizer(model, pretrained, device=device, modality=modality, offline=offline,
                                       progress=progress)

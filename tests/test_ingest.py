@@ -324,6 +324,21 @@ def test_issues_and_audit_use_user_embeddings_without_embed(cli, tmp_path):
     assert "4" in flagged
 
 
+def test_vector_only_table_audits_and_reports_and_embed_refuses(cli, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    X, labels = clustered_vectors(n=45, d=6)
+    pq.write_table(pa.table({"label": labels, "v": pa.array(X.astype(np.float32).tolist(), pa.list_(pa.float32()))}),
+                   tmp_path / "v.parquet")
+    code, out, err = cli("audit", tmp_path / "v.parquet", "-w", tmp_path / "ws", "--embedding-col", "v",
+                         "--fail-on", "label_issues>40")
+    assert code == 0, err
+    assert (tmp_path / "ws" / "report.html").stat().st_size > 0
+    code, out, err = cli("embed", "-w", tmp_path / "ws")
+    assert code == 2 and "are your own vectors" in one_line(err) and "Traceback" not in err
+
+
 # ---------------------------------------------------------------------------------------------
 # Parallel image-folder ingest
 

@@ -232,7 +232,7 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
         sizes = (items.loc[usable, "width"].astype("Int64").astype(str) + "×" +
                  items.loc[usable, "height"].astype("Int64").astype(str)).value_counts()
         data["image_sizes"] = sizes.head(10).to_dict()
-    else:
+    elif modality == "text":
         lengths = items.loc[usable, "text_length"].dropna().to_numpy()
         data["text_length"] = {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())}
         extra["figures"]["text_length"] = plot_histogram(lengths, "text length (characters)")
