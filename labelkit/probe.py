@@ -41,6 +41,9 @@ AVERAGE_WITHIN = 0.02
 # An expensive candidate is abandoned once its log-loss on the folds done so far is this much
 # (relative) worse than the best candidate's on the same rows.
 ABANDON_ABOVE = 0.05
+# ... but only on selection sets at least this large: below, one fold's log-loss is too noisy to
+# judge by, and every candidate is cheap anyway.
+ABANDON_MIN_ROWS = 2_000
 Progress = Callable[[int, "int | None"], None]
 
 
@@ -412,7 +415,7 @@ def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: 
     folds = [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
     probes = [_SklearnProbe(seed, family == "standardized") for _ in folds] if engine == "sklearn" else None
     leader = search.best()
-    leader = leader if leader is not None and leader[1].family != family else None
+    leader = leader if leader is not None and leader[1].family != family and len(labels) >= ABANDON_MIN_ROWS else None
     prev: tuple[np.ndarray, np.ndarray] | None = None  # previous setting's probabilities and rows done
     family_best = np.inf
     for C in sorted(grid):
@@ -477,7 +480,7 @@ def _evaluate_mlp(X, labels, fold_of, search: _Search, *, device: str, seed: int
     started = time.perf_counter()
     setting = _Setting("mlp")
     probs = np.zeros((len(labels), search.n_classes), np.float32)
-    leader = search.best()
+    leader = search.best() if len(labels) >= ABANDON_MIN_ROWS else None
     done = np.zeros(len(labels), bool)
     for f in range(search.n_folds):
         train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)

@@ -35,6 +35,7 @@ def test_single_class_audit_checks_what_it_can_and_fails_the_gate_as_not_measure
     assert ("Label issues cannot be computed: the data has one class; confident learning compares at least two "
             "classes. Duplicates and outliers are still checked.") in [w["message"] for w in result["warnings"]]
     assert not (ws / "probs.parquet").exists() and (ws / "report.html").exists()
+    assert "FAIL</b> (not measured)" in (ws / "report.html").read_text()
     iss = pq.read_table(ws / "issues.parquet").to_pandas()
     assert not iss["is_label_issue"].any() and iss["label_quality"].isna().all()
     # a gate on what was measured decides alone

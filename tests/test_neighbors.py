@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,19 @@ def test_vectorised_duplicates_equal_the_row_loop():
         expected = loop_duplicates(hashes, idx, sims, threshold)
         assert (dup_of == expected).all()
         assert (expected >= 0).sum() > 1000  # the case is not trivial
+
+
+def test_cli_progress_bar_names_each_phase_and_restarts_its_count():
+    from labelkit.cli import _progress
+
+    progress, update = _progress("Cross-validating probe", quiet=True)
+    with progress:
+        update(30, 40, "search")
+        task = progress.tasks[0]
+        assert (task.description, task.completed, task.total) == ("search", 30, 40)
+        time.sleep(0.3)
+        update(2, 10, "confident learning")  # a new phase: its clock and ETA restart
+        assert (task.description, task.completed, task.total) == ("confident learning", 2, 10)
+        assert task.elapsed < 0.25
+        update(4, 10, "confident learning")
+        assert task.elapsed < 0.25 and task.completed == 4
