@@ -32,7 +32,7 @@ def test_held_out_rows_never_train_nor_select_and_have_fold_minus_one():
     X, y = blobs()
     holdout = np.zeros(len(y), bool)
     holdout[::7] = True
-    kw = dict(n_classes=3, holdout=holdout, probe="auto", C_grid=(0.1, 1.0), raw_C_grid=None)
+    kw = dict(n_classes=3, holdout=holdout, probe="auto", C_grid=(1.0,), raw_C_grid=None, k_grid=(5, 10))
     p1, f1, c1 = get_out_of_sample_probs(X, y, **kw)
     # Any labels on the held-out rows: nothing at all changes, not even the choice.
     rng = np.random.default_rng(1)
