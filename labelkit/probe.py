@@ -622,6 +622,7 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     n_train = len(train_rows)
     engine_of = lambda rows: "sklearn" if rows <= SKLEARN_MAX_ROWS else "torch"
     lr_engine = {"sklearn": "sklearn", "torch": "torch"}.get(probe, engine_of(len(sel)))
+    full_engine = probe if probe in ("sklearn", "torch") else engine_of(n_train)
 
     done = [0]
 
@@ -656,9 +657,9 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
         if len(sel) < n:
             probs[sel] = sel_probs
             probs[holdout] = _predict_held(setting, X, labels, train_rows, np.flatnonzero(holdout), n_classes,
-                                           engine=engine_of(n_train), device=device, seed=seed, tick=tick)
+                                           engine=full_engine, device=device, seed=seed, tick=tick)
     else:
-        probs = _predict_rows(setting, X, labels, fold_of, holdout, n_classes, engine=engine_of(n_train),
+        probs = _predict_rows(setting, X, labels, fold_of, holdout, n_classes, engine=full_engine,
                               device=device, seed=seed, tick=tick)
     fold_of[holdout] = -1
     fam = setting.family

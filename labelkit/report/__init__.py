@@ -190,7 +190,6 @@ def _versions() -> dict:
 def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_map_points: int = MAX_MAP_POINTS,
                       seed: int = 0) -> tuple[dict, dict]:
     """Return (numbers for report.json, extra render-only data such as figures and thumbnails)."""
-    import pandas as pd
     import pyarrow.parquet as pq
 
     manifest = ws.read_manifest()
