@@ -333,13 +333,13 @@ def test_pixel_default_threshold_pairs_no_distinct_digits_but_finds_resized_and_
     ws = tmp_path / "ws"
     ingest(data, ws)
     embed(ws, model="pixels")
-    result = issues(ws)
+    result = issues(ws, probe="knn")  # the probe is not what this test is about
     assert result.summary["dup_threshold"] == PixelFeaturizer.near_duplicate_threshold == 0.993
     iss = pd.read_parquet(ws / "issues.parquet").set_index("id")
     assert iss.loc[list(planted), "duplicate_of"].to_dict() == planted
     # Distinct handwritten digits: the old default 0.985 paired about 20 of them, now at most one pair.
     assert result.summary["near_duplicates"] <= len(planted) + 1
-    old = issues(ws, dup_threshold=0.985).summary
+    old = issues(ws, dup_threshold=0.985, probe="knn").summary
     assert old["near_duplicates"] >= len(planted) + 15 and old["dup_threshold"] == 0.985
 
 
@@ -347,12 +347,12 @@ def test_manifest_records_index_cl_path_and_seconds_per_phase(digits_copy, monke
     import labelkit.neighbors
     from labelkit.issues import issues
 
-    exact = issues(digits_copy).summary
+    exact = issues(digits_copy, probe="knn").summary
     assert exact["neighbors"]["index"] == "exact"
     assert set(exact["phase_seconds"]) >= {"probe", "confident_learning", "search"}
     assert exact["confident_learning"] == {"path": "in-memory", "filter_by": "prune_by_noise_rate"}
     monkeypatch.setattr(labelkit.neighbors, "EXACT_MAX_ROWS_CPU", 100)  # force the approximate side on 1.8k rows
-    approx = issues(digits_copy).summary
+    approx = issues(digits_copy, probe="knn").summary
     record = Workspace(digits_copy).read_manifest()["stages"]["issues"]
     assert record["neighbors"]["index"] == approx["neighbors"]["index"] == "faiss.IndexIVFFlat"
     assert record["neighbors"]["params"]["n_lists"] == 42
