@@ -50,12 +50,13 @@ SETTINGS = [_Setting("standardized", C=1.0), _Setting("raw", C=1.0), _Setting("k
                                                                                                       smoothing=0.1)))]
 
 
-@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.family)
-@pytest.mark.parametrize("engine", ["sklearn", "torch"])
+# The engine only matters for logistic regression: the torch engine is paired with those families alone.
+ENGINE_CASES = [(s, "sklearn") for s in SETTINGS] + [(s, "torch") for s in SETTINGS if s.family in ("standardized", "raw")]
+
+
+@pytest.mark.parametrize("setting,engine", ENGINE_CASES, ids=lambda v: getattr(v, "family", v))
 def test_every_candidate_is_out_of_sample(setting, engine):
     """Relabelling fold-0 and held-out rows leaves their own probabilities unchanged, and changes the others'."""
-    if engine == "torch" and setting.family not in ("standardized", "raw"):
-        pytest.skip("the engine only matters for logistic regression")
     X, y = blobs(n_per=40)
     folds = np.arange(len(y)) % 3
     holdout = np.zeros(len(y), bool)
