@@ -129,22 +129,23 @@ def _exact(embeddings, k, device, max_block_bytes, progress):
     return idx_out, np.clip(sim_out, -1.0, 1.0)
 
 
-def _ivf(E: np.ndarray, k: int, n_probes: int, n_lists: int | None, seed: int, progress):
-    """Return (indices, sims, info) from a FAISS IVF-Flat index over the unit rows `E`."""
-    import time
+def default_n_lists(n: int) -> int:
+    """Return the IVF cell count for `n` rows: about sqrt(n), within [16, 65,536] and at most n."""
+    return int(min(n, np.clip(round(np.sqrt(n)), 16, 65_536)))
 
+
+def build_ivf_index(E: np.ndarray, n_lists: int, *, seed: int = 0, progress=None):
+    """Return a FAISS IVF-Flat inner-product index over the unit rows `E` with `n_lists` cells.
+
+    32 rows per cell train k-means as well as all rows would here, at a fraction of the cost; the
+    sample and k-means seeds make the cells, hence every search result, reproducible.
+    """
     import faiss
 
     n, d = E.shape
-    n_lists = int(min(n, n_lists if n_lists is not None else np.clip(round(np.sqrt(n)), 16, 65_536)))
-    n_probes = int(min(n_probes, n_lists))
-    build = phase_progress(progress, "index build")
-    t0 = time.perf_counter()
-    build(0, n)
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, n_lists, faiss.METRIC_INNER_PRODUCT)
-    # 32 rows per cell train k-means as well as all rows would here, at a fraction of the cost;
-    # the sample and k-means seeds make the cells, hence the result, reproducible.
+    if progress:
+        progress(0, n)
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, n_lists, faiss.METRIC_INNER_PRODUCT)
     train_rows = np.random.default_rng(seed).choice(n, size=min(n, 32 * n_lists), replace=False)
     index.cp.seed = seed
     index.cp.niter = 10
@@ -152,7 +153,22 @@ def _ivf(E: np.ndarray, k: int, n_probes: int, n_lists: int | None, seed: int, p
     index.train(E[np.sort(train_rows)])
     for start in range(0, n, 4 * _SEARCH_CHUNK):
         index.add(E[start:start + 4 * _SEARCH_CHUNK])
-        build(min(n, start + 4 * _SEARCH_CHUNK), n)
+        if progress:
+            progress(min(n, start + 4 * _SEARCH_CHUNK), n)
+    return index
+
+
+def _ivf(E: np.ndarray, k: int, n_probes: int, n_lists: int | None, seed: int, progress):
+    """Return (indices, sims, info) from a FAISS IVF-Flat index over the unit rows `E`."""
+    import time
+
+    import faiss
+
+    n, d = E.shape
+    n_lists = int(min(n, n_lists)) if n_lists is not None else default_n_lists(n)
+    n_probes = int(min(n_probes, n_lists))
+    t0 = time.perf_counter()
+    index = build_ivf_index(E, n_lists, seed=seed, progress=phase_progress(progress, "index build"))
     index.nprobe = n_probes
     t1 = time.perf_counter()
     search = phase_progress(progress, "search")
@@ -165,7 +181,7 @@ def _ivf(E: np.ndarray, k: int, n_probes: int, n_lists: int | None, seed: int, p
         search(stop, n)
     del index
     info = {"index": "faiss.IndexIVFFlat",
-            "params": {"metric": "cosine", "n_lists": n_lists, "n_probes": n_probes, "train_rows": len(train_rows),
+            "params": {"metric": "cosine", "n_lists": n_lists, "n_probes": n_probes, "train_rows": min(n, 32 * n_lists),
                        "kmeans_iterations": 10, "faiss": faiss.__version__},
             "seconds": {"index_build": round(t1 - t0, 3), "search": round(time.perf_counter() - t1, 3)}}
     return idx_out, np.clip(sim_out, -1.0, 1.0), info

@@ -254,19 +254,10 @@ def _ivf_block(token: str, blob: np.ndarray, E: np.ndarray, start: int, stop: in
 def _build_ivf(E: np.ndarray, n_probes: int, seed: int):
     """Return (the IVF-Flat index, probes) that :func:`labelkit.neighbors.find_nearest_neighbors`
     builds for the unit rows `E`: same cells, training sample and k-means seed, so the same result."""
-    import faiss
+    from labelkit.neighbors import build_ivf_index, default_n_lists
 
-    n, d = E.shape
-    n_lists = int(np.clip(round(np.sqrt(n)), 16, 65_536))
-    quantizer = faiss.IndexFlatIP(d)
-    index = faiss.IndexIVFFlat(quantizer, d, n_lists, faiss.METRIC_INNER_PRODUCT)
-    train_rows = np.random.default_rng(seed).choice(n, size=min(n, 32 * n_lists), replace=False)
-    index.cp.seed = seed
-    index.cp.niter = 10
-    index.cp.min_points_per_centroid = 1
-    index.train(E[np.sort(train_rows)])
-    index.add(E)
-    return index, int(min(n_probes, n_lists))
+    n_lists = default_n_lists(len(E))
+    return build_ivf_index(E, n_lists, seed=seed), int(min(n_probes, n_lists))
 
 
 def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str | None = None,
