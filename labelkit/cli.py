@@ -190,6 +190,7 @@ def issues(workspace: Path = WorkspaceOpt,
                      progress=update, engine=engine, ray_address=ray_address)
     if as_json:
         return _print_json(result.to_dict())
+    _warn(result.warnings)
     _print_issues(result.summary, result.top, workspace)
 
 
@@ -212,7 +213,8 @@ def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
         v = s.get(key)
         table.add_row(name, "—" if v is None else str(v), "" if v is None else f"{v / n:.1%}")
     out.print(table)
-    out.print(f"Smallest class: {s['class_min_count']} rows; imbalance ratio {s['imbalance_ratio']:.2f}")
+    ratio = "—" if s["imbalance_ratio"] is None else f"{s['imbalance_ratio']:.2f}"
+    out.print(f"Smallest class: {s['class_min_count']} rows; imbalance ratio {ratio}")
     if top:
         t = Table("id", "given", "suggested", "quality", title="Most likely label errors", title_justify="left")
         for row in top[:10]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -430,6 +430,7 @@ class _Background:
 class IssuesResult:
     summary: dict
     top: list[dict]
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"summary": self.summary, "top_label_issues": self.top}
@@ -615,7 +616,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     flagged = flagged[np.argsort(found["label_quality"][flagged], kind="stable")][:20]  # worst first
     top = [{"id": usable_ids[int(i)].as_py(), "given_label": classes[labels[i]], "suggested_label": classes[found["suggested_label"][i]],
             "label_quality": round(float(found["label_quality"][i]), 4)} for i in flagged]
-    return IssuesResult(summary=summary, top=top)
+    return IssuesResult(summary=summary, top=top, warnings=list(warnings))
 
 
 def summarize(labels: np.ndarray, classes: list[str], found: dict, *, dup_of: np.ndarray, exact: np.ndarray,

@@ -135,3 +135,13 @@ def test_symlink_out_of_an_image_folder_is_refused(tmp_path, cli):
     items = Workspace(ws).read_items().set_index("id")
     assert items.loc["a/link.png", "error"].startswith("symlink outside the data folder")
     assert items["error"].notna().sum() == 1 and np.isnan(items.loc["a/link.png", "bytes"])
+
+
+def test_issues_command_says_why_label_issues_were_not_computed(tmp_path, cli):
+    data = make_images(tmp_path / "data", {"only": 12}, seed=3)
+    ws = tmp_path / "ws"
+    ingest(data, ws)
+    embed(ws, model="pixels")
+    code, out, err = cli("issues", "-w", ws)
+    assert code == 0 and no_traceback(err), err
+    assert "Label issues cannot be computed: the data has one class" in one_line(err)
