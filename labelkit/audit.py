@@ -13,7 +13,10 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
           image_col: str | None = None, model: str = "auto", pretrained: str | None = None,
           pred_probs: Path | str | None = None, device: str = "auto", write_report: bool = True,
           config_start: Path | str = ".", progress: Callable | None = None, engine: str = "local",
-          ray_address: str | None = None, offline: bool = False, embedding_col: str | None = None) -> dict:
+          ray_address: str | None = None, offline: bool = False, embedding_col: str | None = None,
+          task: str | None = None, labels_col: str | None = None, label_sep: str = ";",
+          annotator_cols: list[str] | str | None = None, annotator_col: str | None = None,
+          id_col: str | None = None) -> dict:
     """Return the full audit summary: issues summary, top label issues, warnings and gate verdict.
 
     The gate rules come from `fail_on`, else the nearest config (see :mod:`labelkit.gate`), else
@@ -34,7 +37,8 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
     if pred_probs is None:
         check_featurizer_options(model, pretrained)  # a bad --model / --pretrained fails before ingest writes
     ingested = ingest(source, ws, label_col=label_col, text_col=text_col, image_col=image_col, progress=progress,
-                      embedding_col=embedding_col, **on)
+                      embedding_col=embedding_col, task=task, labels_col=labels_col, label_sep=label_sep,
+                      annotator_cols=annotator_cols, annotator_col=annotator_col, id_col=id_col, **on)
     if pred_probs is None and ingested.embedding_key is None:
         embed(ws, model=model, pretrained=pretrained, device=device, progress=progress, offline=offline, **on)
     found = issues(ws, pred_probs=pred_probs, device=device, progress=progress, **on)

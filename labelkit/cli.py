@@ -30,6 +30,15 @@ OfflineOpt = typer.Option(False, "--offline", help="Never download model weights
                                                    "CLIP loads from the local cache or falls back to pixels.")
 EngineOpt = typer.Option("local", "--engine", help="Where the work runs: local (this machine) or ray (a Ray cluster; "
                                                    "pip install \"labelkit[ray]\"). Same results either way.")
+TaskOpt = typer.Option(None, "--task", help="multiclass (default), multilabel, multiannotator or regression; "
+                                              "tables only (see docs/tasks.md).")
+LabelsColOpt = typer.Option(None, "--labels-col", help="Multi-label: column holding a list of labels, or labels "
+                                                       "joined by --label-sep.")
+LabelSepOpt = typer.Option(";", "--label-sep", help="Multi-label: separator of labels in a --labels-col string.")
+AnnotatorColsOpt = typer.Option(None, "--annotator-cols", help="Multi-annotator (wide): comma-separated columns, one "
+                                                               "per annotator; an empty cell = not labelled.")
+AnnotatorColOpt = typer.Option(None, "--annotator-col", help="Multi-annotator (long): the annotator column; one row "
+                                                             "per item and annotator, grouped by --id-col.")
 RayAddressOpt = typer.Option(None, "--ray-address", help="--engine ray: cluster to join, e.g. ray://head:10001 "
                                                           "(default: RAY_ADDRESS, else a new local cluster).")
 
@@ -90,6 +99,8 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
                                                                   "numbers, or JSON arrays in CSV/JSONL): stored as the "
                                                                   "workspace's embeddings, so no `embed` step is needed."),
            workers: Optional[int] = typer.Option(None, help="Processes checking an image folder's files (default: one per core; 0: none)."),
+           task: Optional[str] = TaskOpt, labels_col: Optional[str] = LabelsColOpt, label_sep: str = LabelSepOpt,
+           annotator_cols: Optional[str] = AnnotatorColsOpt, annotator_col: Optional[str] = AnnotatorColOpt,
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
            as_json: bool = JsonOpt):
     """Read an image folder or a table into the workspace (items.parquet + manifest.json)."""
@@ -100,7 +111,9 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
         result = run(source, workspace, label_col=label_col, text_col=text_col, image_col=image_col,
                      split_col=split_col, id_col=id_col, classes_file=classes,
                      allow_outside_root=allow_outside_root, encoding=encoding, progress=update,
-                     engine=engine, ray_address=ray_address, embedding_col=embedding_col, workers=workers)
+                     engine=engine, ray_address=ray_address, embedding_col=embedding_col, workers=workers,
+                     task=task, labels_col=labels_col, label_sep=label_sep, annotator_cols=annotator_cols,
+                     annotator_col=annotator_col)
     if as_json:
         return _print_json(result.to_dict())
     detected = {k: v for k, v in result.columns.items() if v}
@@ -249,6 +262,9 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
           device: str = typer.Option("auto", help="auto, cpu or cuda."),
           report: bool = typer.Option(True, help="Write report.html and report.json."),
           offline: bool = OfflineOpt,
+          task: Optional[str] = TaskOpt, labels_col: Optional[str] = LabelsColOpt, label_sep: str = LabelSepOpt,
+          annotator_cols: Optional[str] = AnnotatorColsOpt, annotator_col: Optional[str] = AnnotatorColOpt,
+          id_col: Optional[str] = typer.Option(None, help="Unique id column of a table (default: row number)."),
           engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
           as_json: bool = JsonOpt):
     """Ingest, embed, find issues and write the report in one go; exit 1 when the gate fails."""
@@ -259,7 +275,8 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
         result = run(source, workspace, fail_on=fail_on, label_col=label_col, text_col=text_col, image_col=image_col,
                      model=model, pretrained=pretrained, pred_probs=pred_probs, device=device, write_report=report,
                      progress=update, engine=engine, ray_address=ray_address, offline=offline,
-                     embedding_col=embedding_col)
+                     embedding_col=embedding_col, task=task, labels_col=labels_col, label_sep=label_sep,
+                     annotator_cols=annotator_cols, annotator_col=annotator_col, id_col=id_col)
     if as_json:
         _print_json(result)
     else:

@@ -753,7 +753,9 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
            split_col: str | None = None, id_col: str | None = None, classes_file: Path | str | None = None,
            allow_outside_root: bool = False, encoding: str | None = None,
            progress: Progress | None = None, engine: str = "local", ray_address: str | None = None,
-           embedding_col: str | None = None, workers: int | None = None) -> IngestResult:
+           embedding_col: str | None = None, workers: int | None = None, task: str | None = None,
+           labels_col: str | None = None, label_sep: str = ";", annotator_cols: list[str] | str | None = None,
+           annotator_col: str | None = None) -> IngestResult:
     """Return the summary of reading `source` into `workspace` (items.parquet + manifest.json).
 
     Parameters
@@ -784,7 +786,16 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
     workers : int, optional
         Processes that read, hash and check an image folder's files (default: one per core;
         0: this process). Table image paths are checked on threads.
+    task : {'multiclass', 'multilabel', 'multiannotator', 'regression'}, optional
+        What the labels are (default: multiclass, or what the options below imply); tables only.
+        See :mod:`labelkit.tasks`.
+    labels_col, label_sep : str, optional
+        Multi-label: a column holding a list of labels, or a string split by `label_sep`.
+    annotator_cols, annotator_col : optional
+        Multi-annotator: one column per annotator (wide), or an annotator column with one row
+        per item and annotator (long, grouped by `id_col`).
     """
+    from labelkit.tasks import infer_task
     from labelkit.engines import check_engine, mapper
 
     map_fn = mapper(engine, ray_address=ray_address) if check_engine(engine, "ingest") != "local" else None
@@ -799,11 +810,16 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
     if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 0):
         raise LabelkitError(f"The 'workers' parameter of ingest must be an int in the range [0, inf). "
                             f"Got {workers!r} instead.")
+    task = infer_task(task, labels_col=labels_col, annotator_cols=annotator_cols, annotator_col=annotator_col)
+    if task != "multiclass" and source.is_dir():
+        raise LabelkitError(f"--task {task} needs a table (CSV/TSV/JSONL/Parquet); {source} is an image folder, "
+                            "which holds one label per image.")
     if embedding_col is not None and source.is_dir():
         raise LabelkitError(f"--embedding-col {embedding_col!r} needs a table (CSV/TSV/JSONL/Parquet); "
                             f"{source} is an image folder.")
 
     cols: dict[str, str | None] = {}
+    task_spec = None
     batches: Iterable[pa.RecordBatch] | None = None
     user_embeddings = None
     if source.is_dir():
@@ -817,6 +833,13 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
         df = load_table(source, encoding=encoding, exclude=embedding_col)
         if df.empty:
             raise LabelkitError(f"{source} has no rows.")
+        if task != "multiclass":  # the task turns its label columns into one display label (labelkit.tasks)
+            from labelkit.tasks import prepare_table
+
+            df, task_spec = prepare_table(df, source, task=task, options={
+                "label_col": label_col, "labels_col": labels_col, "label_sep": label_sep, "id_col": id_col,
+                "annotator_cols": annotator_cols, "annotator_col": annotator_col})
+            label_col = task_spec.label_col
         columns = list(df.columns)
         cols["label"] = detect_column(columns, "label", label_col, source, required=True)
         cols["image"] = detect_column(columns, "image", image_col, source, required=False) if text_col is None else None
@@ -875,6 +898,13 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
             progress(n, total)
         columns_out["modality"] = [modality] * n if kind != "image_folder" else columns_out["modality"]
         table = pa.Table.from_pydict(columns_out, schema=ITEMS_SCHEMA)
+    if task_spec is not None:  # the task's own columns, and rows its labels make unusable
+        for name, values in task_spec.columns.items():
+            table = table.append_column(name, pa.array(values) if not isinstance(values, (pa.Array, pa.ChunkedArray))
+                                        else values)
+        if task_spec.errors is not None:
+            table = table.set_column(table.schema.get_field_index("error"), "error",
+                                     pc.coalesce(table.column("error"), pa.array(task_spec.errors, pa.string())))
     if n == 0:
         raise LabelkitError(f"{source}: no images found (expected {source}/<class>/<image> "
                             f"with extensions {', '.join(sorted(IMAGE_EXTENSIONS))}).")
@@ -887,7 +917,9 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
         raise LabelkitError(f"{source}: no usable labelled rows ({n} rows; "
                             + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ").")
     distinct = pc.unique(usable_labels).to_pylist()
-    if classes_file is not None:
+    if task_spec is not None and task_spec.classes is not None:
+        classes = task_spec.classes
+    elif classes_file is not None:
         classes = read_class_file(classes_file)
         unknown = sorted(set(distinct) - set(classes))
         if unknown:
@@ -917,7 +949,8 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
     manifest = {"labelkit_version": __version__, "source": {"path": result.source, "kind": kind, "columns": cols},
                 "modality": modality, "classes": classes, "label_versions": {},
                 "items_fingerprint": items_fingerprint(table), "heldout": write_heldout(ws, table),
-                "stages": {"ingest": result.to_dict()}, "warnings": []}
+                "stages": {"ingest": result.to_dict()}, "warnings": [], "task": task,
+                **(task_spec.manifest if task_spec is not None else {})}
     if embed_record is not None:  # the user's vectors are this workspace's embed stage
         manifest["stages"]["embed"] = embed_record
     ws.write_manifest(manifest)

@@ -460,6 +460,13 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     neighbors_info = None
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     manifest = ws.read_manifest()
+    if manifest.get("task", "multiclass") != "multiclass":  # multi-label, multi-annotator, regression
+        from labelkit.tasks import task_module
+
+        return task_module(manifest["task"]).issues(
+            ws, pred_probs=pred_probs, classes_file=classes_file, n_folds=n_folds, probe=probe, filter_by=filter_by,
+            rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors, embedding_key=embedding_key,
+            device=device, seed=seed, progress=progress, engine=engine, ray_address=ray_address)
     items_fp = current_items_fingerprint(ws)
     classes = manifest["classes"]
     K = len(classes)

@@ -1,0 +1,214 @@
+"""The shape every data check has, and the registry that lists them.
+
+A check is one class in one module of :mod:`labelkit.checks`, registered with :func:`register`.
+It declares what it needs (``probs``, ``embeddings``, ``neighbors``, ``image``, ``text``,
+``split``), the per-row columns it adds to ``issues.parquet``, the summary metrics the gate may
+test, and a :meth:`Check.run` that reads the shared inputs from a :class:`CheckContext` and
+returns a :class:`CheckResult`. ``issues`` computes the shared inputs once (out-of-sample
+probabilities, confident learning, the neighbour graph) and runs every check whose needs are
+met; the report, the gate's metric list, ``docs/checks.md`` and ``--help`` read this registry.
+
+After cleanlab Datalab's issue managers (``cleanlab/datalab/internal/issue_manager``): one
+class per issue type, a per-row frame and a summary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+NEEDS = {
+    "probs": "out-of-sample predicted probabilities (the probe's, or --pred-probs)",
+    "embeddings": "an embedding per row (labelkit embed, or --embedding-col)",
+    "neighbors": "each row's nearest rows in embedding space",
+    "image": "image rows (an image folder or an image column)",
+    "text": "text rows",
+    "split": "a split per row (train/val/test folders or a split column)",
+}
+TASKS = ("multiclass", "multilabel", "multiannotator", "regression")
+
+
+@dataclass
+class CheckContext:
+    """The shared inputs of one `issues` run, over its usable rows (row i of every array is row i).
+
+    Arrays that a run could not compute are None (no embeddings → no neighbours). Checks read
+    from it and never write to it; :attr:`results` holds the results of the checks that ran
+    before this one, in registry order.
+    """
+
+    ids: Any  # pyarrow string array of the usable rows' ids
+    labels: np.ndarray  # multiclass: int64 class index per row; other tasks: see `task`
+    classes: list[str]
+    task: str = "multiclass"
+    modality: str = "image"
+    items: Any = None  # pyarrow Table of the usable rows (every items.parquet column)
+    embeddings: np.ndarray | None = None  # (n, d) float32, L2-normalised rows
+    embedding_key: str | None = None
+    pred_probs: np.ndarray | None = None  # (n, K) out of sample
+    folds: np.ndarray | None = None
+    label_issues: dict | None = None  # labelkit.issues.find_label_issues output, expanded to all rows
+    neighbor_idx: np.ndarray | None = None  # (n, k) most similar first, -1 where missing; self excluded
+    neighbor_sims: np.ndarray | None = None  # (n, k) cosine similarity
+    options: dict = field(default_factory=dict)  # the run's options: dup_threshold, seed, n_folds, …
+    extra: dict = field(default_factory=dict)  # task-specific inputs (e.g. the annotator label matrix)
+    seed: int = 0
+    results: dict[str, "CheckResult"] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    def column(self, name: str) -> np.ndarray | None:
+        """Return an items column as numpy (objects for strings), or None when items lack it."""
+        if self.items is None or name not in self.items.column_names:
+            return None
+        return self.items.column(name).to_numpy(zero_copy_only=False)
+
+    def has(self, need: str) -> bool:
+        """Return whether the shared input `need` (a key of :data:`NEEDS`) is available."""
+        if need == "probs":
+            return self.pred_probs is not None
+        if need == "embeddings":
+            return self.embeddings is not None
+        if need == "neighbors":
+            return self.neighbor_idx is not None
+        if need in ("image", "text"):
+            return self.modality == need
+        if need == "split":
+            split = self.column("split")
+            return split is not None and len({s for s in split if s is not None}) >= 2
+        raise KeyError(need)
+
+
+@dataclass
+class CheckResult:
+    """What one check found.
+
+    columns : per-row arrays (length n), named as the check's :attr:`Check.columns` declare.
+    metrics : the numbers the gate may test (None = not measured), named as :attr:`Check.metrics`.
+    reasons : row position → one line of evidence, for flagged rows only.
+    details : JSON-able extras kept in the summary under the check's name (e.g. per-property scores).
+    tables : report tables, each ``{"title", "columns": [...], "rows": [[...], ...]}``.
+    warnings : messages for the user (printed by the CLI, kept in the manifest).
+    """
+
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reasons: dict[int, str] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    tables: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Check:
+    """Base class of a data check; subclasses set the class attributes and implement :meth:`run`."""
+
+    name: ClassVar[str]  # snake_case, unique
+    title: ClassVar[str]  # shown in the report
+    description: ClassVar[str]  # one sentence: what a flag means
+    needs: ClassVar[tuple[str, ...]] = ()
+    tasks: ClassVar[tuple[str, ...]] = TASKS  # the task types the check applies to
+    metrics: ClassVar[dict[str, str]] = {}  # gate metric → description
+    columns: ClassVar[dict[str, str]] = {}  # issues.parquet column → description
+    flag: ClassVar[str | None] = None  # the bool column that marks a flagged row
+    score: ClassVar[str | None] = None  # the column flagged rows are ranked by in the report
+    score_ascending: ClassVar[bool] = True  # True: lower score = worse (cleanlab's convention)
+    pair: ClassVar[str | None] = None  # a column holding the id of a related row (shown beside it)
+    order: ClassVar[int] = 100  # run and show order; later checks may read earlier results
+
+    def applies(self, ctx: CheckContext) -> str | None:
+        """Return None when the check can run on `ctx`, else why not (a short phrase)."""
+        if ctx.task not in self.tasks:
+            return f"not for {ctx.task} data"
+        for need in self.needs:
+            if not ctx.has(need):
+                return f"needs {NEEDS[need].split(' (')[0]}"
+        return None
+
+    def run(self, ctx: CheckContext) -> CheckResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, Check] = {}
+
+
+def register(cls: type[Check]) -> type[Check]:
+    """Class decorator: add an instance of `cls` to :data:`REGISTRY` (its name must be new)."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"A check named {cls.name!r} is already registered.")
+    for metric in cls.metrics:
+        for other in REGISTRY.values():
+            if metric in other.metrics:
+                raise ValueError(f"Metric {metric!r} of {cls.name!r} is already declared by {other.name!r}.")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_checks(names=None) -> list[Check]:
+    """Return the registered checks in run order (only `names`, when given; unknown names raise)."""
+    from labelkit.errors import LabelkitError
+
+    _load()
+    if names is not None:
+        unknown = [n for n in names if n not in REGISTRY]
+        if unknown:
+            raise LabelkitError(f"Unknown check {unknown[0]!r}; known: {', '.join(sorted(REGISTRY))}.")
+    chosen = REGISTRY.values() if names is None else [REGISTRY[n] for n in names]
+    return sorted(chosen, key=lambda c: (c.order, c.name))
+
+
+def all_metrics() -> dict[str, str]:
+    """Return every registered check's gate metrics: name → description."""
+    return {m: d for c in get_checks() for m, d in c.metrics.items()}
+
+
+def run_checks(ctx: CheckContext, names=None) -> tuple[dict[str, CheckResult], dict[str, str]]:
+    """Run every applicable check (or only `names`) in order; return (results, {skipped name: why}).
+
+    Results are also stored in ``ctx.results`` as they arrive, so a later check can read an
+    earlier one's columns. A check named in `names` that cannot run is reported as skipped.
+    """
+    results: dict[str, CheckResult] = {}
+    skipped: dict[str, str] = {}
+    for check in get_checks(names):
+        why = check.applies(ctx)
+        if why is not None:
+            skipped[check.name] = why
+            continue
+        result = check.run(ctx)
+        unknown = set(result.columns) - set(check.columns)
+        if unknown:
+            raise RuntimeError(f"Check {check.name!r} returned undeclared columns {sorted(unknown)}.")
+        results[check.name] = ctx.results[check.name] = result
+    return results, skipped
+
+
+def merged_reasons(n: int, results: dict[str, CheckResult]) -> list[str | None]:
+    """Return one ``reason`` per row: the flagging checks' reasons joined by "; " (None if unflagged)."""
+    out: list[str | None] = [None] * n
+    for result in results.values():
+        for row, text in result.reasons.items():
+            out[row] = text if out[row] is None else f"{out[row]}; {text}"
+    return out
+
+
+def checks_summary(results: dict[str, CheckResult], skipped: dict[str, str]) -> dict:
+    """Return the JSON-able record of a run under ``summary['checks']`` (what report and gate read)."""
+    out = {}
+    for check in get_checks():
+        if check.name in results:
+            r = results[check.name]
+            flags = r.columns.get(check.flag) if check.flag else None
+            out[check.name] = {"title": check.title, "metrics": r.metrics, "details": r.details, "tables": r.tables,
+                               "flagged": int(np.asarray(flags, bool).sum()) if flags is not None else None,
+                               "warnings": r.warnings}
+        elif check.name in skipped:
+            out[check.name] = {"title": check.title, "skipped": skipped[check.name]}
+    return out
+
+
+def _load() -> None:
+    import labelkit.checks  # noqa: F401  (imports every check module, which registers it)
