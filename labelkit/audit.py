@@ -16,15 +16,18 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
           ray_address: str | None = None, offline: bool = False, embedding_col: str | None = None,
           task: str | None = None, labels_col: str | None = None, label_sep: str = ";",
           annotator_cols: list[str] | str | None = None, annotator_col: str | None = None,
-          id_col: str | None = None) -> dict:
+          id_col: str | None = None, baseline: Path | str | None = None) -> dict:
     """Return the full audit summary: issues summary, top label issues, warnings and gate verdict.
 
     The gate rules come from `fail_on`, else the nearest config (see :mod:`labelkit.gate`), else
     the default. The caller turns ``result['gate']['passed'] is False`` into exit code 1.
     `engine` and `ray_address` go to every stage (see :mod:`labelkit.engines`); `offline` to
     `embed` (never download weights). With `embedding_col`, ingest stores the table's own
-    embeddings and the embed step is skipped.
+    embeddings and the embed step is skipped. With `baseline` (an earlier workspace or its
+    report.json, see :mod:`labelkit.baseline`), what changed since it goes to ``result['baseline']``
+    and the manifest, and the gate also sees its numbers (``new_label_issues``, ``METRIC.delta``).
     """
+    from labelkit import baseline as changes
     from labelkit import gate
     from labelkit.embed import check_featurizer_options, embed
     from labelkit.engines import check_engine
@@ -36,17 +39,24 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
     on = {"engine": check_engine(engine, "audit"), "ray_address": ray_address}
     if pred_probs is None:
         check_featurizer_options(model, pretrained)  # a bad --model / --pretrained fails before ingest writes
+    # Loaded before ingest: the baseline may be this very workspace, which ingest overwrites.
+    base = changes.load_baseline(baseline) if baseline is not None else None
     ingested = ingest(source, ws, label_col=label_col, text_col=text_col, image_col=image_col, progress=progress,
                       embedding_col=embedding_col, task=task, labels_col=labels_col, label_sep=label_sep,
                       annotator_cols=annotator_cols, annotator_col=annotator_col, id_col=id_col, **on)
+    if base is not None:  # a baseline of another dataset fails before the expensive stages
+        items = ws.read_items_table(["id", "content_hash"])
+        changes.check_overlap(base, items.column("id"), items.column("content_hash"))
     if pred_probs is None and ingested.embedding_key is None:
         embed(ws, model=model, pretrained=pretrained, device=device, progress=progress, offline=offline, **on)
     found = issues(ws, pred_probs=pred_probs, device=device, progress=progress, **on)
-    verdict = gate.evaluate(rules, found.summary)
+    diff = changes.compare(base, ws, found.summary) if base is not None else None
+    changes.record(ws, diff)
+    verdict = gate.evaluate(rules, found.summary | (diff["gate_metrics"] if diff else {}))
     manifest = ws.update_stage("gate", {"rules": [str(r) for r in rules], "source": rules_source, **verdict})
     result = {"workspace": str(ws.root), "summary": found.summary, "top_label_issues": found.top,
               "warnings": manifest.get("warnings", []), "gate": verdict, "gate_source": rules_source,
-              "report": None}
+              "report": None, "baseline": diff}
     if write_report:
         try:
             from labelkit.report import report

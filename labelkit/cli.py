@@ -102,6 +102,9 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
            task: Optional[str] = TaskOpt, labels_col: Optional[str] = LabelsColOpt, label_sep: str = LabelSepOpt,
            annotator_cols: Optional[str] = AnnotatorColsOpt, annotator_col: Optional[str] = AnnotatorColOpt,
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
+           properties: bool = typer.Option(True, "--properties/--no-properties",
+                                           help="Decode each image once (as a thumbnail) for the image-property "
+                                                "check (dark, light, blurry, …); --no-properties reads headers only."),
            as_json: bool = JsonOpt):
     """Read an image folder or a table into the workspace (items.parquet + manifest.json)."""
     from labelkit.ingest import ingest as run
@@ -113,7 +116,7 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
                      allow_outside_root=allow_outside_root, encoding=encoding, progress=update,
                      engine=engine, ray_address=ray_address, embedding_col=embedding_col, workers=workers,
                      task=task, labels_col=labels_col, label_sep=label_sep, annotator_cols=annotator_cols,
-                     annotator_col=annotator_col)
+                     annotator_col=annotator_col, properties=properties)
     if as_json:
         return _print_json(result.to_dict())
     detected = {k: v for k, v in result.columns.items() if v}
@@ -173,6 +176,14 @@ def embed(workspace: Path = WorkspaceOpt,
 # --------------------------------------------------------------------------------------------
 FilterByOpt = typer.Option("prune_by_noise_rate", help="cleanlab filter_by: prune_by_noise_rate, prune_by_class, both, "
                                                        "confident_learning, predicted_neq_given, …")
+def _checks_help() -> str:
+    from labelkit.checks import get_checks
+
+    return ("Checks to run, comma-separated (default: every one whose inputs exist): "
+            + ", ".join(c.name for c in get_checks()) + ". See docs/checks.md.")
+
+
+ChecksOpt = typer.Option(None, "--checks", help=_checks_help())
 RankByOpt = typer.Option("self_confidence", help="cleanlab label-quality score: self_confidence, normalized_margin, "
                                                  "confidence_weighted_entropy.")
 
@@ -191,16 +202,17 @@ def issues(workspace: Path = WorkspaceOpt,
                                                                      "near-duplicates; default: the embedder's own."),
            device: str = typer.Option("auto", help="auto, cpu or cuda."),
            seed: int = typer.Option(0, help="Seed of the fold split."),
+           checks: Optional[str] = ChecksOpt,
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
            as_json: bool = JsonOpt):
-    """Find label issues (confident learning), duplicates, outliers and class imbalance."""
+    """Find label issues (confident learning), duplicates, outliers, class imbalance and every other registered check."""
     from labelkit.issues import issues as run
 
     progress, update = _progress("Cross-validating probe", quiet=as_json)
     with progress:
         result = run(workspace, pred_probs=pred_probs, classes_file=classes, n_folds=folds, probe=probe,
                      filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, device=device, seed=seed,
-                     progress=update, engine=engine, ray_address=ray_address)
+                     progress=update, engine=engine, ray_address=ray_address, checks=checks)
     if as_json:
         return _print_json(result.to_dict())
     _warn(result.warnings)
@@ -208,8 +220,9 @@ def issues(workspace: Path = WorkspaceOpt,
 
 
 def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
-    classes = list(s["class_counts"])
-    out.print(f"Class order: {', '.join(classes)}", highlight=False)
+    classes = list(s.get("class_counts") or {})
+    if classes:
+        out.print(f"Class order: {', '.join(classes)}", highlight=False)
     if s.get("probe"):
         p = s["probe"]
         chosen = p.get("chosen") or f"{p['features']} C={p['C']:g}"
@@ -218,16 +231,19 @@ def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
                   for k, v in scores.items()] + [f"{k}: {why}" for k, why in (p.get("skipped") or {}).items()]
         out.print(f"Probe: {chosen} chosen by {p['n_folds']}-fold log-loss on {p.get('selection_rows') or 'all'} rows "
                   f"({'; '.join(listed)}); out-of-sample accuracy {p['cv_accuracy']:.3f}", highlight=False)
-    table = Table("check", "rows", "rate", title="Issues", title_justify="left")
-    n = max(1, s["usable_rows"])
-    for name, key in (("label issues", "label_issues"), ("exact duplicates", "exact_duplicates"),
-                      ("near duplicates", "near_duplicates"), ("conflicting duplicates", "conflicting_duplicates"),
-                      ("outliers", "outliers"), ("unusable rows", "unusable_rows")):
-        v = s.get(key)
-        table.add_row(name, "—" if v is None else str(v), "" if v is None else f"{v / n:.1%}")
+    # One line per registered check (labelkit.checks): flagged rows, or why it did not run, and its metrics.
+    table = Table("check", "flagged", "metrics", title="Issues", title_justify="left")
+    n = max(1, s.get("usable_rows") or 0)
+    for name, c in (s.get("checks") or {}).items():
+        if "skipped" in c:
+            table.add_row(c["title"], "—", f"[dim]skipped: {c['skipped']}[/]")
+            continue
+        flagged = "" if c.get("flagged") is None else f"{c['flagged']} ({c['flagged'] / n:.1%})"
+        metrics = ", ".join(f"{k}={'—' if v is None else (f'{v:.4g}' if isinstance(v, float) else v)}"
+                            for k, v in c["metrics"].items())
+        table.add_row(c["title"], flagged, metrics)
+    table.add_row("Unusable rows", str(s.get("unusable_rows", 0)), "")
     out.print(table)
-    ratio = "—" if s["imbalance_ratio"] is None else f"{s['imbalance_ratio']:.2f}"
-    out.print(f"Smallest class: {s['class_min_count']} rows; imbalance ratio {ratio}")
     if top:
         t = Table("id", "given", "suggested", "quality", title="Most likely label errors", title_justify="left")
         for row in top[:10]:
@@ -265,6 +281,9 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
           task: Optional[str] = TaskOpt, labels_col: Optional[str] = LabelsColOpt, label_sep: str = LabelSepOpt,
           annotator_cols: Optional[str] = AnnotatorColsOpt, annotator_col: Optional[str] = AnnotatorColOpt,
           id_col: Optional[str] = typer.Option(None, help="Unique id column of a table (default: row number)."),
+          baseline: Optional[Path] = typer.Option(None, "--baseline", help="An earlier workspace folder or its report.json "
+                                                  "(+ report.rows.parquet beside it): report what changed and gate on it, "
+                                                  "e.g. --fail-on 'new_label_issues>5,label_issue_rate.delta>0.01'."),
           engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
           as_json: bool = JsonOpt):
     """Ingest, embed, find issues and write the report in one go; exit 1 when the gate fails."""
@@ -276,12 +295,16 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
                      model=model, pretrained=pretrained, pred_probs=pred_probs, device=device, write_report=report,
                      progress=update, engine=engine, ray_address=ray_address, offline=offline,
                      embedding_col=embedding_col, task=task, labels_col=labels_col, label_sep=label_sep,
-                     annotator_cols=annotator_cols, annotator_col=annotator_col, id_col=id_col)
+                     annotator_cols=annotator_cols, annotator_col=annotator_col, id_col=id_col, baseline=baseline)
     if as_json:
         _print_json(result)
     else:
         _warn(w["message"] for w in result["warnings"])
         _print_issues(result["summary"], result["top_label_issues"], workspace)
+        if result.get("baseline"):
+            from labelkit.baseline import describe
+
+            out.print("\n".join(describe(result["baseline"])), highlight=False, markup=False)
         if result.get("report"):
             out.print(f"Report: {result['report']}")
         _print_gate(result["gate"], result["gate_source"])
@@ -300,6 +323,54 @@ def report(workspace: Path = WorkspaceOpt,
     if as_json:
         return _print_json(result.to_dict())
     out.print(f"Report: {result.html_path} ({result.bytes / 1e6:.2f} MB), numbers in {result.json_path}")
+
+
+@app.command()
+def explain(row_id: str = typer.Argument(..., metavar="ID", help="The row's id (as in items.parquet)."),
+            workspace: Path = WorkspaceOpt,
+            k: int = typer.Option(10, "-k", "--neighbors", min=1, help="Nearest rows to list (exact cosine)."),
+            as_json: bool = JsonOpt):
+    """Explain one row: its findings with their reasons, its probabilities and its nearest rows."""
+    from labelkit.explain import explain as run
+
+    result = run(workspace, row_id, k=k)
+    if as_json:
+        return _print_json(result.to_dict())
+    _print_explain(result)
+
+
+def _print_explain(r) -> None:
+    out.print(f"[bold]{escape(r.id)}[/]: labelled {escape(repr(r.label))}"
+              + ("" if r.usable else f"; [red]unusable[/]: {escape(r.error or '')}"), highlight=False)
+    if not r.usable:
+        return
+    if r.findings:
+        t = Table("check", "flags", "score", title="Findings", title_justify="left")
+        for f in r.findings:
+            s = f.get("score")
+            score = "" if not s or s["value"] is None else f"{s['name']} {s['value']:.3g}"
+            t.add_row(escape(f["title"]), ", ".join(f["flags"]) + (f" → {f['related_id']}" if f.get("related_id") else ""),
+                      score)
+        out.print(t)
+        if r.reason:
+            out.print(f"Reason: {escape(r.reason)}", highlight=False)
+    else:
+        out.print("Not flagged by any check.")
+    if r.suggested_label is not None and r.suggested_label != r.label:
+        out.print(f"Probe suggests {escape(repr(r.suggested_label))}"
+                  + (f" (label quality {r.label_quality:.3g})" if r.label_quality is not None else ""), highlight=False)
+    if r.probabilities:
+        t = Table("class", "out-of-sample probability", title="Probabilities", title_justify="left")
+        for p in r.probabilities:
+            t.add_row(escape(p["class"]), f"{p['probability']:.3f}")
+        out.print(t)
+    if r.neighbors:
+        t = Table("id", "label", "cosine", "flagged", title=f"Nearest rows ({r.embedding_key})", title_justify="left")
+        for nb in r.neighbors:
+            t.add_row(escape(nb["id"]), escape(str(nb["label"])), f"{nb['similarity']:.4f}",
+                      ", ".join(nb["flags"]) if nb["flagged"] else "")
+        out.print(t)
+    _warn(r.warnings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -476,8 +547,9 @@ def train(workspace: Path = WorkspaceOpt,
                   highlight=False)
         table = Table("metric", "value", title=f"Held-out: {card['heldout']['rows']} rows", title_justify="left",
                       caption=f"scored against {card['eval_labels']!r} labels", caption_justify="left")
-        for k in ("accuracy", "macro_f1", "nll", "ece", "brier"):
-            table.add_row(k, f"{m[k]:.4f}")
+        for k in ("accuracy", "macro_f1", "nll", "ece", "brier", "mae", "rmse", "r2"):  # classification or regression
+            if m.get(k) is not None:
+                table.add_row(k, f"{m[k]:.4f}")
         out.print(table)
         out.print(f"→ {result.model_dir}/model_card.json")
         if result.check is not None:

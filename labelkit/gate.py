@@ -8,11 +8,13 @@ gate fails when any rule holds. Config: ``[tool.labelkit.gate] fail_on = [...]``
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from labelkit.baseline import DELTA, METRICS as CHANGE_METRICS
 from labelkit.errors import LabelkitError
 
 if sys.version_info >= (3, 11):
@@ -21,20 +23,34 @@ else:  # tomllib is 3.11+; tomli is the same parser, packaged for 3.10
     import tomli as tomllib
 
 DEFAULT_RULES = ("label_issue_rate>0.03",)
-METRICS = {
-    "label_issue_rate": "fraction of usable rows flagged as label issues",
-    "label_issues": "number of rows flagged as label issues",
-    "duplicates": "rows that duplicate an earlier row (exact or near)",
-    "exact_duplicates": "rows with the same content hash as an earlier row",
-    "near_duplicates": "rows whose embedding nearly equals an earlier row's",
-    "conflicting_duplicates": "duplicates whose label differs from the original's",
-    "outliers": "rows far from all others in embedding space",
-    "unusable_rows": "rows that could not be read or have no label",
-    "class_min_count": "usable rows in the smallest class",
-    "imbalance_ratio": "largest class count / smallest class count",
-}
+class _GateMetrics(Mapping):
+    """Every metric a gate rule may name: the dataset's own, plus each registered check's.
+
+    Read from the check registry (:mod:`labelkit.checks`) when first used, so a new check's
+    metrics are gate-able without editing this file.
+    """
+
+    DATASET = {"unusable_rows": "rows that could not be read or have no label",
+               "usable_rows": "rows every check looked at", "rows": "rows in the source"}
+
+    def _all(self) -> dict[str, str]:
+        from labelkit.checks import all_metrics
+
+        return self.DATASET | all_metrics()
+
+    def __getitem__(self, key: str) -> str:
+        return self._all()[key]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+METRICS = _GateMetrics()
 OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt, "<": operator.lt}
-RULE_RE = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
+RULE_RE = re.compile(r"^\s*([a-z][a-z0-9_]*(?:\.delta)?)\s*(>=|<=|==|!=|>|<)\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -57,10 +73,21 @@ def parse_rules(spec: str | list[str] | tuple[str, ...], *, metrics: dict[str, s
             raise LabelkitError(f"Cannot parse rule {part.strip()!r}; expected METRIC OP NUMBER, "
                                 "e.g. label_issue_rate>0.05 or accuracy<0.9.")
         metric, op, value = m.groups()
-        if metric not in metrics:
-            raise LabelkitError(f"Unknown metric {metric!r} in {part.strip()!r}; known: {', '.join(metrics)}.")
+        if not _known_metric(metric, metrics):
+            changes = (f"; with --baseline also METRIC.delta and {', '.join(CHANGE_METRICS)}"
+                       if metrics is METRICS else "")
+            raise LabelkitError(f"Unknown metric {metric!r} in {part.strip()!r}; known: {', '.join(metrics)}{changes}.")
         rules.append(Rule(metric, op, float(value)))
     return rules
+
+
+def _known_metric(metric: str, metrics: dict[str, str]) -> bool:
+    """Return whether `metric` names a metric; the audit's also take changes since a baseline."""
+    if metric in metrics:
+        return True
+    if metrics is not METRICS:  # e.g. `train --check`: no baseline to compare against
+        return False
+    return metric in CHANGE_METRICS or (metric.endswith(DELTA) and metric[: -len(DELTA)] in metrics)
 
 
 def find_config(start: Path | str = ".", *, section: str = "gate") -> tuple[list[str], Path] | None:

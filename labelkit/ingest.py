@@ -9,6 +9,7 @@ saying why; later stages skip it.
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import io
 import itertools
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 
 from labelkit import __version__
 from labelkit.errors import LabelkitError
+from labelkit.properties import PROPERTY_COLUMNS, image_properties_from_bytes
 from labelkit.workspace import (ITEMS_SCHEMA, Workspace, embedding_array, model_key, read_class_file, sort_classes,
                                 write_table)
 
@@ -68,17 +70,19 @@ class IngestResult:
 # Per-file facts
 
 
-def describe_image_file(path: Path | str) -> dict:
-    """Return content hash, byte size, width/height and `error` of one image file.
+def describe_image_file(path: Path | str, *, properties: bool = True) -> dict:
+    """Return content hash, byte size, width/height, `error` and the image properties of one image file.
 
     The header gives the size without decoding pixels; `verify()` walks PNG chunks and their
     CRCs, and a JPEG must end in its EOI marker, which together catch truncated files cheaply.
     PNG and JPEG files that pass :func:`png_size` / :func:`jpeg_size` skip Pillow (its plugin
     probing costs more than reading and hashing a small file); anything they do not vouch for
     goes through Pillow, which also words the error. The content hash is the SHA-1 of the
-    file's bytes (as since the first release).
+    file's bytes (as since the first release). With `properties`, a sound image is also decoded
+    once, at thumbnail size, for the ``prop_*`` columns (:func:`labelkit.properties.image_properties`).
     """
-    row = {"content_hash": None, "bytes": None, "width": None, "height": None, "error": None}
+    row = {"content_hash": None, "bytes": None, "width": None, "height": None, "error": None,
+           **dict.fromkeys(PROPERTY_COLUMNS)}
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -93,6 +97,8 @@ def describe_image_file(path: Path | str) -> dict:
     size = png_size(data) if data[:8] == PNG_SIGNATURE else jpeg_size(data) if data[:2] == b"\xff\xd8" else None
     if size is not None:
         row["width"], row["height"] = size
+        if properties:
+            row.update(image_properties_from_bytes(data))
         return row
     from PIL import Image, UnidentifiedImageError
 
@@ -107,6 +113,8 @@ def describe_image_file(path: Path | str) -> dict:
         row["error"] = "not a readable image"
     except Exception as exc:  # Pillow raises many types for damaged files
         row["error"] = f"corrupt image ({type(exc).__name__}: {exc})"[:200]
+    if properties and row["error"] is None:
+        row.update(image_properties_from_bytes(data))
     return row
 
 
@@ -281,16 +289,17 @@ def list_image_files(root: Path, *, allow_outside_root: bool = False) -> Iterato
             yield rel, real, place[0], place[1], error
 
 
-FACT_COLUMNS = ("content_hash", "bytes", "width", "height", "error")
+FACT_COLUMNS = ("content_hash", "bytes", "width", "height", "error", *PROPERTY_COLUMNS)
 
 
-def describe_image_files(paths: Sequence[str]) -> dict[str, list]:
+def describe_image_files(paths: Sequence[str], *, properties: bool = True) -> dict[str, list]:
     """Return :func:`describe_image_file` of many files as columns (one task of the process pool).
 
     The common case (a sound PNG or JPEG) is inlined with raw `os.read`, which costs half of
     `open().read()` on small files; any other file takes :func:`describe_image_file`.
     """
-    hashes, sizes, widths, heights, errors = out = [], [], [], [], []
+    out = [[] for _ in FACT_COLUMNS]
+    no_properties = (None,) * len(PROPERTY_COLUMNS)
     sha1 = hashlib.sha1
     for path in paths:
         try:
@@ -304,14 +313,20 @@ def describe_image_files(paths: Sequence[str]) -> dict[str, list]:
         except OSError:
             data = b""
         size = png_size(data) if data[:8] == PNG_SIGNATURE else jpeg_size(data) if data[:2] == b"\xff\xd8" else None
-        row = ((sha1(data).hexdigest(), len(data), size[0], size[1], None) if size is not None
-               else tuple(describe_image_file(path)[k] for k in FACT_COLUMNS))
+        if size is not None:
+            props = image_properties_from_bytes(data) if properties else None
+            row = (sha1(data).hexdigest(), len(data), size[0], size[1], None,
+                   *(tuple(props[k] for k in PROPERTY_COLUMNS) if props is not None else no_properties))
+        else:
+            facts = describe_image_file(path, properties=properties)
+            row = tuple(facts[k] for k in FACT_COLUMNS)
         for column, value in zip(out, row):
             column.append(value)
     return dict(zip(FACT_COLUMNS, out))
 
 
-def read_image_folder(root: Path, *, map_fn=None, allow_outside_root: bool = False) -> Iterator[dict]:
+def read_image_folder(root: Path, *, map_fn=None, allow_outside_root: bool = False,
+                      properties: bool = True) -> Iterator[dict]:
     """Yield one item row per image file of `root/<class>/…` or `root/<split>/<class>/…`.
 
     `map_fn(func, items)`, when given, checks the files (see :func:`labelkit.engines.mapper`);
@@ -319,14 +334,15 @@ def read_image_folder(root: Path, *, map_fn=None, allow_outside_root: bool = Fal
     """
     listed, queued = itertools.tee(list_image_files(root, allow_outside_root=allow_outside_root))
     todo = (real for _, real, _, _, error in queued if error is None)
-    facts = map_fn(describe_image_file, todo) if map_fn is not None else map(describe_image_file, todo)
+    describe = functools.partial(describe_image_file, properties=properties)
+    facts = map_fn(describe, todo) if map_fn is not None else map(describe, todo)
     for rel, real, label, split, error in listed:
         yield {"id": rel, "source": rel, "modality": "image", "image_path": real, "label": label, "split": split,
                **(next(facts) if error is None else {"error": error})}
 
 
 def read_image_folder_batches(root: Path, *, workers: int | None = None, batch_size: int = 512,
-                              allow_outside_root: bool = False) -> Iterator[pa.RecordBatch]:
+                              allow_outside_root: bool = False, properties: bool = True) -> Iterator[pa.RecordBatch]:
     """Yield items record batches (`label_id` left null) for the image files of `root`, in listing order.
 
     This process lists the files; a pool of `workers` processes (default: one per available
@@ -342,12 +358,14 @@ def read_image_folder_batches(root: Path, *, workers: int | None = None, batch_s
     workers = available_cores() if workers is None else workers
     if workers <= 0 or len(head) < 2:
         for chunk in chunks:
-            yield _items_batch(chunk, describe_image_files([c[1] for c in chunk if c[4] is None]))
+            yield _items_batch(chunk, describe_image_files([c[1] for c in chunk if c[4] is None],
+                                                           properties=properties))
         return
     pending: collections.deque = collections.deque()
     with ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_quiet_worker) as pool:
         for chunk in chunks:
-            pending.append((chunk, pool.submit(describe_image_files, [c[1] for c in chunk if c[4] is None])))
+            pending.append((chunk, pool.submit(describe_image_files, [c[1] for c in chunk if c[4] is None],
+                                               properties=properties)))
             # Bounded, so memory stays flat however many files; deep enough that the workers
             # keep going while this process builds Arrow batches (the first one imports pandas).
             if len(pending) > 8 * workers:
@@ -496,7 +514,7 @@ def _cell(value) -> str | None:
 
 
 def read_table_rows(path: Path, df, cols: dict[str, str | None], *, allow_outside_root: bool,
-                    workers: int = 4, map_fn=None) -> Iterator[dict]:
+                    workers: int = 4, map_fn=None, properties: bool = True) -> Iterator[dict]:
     """Yield one item row per table row; image paths resolve relative to the table's folder."""
     root = path.parent.resolve()
     label_col, text_col, image_col = cols["label"], cols["text"], cols["image"]
@@ -521,7 +539,7 @@ def read_table_rows(path: Path, df, cols: dict[str, str | None], *, allow_outsid
                           "error": f"image path outside the table's folder: {raw} (pass --allow-outside-root)"}
         if not resolved.is_file():
             return row | {"image_path": str(resolved), "error": f"image file not found: {raw}"}
-        return row | {"image_path": str(resolved), **describe_image_file(resolved)}
+        return row | {"image_path": str(resolved), **describe_image_file(resolved, properties=properties)}
 
     records = df.to_dict("records")
     if image_col and map_fn is not None:  # another engine (labelkit.engines) checks the files
@@ -755,7 +773,7 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
            progress: Progress | None = None, engine: str = "local", ray_address: str | None = None,
            embedding_col: str | None = None, workers: int | None = None, task: str | None = None,
            labels_col: str | None = None, label_sep: str = ";", annotator_cols: list[str] | str | None = None,
-           annotator_col: str | None = None) -> IngestResult:
+           annotator_col: str | None = None, properties: bool = True) -> IngestResult:
     """Return the summary of reading `source` into `workspace` (items.parquet + manifest.json).
 
     Parameters
@@ -794,6 +812,10 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
     annotator_cols, annotator_col : optional
         Multi-annotator: one column per annotator (wide), or an annotator column with one row
         per item and annotator (long, grouped by `id_col`).
+    properties : bool
+        Decode each image once, as a thumbnail, for the ``prop_*`` columns the image-properties
+        check reads (dark, light, blurry, …; :mod:`labelkit.properties`). False skips the
+        decode (ingest then reads only file headers) and leaves those columns null.
     """
     from labelkit.tasks import infer_task
     from labelkit.engines import check_engine, mapper
@@ -825,9 +847,11 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
     if source.is_dir():
         kind, modality = "image_folder", "image"
         if map_fn is None:
-            batches = read_image_folder_batches(source, workers=workers, allow_outside_root=allow_outside_root)
+            batches = read_image_folder_batches(source, workers=workers, allow_outside_root=allow_outside_root,
+                                                properties=properties)
         else:
-            rows: Iterable[dict] = read_image_folder(source, map_fn=map_fn, allow_outside_root=allow_outside_root)
+            rows: Iterable[dict] = read_image_folder(source, map_fn=map_fn, allow_outside_root=allow_outside_root,
+                                                     properties=properties)
         total = None
     else:
         df = load_table(source, encoding=encoding, exclude=embedding_col)
@@ -866,7 +890,8 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
         if modality == "embedding":  # rows are (id, label, split, vector): built column-wise
             batches = vector_items_table(source, df, cols, user_embeddings).to_batches()
         else:
-            rows = read_table_rows(source, df, cols, allow_outside_root=allow_outside_root, map_fn=map_fn)
+            rows = read_table_rows(source, df, cols, allow_outside_root=allow_outside_root, map_fn=map_fn,
+                                   properties=properties)
         total = len(df)
 
     if batches is not None:

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labelkit.errors import LabelkitError, check_in_range
+from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
+from labelkit.checks.duplicates import find_duplicates  # noqa: F401  (public API)
 from labelkit.features import near_duplicate_threshold  # noqa: F401  (public API)
 from labelkit.neighbors import find_nearest_neighbors, get_outlier_scores, phase_progress  # noqa: F401  (public API)
 from labelkit.probe import ProbeChoice, get_out_of_sample_probs  # noqa: F401  (public API)
@@ -286,38 +288,6 @@ def _find_label_issues_batched(labels: np.ndarray, pred_probs: np.ndarray, *, fi
 # Neighbours: near-duplicates and outliers
 
 
-def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None = None,
-                    neighbor_sims: np.ndarray | None = None, *, threshold: float = 0.985) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (duplicate_of index or -1, near_duplicate_score, is_exact) per row.
-
-    A row duplicates the first row with the same content hash (exact), or else its nearest
-    earlier neighbour with cosine similarity ≥ `threshold` (near). The first row of a group is not
-    itself marked.
-    """
-    check_in_range(threshold, "threshold", "find_duplicates", low=-1.0, high=1.0)
-    n = len(content_hash)
-    # First occurrence of each hash, vectorised. Arrow numbers the distinct hashes in order of
-    # first appearance, so a row is a group's first exactly where its code exceeds all before it.
-    encoded = pc.dictionary_encode(_string_array(content_hash), null_encoding="encode")
-    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    seen_max = np.maximum.accumulate(codes)
-    first_row = np.flatnonzero(codes > np.concatenate(([-1], seen_max[:-1])))
-    first_of = first_row[codes]
-    exact = first_of < np.arange(n)
-    dup_of = np.where(exact, first_of, -1).astype(np.int64)
-    score = np.full(n, np.nan, dtype=np.float32)
-    if neighbor_idx is not None:
-        score = neighbor_sims[:, 0].astype(np.float32)
-        score[exact] = 1.0
-        # Neighbours come most similar first, so the first earlier row at or above the threshold
-        # is the nearest one: one pass over the (n, k) matrix, no loop over rows.
-        earlier = (neighbor_sims >= threshold) & (neighbor_idx < np.arange(n)[:, None]) & (neighbor_idx >= 0)
-        first = earlier.argmax(1)
-        near = (dup_of < 0) & earlier[np.arange(n), first]
-        dup_of[near] = neighbor_idx[near, first[near]]
-    return dup_of, score, exact
-
-
 # ---------------------------------------------------------------------------------------------
 # The verb
 
@@ -441,13 +411,15 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
            filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
            dup_threshold: float | None = None, k_neighbors: int = 10, embedding_key: str | None = None,
            device: str = "auto", seed: int = 0, progress: Progress | None = None, engine: str = "local",
-           ray_address: str | None = None) -> IssuesResult:
+           ray_address: str | None = None, checks: Sequence[str] | None = None) -> IssuesResult:
     """Return the issues summary; writes probs.parquet, issues.parquet and the manifest summary.
 
     Out-of-sample probabilities come from `pred_probs` (a file of the user's model outputs) or
     from a k-fold probe on the workspace embeddings. Near-duplicates and outliers need embeddings
     and are skipped (None in the summary) without them. ``engine='ray'`` shards the neighbour
     search over the cluster at `ray_address`; the probe and confident learning stay on the driver.
+    `checks` names the checks to run (default: every registered check whose needs are met; see
+    ``python -m labelkit.checks`` or docs/checks.md).
     """
     from labelkit.engines import check_engine
     from labelkit.features import load_workspace_embeddings, resolve_device
@@ -455,6 +427,10 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     check_engine(engine, "issues")
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
                          n_folds=n_folds, probe=probe, seed=seed)
+    if checks is not None:
+        checks = [c.strip() for part in ([checks] if isinstance(checks, str) else checks) for c in part.split(",")
+                  if c.strip()]
+        get_checks(checks)  # unknown names fail before anything is read or written
     started = time.perf_counter()
     phase_seconds: dict[str, float] = {}  # per long phase, into the manifest's issues record
     neighbors_info = None
@@ -466,12 +442,12 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         return task_module(manifest["task"]).issues(
             ws, pred_probs=pred_probs, classes_file=classes_file, n_folds=n_folds, probe=probe, filter_by=filter_by,
             rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors, embedding_key=embedding_key,
-            device=device, seed=seed, progress=progress, engine=engine, ray_address=ray_address)
+            device=device, seed=seed, progress=progress, engine=engine, ray_address=ray_address, checks=checks)
     items_fp = current_items_fingerprint(ws)
     classes = manifest["classes"]
     K = len(classes)
     # Kept in Arrow: a million ids never become Python strings.
-    items = ws.read_items_table(columns=["id", "label_id", "content_hash", "error"])
+    items = ws.read_items_table()  # every column: the checks read text, paths, splits and properties
     ids = _string_array(items.column("id"))
     label_id = items.column("label_id").to_numpy()
     usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & (label_id >= 0)
@@ -566,6 +542,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         found = {"is_label_issue": np.zeros(len(labels), bool), "label_quality": np.full(len(labels), np.nan),
                  "suggested_label": np.full(len(labels), -1, np.int64), "joint": None, "noise_matrix": None}
 
+    nn_idx = nn_sim = None
     if with_neighbors:
         if engine == "ray":
             from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
@@ -577,37 +554,44 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
             nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=k_neighbors, device=device, seed=seed,
                                                                     progress=progress, return_info=True)
         phase_seconds |= neighbors_info["seconds"]
-        outlier_score, is_outlier = get_outlier_scores(nn_sim)
-        dup_of, dup_score, exact = find_duplicates(hashes, nn_idx, nn_sim, threshold=dup_threshold)
-    else:
-        outlier_score, is_outlier = np.full(len(labels), np.nan), np.zeros(len(labels), bool)
-        dup_of, dup_score, exact = exact_dups.join()
 
-    conflicting = (dup_of >= 0) & (labels != labels[np.maximum(dup_of, 0)])
-    # String columns are built by Arrow from indices, not as million-element Python lists.
+    # The checks (labelkit.checks) over the shared inputs computed above, in registry order.
+    measured = not_measured is None
+    ctx = CheckContext(ids=usable_ids, labels=labels, classes=classes, task="multiclass",
+                       modality=manifest.get("modality", "image"), items=usable_rows(items), embeddings=emb,
+                       embedding_key=embedding_key, pred_probs=probs if measured else None, folds=folds,
+                       label_issues=found if measured else None, neighbor_idx=nn_idx, neighbor_sims=nn_sim,
+                       options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
+                                "filter_by": filter_by, "rank_by": rank_by, "heldout": held}, seed=seed)
+    if exact_dups is not None:
+        ctx.extra["exact_duplicates"] = exact_dups.join()
+    phase_started = time.perf_counter()
+    results, skipped = run_checks(ctx, checks)
+    phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
+    for result in results.values():
+        warnings.extend(result.warnings)
+
+    n = len(labels)
     class_array = pa.array(classes, pa.string())
-    issues_table = pa.table({
-        "id": usable_ids,
-        "is_label_issue": pa.array(found["is_label_issue"]),
-        "label_quality": pa.array(found["label_quality"], pa.float32(), mask=np.isnan(found["label_quality"])),
-        "given_label": class_array.take(pa.array(labels)),
-        "suggested_label": class_array.take(pa.array(found["suggested_label"], mask=found["suggested_label"] < 0)),
-        "duplicate_of": usable_ids.take(pa.array(dup_of, mask=dup_of < 0)),
-        "is_exact_duplicate": pa.array(exact),
-        "conflicting_duplicate": pa.array(conflicting),
-        "near_duplicate_score": pa.array(dup_score, pa.float32()),
-        "outlier_score": pa.array(outlier_score, pa.float32()),
-        "is_outlier": pa.array(is_outlier),
-    })
+    columns = {"id": usable_ids, "given_label": class_array.take(pa.array(labels))}
+    # Columns every reader may rely on, present (empty) when their check could not run.
+    columns |= {"is_label_issue": np.zeros(n, bool), "label_quality": pa.nulls(n, pa.float32()),
+                "suggested_label": pa.nulls(n, pa.string()), "outlier_score": np.full(n, np.nan, np.float32),
+                "is_outlier": np.zeros(n, bool)}
+    for result in results.values():
+        columns |= result.columns
+    columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
+    issues_table = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+                             for name, values in columns.items()})
     # Dictionary pages only where values repeat (not for unique ids): half the time, smaller file.
     write_table(with_fingerprint(issues_table, items_fp, options_fp), ws.issues_path, row_group_size=65536,
                 use_dictionary=["given_label", "suggested_label"], write_statistics=["id"])
     if writer is not None:
         writer.join()
 
-    summary = summarize(labels, classes, found, dup_of=dup_of, exact=exact, conflicting=conflicting,
-                        is_outlier=is_outlier if emb is not None else None, n_rows=items.num_rows,
-                        has_embeddings=emb is not None)
+    summary = summarize(labels, classes, found, n_rows=items.num_rows)
+    for check in get_checks(checks):
+        summary |= {metric: None for metric in check.metrics} | (results[check.name].metrics if check.name in results else {})
     judged = found["suggested_label"] >= 0
     summary |= {"origin": origin, "probe": probe_info, "embedding_key": embedding_key, "filter_by": filter_by,
                 "rank_by": rank_by, "dup_threshold": dup_threshold, "seconds": round(time.perf_counter() - started, 3),
@@ -616,7 +600,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
                 "heldout": {"rows": int(held.sum()), "ids_fingerprint": held_record["ids_fingerprint"],
                             "in_probe_training": False},
                 "items_fingerprint": items_fp, "fingerprint": options_fp,
-                "neighbors": neighbors_info, "confident_learning": found.get("cl"), "phase_seconds": phase_seconds}
+                "neighbors": neighbors_info, "confident_learning": found.get("cl"), "phase_seconds": phase_seconds,
+                "checks": checks_summary(results, skipped)}
     ws.update_stage("issues", summary, warnings=warnings)
 
     flagged = np.flatnonzero(found["is_label_issue"])
@@ -626,14 +611,12 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     return IssuesResult(summary=summary, top=top, warnings=list(warnings))
 
 
-def summarize(labels: np.ndarray, classes: list[str], found: dict, *, dup_of: np.ndarray, exact: np.ndarray,
-              conflicting: np.ndarray, is_outlier: np.ndarray | None, n_rows: int, has_embeddings: bool) -> dict:
-    """Return the issues summary (the numbers the report shows and the gate checks)."""
+def summarize(labels: np.ndarray, classes: list[str], found: dict, *, n_rows: int) -> dict:
+    """Return the dataset-level part of the issues summary (the checks add their metrics)."""
     K = len(classes)
     counts = np.bincount(labels, minlength=K)
     flags = found["is_label_issue"]
-    # Rows of classes left out of the probe have no verdict (quality NaN): their class's numbers
-    # are None, not 0, and when no row has one the label-issue metrics were not measured.
+    # Rows of classes left out of the probe have no verdict (quality NaN): their class's numbers are None, not 0.
     judged = ~np.isnan(found["label_quality"])
     judged_counts = np.bincount(labels, weights=judged, minlength=K)
     flagged = np.bincount(labels, weights=flags, minlength=K)
@@ -642,23 +625,8 @@ def summarize(labels: np.ndarray, classes: list[str], found: dict, *, dup_of: np
                      "issue_rate": float(flagged[k] / counts[k]) if judged_counts[k] else None,
                      "mean_label_quality": float(quality_sum[k] / judged_counts[k]) if judged_counts[k] else None}
                  for k, c in enumerate(classes)}
-    nonzero = counts[counts > 0]
     n = len(labels)
-    measured = bool(judged.any())
     matrix = lambda m: np.round(m, 6).tolist() if m is not None else None
-    return {
-        "rows": n_rows, "usable_rows": n, "unusable_rows": n_rows - n, "n_classes": K,
-        "label_issues": int(flags.sum()) if measured else None,
-        "label_issue_rate": float(flags.sum() / judged.sum()) if measured else None,
-        "label_issues_checked_rows": int(judged.sum()),
-        "exact_duplicates": int(exact.sum()),
-        "near_duplicates": int(((dup_of >= 0) & ~exact).sum()) if has_embeddings else None,
-        "duplicates": int((dup_of >= 0).sum()), "conflicting_duplicates": int(conflicting.sum()),
-        "outliers": int(is_outlier.sum()) if is_outlier is not None else None,
-        "class_counts": {c: int(x) for c, x in zip(classes, counts)},
-        "class_min_count": int(counts.min()) if K else 0,
-        "imbalance_ratio": float(nonzero.max() / nonzero.min()) if len(nonzero) else None,
-        "per_class": per_class,
-        "noise_matrix": matrix(found["noise_matrix"]),
-        "joint": matrix(found["joint"]),
-    }
+    return {"rows": n_rows, "usable_rows": n, "unusable_rows": n_rows - n, "n_classes": K,
+            "label_issues_checked_rows": int(judged.sum()), "class_counts": {c: int(x) for c, x in zip(classes, counts)},
+            "per_class": per_class, "noise_matrix": matrix(found["noise_matrix"]), "joint": matrix(found["joint"])}

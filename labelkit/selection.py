@@ -494,6 +494,14 @@ def select_prune(ws: Workspace, *, name: str = "prune", drop: Sequence[str] = ("
     require_current(ws, ws.issues_path)
     issues = pq.read_table(ws.issues_path).to_pandas()
     keep = find_prune_mask(issues, drop=drop, keep_fraction=keep_fraction)
+    if ws.read_manifest().get("task") == "regression":  # numeric targets: no class counts (labelkit.tasks.regression)
+        from labelkit.tasks.regression import select_prune as regression_prune
+
+        return regression_prune(ws, issues, keep, name=name, drop=drop, keep_fraction=keep_fraction)
+    if ws.read_manifest().get("task") == "multilabel":  # tag lists, counts per tag (labelkit.tasks.multilabel)
+        from labelkit.tasks.multilabel import select_prune as multilabel_prune
+
+        return multilabel_prune(ws, issues, keep, name=name, drop=drop, keep_fraction=keep_fraction)
     kept = issues[keep]
     return _write_subset(ws, name, "prune", {"id": kept["id"].tolist(), "label": kept["given_label"].tolist()},
                          _counts(issues["given_label"], classes), classes,

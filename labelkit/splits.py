@@ -63,8 +63,11 @@ def heldout_split(ids: Sequence[str], labels: np.ndarray, *, fraction: float = H
 
 
 def _usable(items: pa.Table) -> np.ndarray:
-    return (items.column("error").is_null().to_numpy(zero_copy_only=False)
-            & (items.column("label_id").fill_null(-1).to_numpy() >= 0))
+    ok = items.column("error").is_null().to_numpy(zero_copy_only=False)
+    label_id = items.column("label_id").fill_null(-1).to_numpy()
+    # A task without classes (regression: classes []) has label_id -1 on every row; its usable
+    # rows are the error-free ones, split by the hash of their id alone (one stratum).
+    return ok & (label_id >= 0) if (label_id >= 0).any() else ok
 
 
 def compute_heldout(items: pa.Table, *, fraction: float = HELDOUT_FRACTION) -> tuple[pa.Array, dict]:

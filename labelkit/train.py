@@ -206,6 +206,10 @@ def fit_head(X: np.ndarray, targets: np.ndarray, *, loss, n_classes: int, X_val:
 def read_labels(ws: Workspace, version: str, ids: Sequence[str], classes: list[str]) -> np.ndarray:
     """Return the class ids (−1 = none) of `ids` under label `version`, or soft labels for 'soft'."""
     if version == "label":
+        if ws.read_manifest().get("task") == "multiannotator":  # the CROWDLAB consensus, not the majority vote
+            from labelkit.tasks.multiannotator import read_consensus_labels
+
+            return read_consensus_labels(ws, ids, classes)
         items = ws.read_items(columns=["id", "label_id"])
         where = dict(zip(items["id"], items["label_id"]))
         return np.array([where.get(i, -1) for i in ids], np.int64)
@@ -317,6 +321,23 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     for param, value in (("name", name), ("subset", subset), *(("teachers", t) for t in teachers)):
         if value is not None:  # names become paths under models/ and subsets/
             check_name(value, "train", param=param)
+    task_ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    if task_ws.manifest_path.exists() and task_ws.read_manifest().get("task") == "regression":
+        from labelkit.tasks.regression import train as regression_train  # MSE/Huber head, MAE/RMSE/R²
+
+        return regression_train(task_ws, loss=loss, loss_params=loss_params, labels=labels, subset=subset,
+                                eval_labels=eval_labels, name=name, head=head, hidden=hidden, max_epochs=max_epochs,
+                                batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                                teachers=teachers, check=check, fail_on=fail_on, config_start=config_start,
+                                device=device, seed=seed, progress=progress)
+    if task_ws.manifest_path.exists() and task_ws.read_manifest().get("task") == "multilabel":
+        from labelkit.tasks.multilabel import train as multilabel_train  # per-tag sigmoid head, BCE, micro/macro F1
+
+        return multilabel_train(task_ws, loss=loss, labels=labels, subset=subset, name=name, head=head, hidden=hidden,
+                                max_epochs=max_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                patience=patience, check=check, fail_on=fail_on, config_start=config_start,
+                                device=device, seed=seed, progress=progress, teachers=teachers,
+                                eval_labels=eval_labels, loss_params=loss_params)
     rules = None
     if check or fail_on:
         rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start, section="train",

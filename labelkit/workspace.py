@@ -39,6 +39,14 @@ ITEMS_SCHEMA = pa.schema([
     ("height", pa.int32()),
     ("text_length", pa.int32()),
     ("error", pa.string()),
+    # Image properties measured at ingest on a thumbnail (labelkit.properties); null for text rows.
+    ("prop_brightness", pa.float32()),
+    ("prop_brightness_p5", pa.float32()),
+    ("prop_brightness_p99", pa.float32()),
+    ("prop_entropy", pa.float32()),
+    ("prop_blurriness", pa.float32()),
+    ("prop_blurriness_grayscale_std", pa.float32()),
+    ("prop_grayscale", pa.float32()),
 ])
 
 

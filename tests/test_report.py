@@ -17,8 +17,8 @@ def test_report_is_self_contained_and_matches_json(digits_copy):
     assert result.bytes < 5_000_000
     assert not re.search(r"""(src|href)\s*=\s*["'](https?:)?//""", html)  # no network requests
     assert "<script" not in html.lower()
-    for section in ("facts", "issues-gallery", "noise-matrix", "embedding-map", "per-class", "duplicates",
-                    "outliers", "statistics", "variables", "provenance"):
+    for section in ("facts", "check-label_issues", "noise-matrix", "embedding-map", "per-class", "check-duplicates",
+                    "check-outliers", "statistics", "variables", "provenance"):
         assert f'id="{section}"' in html, section
     assert data["rows"] == 1797 and data["issues"]["label_issues"] > 0
     assert f"{100 * data['issues']['label_issue_rate']:.1f}%" in html
@@ -84,10 +84,10 @@ def test_report_renders_in_headless_chromium(chromium, audited, tmp_path):
         requests = []
         page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
         page.goto(html.resolve().as_uri())
-        for section in ("#facts", "#issues-gallery", "#noise-matrix svg", "#embedding-map img", "#verdict"):
+        for section in ("#facts", "#check-label_issues", "#noise-matrix svg", "#embedding-map img", "#verdict"):
             assert page.locator(section).first.is_visible(), section
         assert page.locator("#verdict").inner_text() == "FAIL"
-        assert page.locator("#issues-gallery .card").count() == 36
+        assert page.locator("#check-label_issues .card").count() == 36
         assert page.evaluate("document.querySelector('#embedding-map img').naturalWidth") > 100
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)

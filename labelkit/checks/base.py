@@ -67,6 +67,12 @@ class CheckContext:
             return None
         return self.items.column(name).to_numpy(zero_copy_only=False)
 
+    def arrow_column(self, name: str):
+        """Return an items column as Arrow (no Python objects: for Arrow compute), or None when absent."""
+        if self.items is None or name not in self.items.column_names:
+            return None
+        return self.items.column(name)
+
     def has(self, need: str) -> bool:
         """Return whether the shared input `need` (a key of :data:`NEEDS`) is available."""
         if need == "probs":

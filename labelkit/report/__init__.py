@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labelkit import baseline
 from labelkit.workspace import (Workspace, atomic_path, current_items_fingerprint, is_current, read_embeddings,
                                 read_probs, require_current, write_json)
 
@@ -296,28 +297,11 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
             extra["notes"].append(f"The embedding map shows {len(chosen):,} of {len(ok):,} rows (every flagged row, "
                                   "plus a random sample of the rest).")
 
-    def card(row, **kw) -> dict:
-        return {"id": row["id"], "label": row["given_label"], "thumb": thumbnail(row["image_path"]) if modality == "image" else None,
-                "text": (row["text"] or "")[:240] if modality == "text" else None, **kw}
-
-    flagged = iss[iss["is_label_issue"]].sort_values("label_quality", kind="stable")
-    extra["galleries"]["label_issues"] = [card(r, suggested=r["suggested_label"], score=float(r["label_quality"]))
-                                          for _, r in flagged.head(gallery_size).iterrows()]
-    data["label_issue_ids_shown"] = flagged["id"].head(gallery_size).tolist()
-    dups = iss[iss["duplicate_of"].notna()].sort_values("near_duplicate_score", ascending=False, kind="stable")
-    by_id = iss.set_index("id")
-    pairs = []
-    for _, r in dups.head(gallery_size // 2).iterrows():
-        orig = by_id.loc[r["duplicate_of"]]
-        pairs.append({"a": card(r), "b": card(orig.to_dict() | {"id": r["duplicate_of"]}),
-                      "score": float(r["near_duplicate_score"]), "exact": bool(r["is_exact_duplicate"]),
-                      "conflict": bool(r["conflicting_duplicate"])})
-    extra["galleries"]["duplicates"] = pairs
-    if iss["outlier_score"].notna().any():
-        outl = iss[iss["is_outlier"]].sort_values("outlier_score", kind="stable")
-        extra["galleries"]["outliers"] = [card(r, score=float(r["outlier_score"])) for _, r in outl.head(gallery_size // 2).iterrows()]
-    if len(flagged) > gallery_size:
-        extra["notes"].append(f"The label-issue gallery shows the {gallery_size} lowest-quality of {len(flagged):,} "
+    extra["galleries"] |= check_galleries(iss, summary, modality, gallery_size)
+    data["label_issue_ids_shown"] = [c["id"] for c in extra["galleries"].get("label_issues", [])]
+    flagged_total = int(iss["is_label_issue"].sum())
+    if flagged_total > gallery_size:
+        extra["notes"].append(f"The label-issue gallery shows the {gallery_size} lowest-quality of {flagged_total:,} "
                               "flagged rows; all are in issues.parquet.")
 
     model = _latest_model(ws, items_fp)
@@ -326,6 +310,45 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
         if model.get("metrics", {}).get("reliability"):
             extra["figures"]["reliability"] = plot_reliability(model["metrics"]["reliability"])
     return data, extra
+
+
+def check_galleries(iss, summary: dict, modality: str, gallery_size: int) -> dict[str, list[dict]]:
+    """Return, per registered check that ran and flags rows, its worst flagged rows as gallery cards.
+
+    Read from the check registry: the flag column marks the rows, the score column orders them
+    (worst first), the pair column names a related row shown beside it, and the reason column
+    says why. No check needs report code of its own.
+    """
+    from labelkit.checks import get_checks
+
+    ran = summary.get("checks") or {}
+    by_id = iss.set_index("id", drop=False)
+
+    def card(row, **kw) -> dict:
+        return {"id": row["id"], "label": row.get("given_label"),
+                "thumb": thumbnail(row.get("image_path")) if modality == "image" else None,
+                "text": (row.get("text") or "")[:240] if modality == "text" else None, **kw}
+
+    out = {}
+    for check in get_checks():
+        info = ran.get(check.name)
+        if not info or "skipped" in info or not check.flag or check.flag not in iss:
+            continue
+        flagged = iss[iss[check.flag].fillna(False).astype(bool)]
+        if check.score and check.score in iss:
+            flagged = flagged.sort_values(check.score, ascending=check.score_ascending, kind="stable", na_position="last")
+        cards = []
+        for _, r in flagged.head(gallery_size).iterrows():
+            score = r.get(check.score) if check.score else None
+            c = card(r, reason=r.get("reason"), score=None if score is None or score != score else float(score))
+            if "suggested_label" in check.columns and r.get("suggested_label") not in (None, r.get("given_label")):
+                c["suggested"] = r["suggested_label"]
+            partner = r.get(check.pair) if check.pair else None
+            if isinstance(partner, str) and partner in by_id.index:
+                c["pair"] = card(by_id.loc[partner].to_dict())
+            cards.append(c)
+        out[check.name] = cards
+    return out
 
 
 def _hash_of_hashes(hashes: list[str]) -> str:
@@ -377,7 +400,10 @@ def render_html(data: dict, extra: dict) -> str:
     env.filters["num"] = lambda v: "—" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:,.3g}")
     figures = {k: Markup(v) if v.startswith("<svg") else v for k, v in extra["figures"].items()}
     css = (Path(__file__).parent / "templates" / "report.css").read_text(encoding="utf-8")
-    return env.get_template("report.html").render(d=data, fig=figures, gal=extra["galleries"], notes=extra["notes"],
+    from labelkit.checks import get_checks
+
+    meta = {c.name: {"description": c.description, "metrics": c.metrics} for c in get_checks()}
+    return env.get_template("report.html").render(d=data, fig=figures, gal=extra["galleries"], notes=extra["notes"], meta=meta,
                                                   css=Markup(css))
 
 
@@ -387,10 +413,12 @@ def report(workspace: Workspace | Path | str = "labelkit-out", *, output: Path |
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     ws.require()
     data, extra = build_report_data(ws, gallery_size=gallery_size)
+    data["baseline"] = baseline.current_record(ws)  # "changes since baseline" (audit --baseline), else None
     html = render_html(data, extra)
     html_path = Path(output) if output else ws.root / "report.html"
     with atomic_path(html_path) as tmp:
         tmp.write_text(html, encoding="utf-8")
     json_path = html_path.with_suffix(".json")
     write_json(data, json_path)
+    baseline.write_rows(ws, baseline.sidecar_path(json_path))  # per-row data, so report.json can be a baseline
     return ReportResult(html_path=html_path, json_path=json_path, bytes=len(html.encode("utf-8")))

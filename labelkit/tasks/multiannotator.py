@@ -1,0 +1,614 @@
+"""Several annotators per item: majority vote at ingest, CROWDLAB consensus in `issues`.
+
+``ingest`` reads the annotations in one of two layouts:
+
+- **wide**: one column per annotator (``--annotator-cols a1,a2,…``); an empty cell means that
+  annotator did not label the row;
+- **long**: one row per item and annotator (``--annotator-col`` + ``--label-col`` + ``--id-col``);
+  the rows of an item are merged, and every other column (text, image path, split, …) must hold
+  the same value on all of them.
+
+Items get an ``annotator_labels`` column (list<string>, null where an annotator did not label
+the item, in the manifest's ``annotators`` order) and a display ``label``: the majority vote.
+A tie goes to the tied class that comes first in the workspace's class order (numeric labels
+numerically, others alphabetically), so the same annotations always give the same label.
+
+``issues`` trains the shared probe on the majority-vote labels (out of sample, held-out rows
+never in training), then runs CROWDLAB (``cleanlab.multiannotator``), which weighs each
+annotator and the probe by how well they agree with the consensus: a consensus label and a
+quality score per item, and a quality per annotator (``annotators.parquet``). An item is flagged
+when its consensus differs from the majority vote or its consensus quality is below 0.5 (the
+consensus is then more likely wrong than right).
+
+References
+----------
+Goh, Tkachenko, Mueller. "CROWDLAB: Supervised learning to infer consensus labels and quality
+scores for data with multiple annotators". NeurIPS 2022 Human in the Loop Learning Workshop.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from labelkit.errors import LabelkitError, check_in_range
+from labelkit.tasks import TASK_LABEL_COL, TaskSpec
+from labelkit.workspace import sort_classes
+
+QUALITY_THRESHOLD = 0.5  # consensus quality below this: the consensus is more likely wrong than right
+TIE_BREAK = "the tied class first in class order"
+ANNOTATORS_FILE = "annotators.parquet"
+MAX_REASON_ANNOTATORS = 6
+
+
+def annotators_path(ws) -> Path:
+    """Return the path of the workspace's per-annotator table."""
+    return ws.root / ANNOTATORS_FILE
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure functions over arrays
+
+
+def get_majority_vote(labels_multiannotator: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (majority label per row, True where the top count was tied), -1 for rows with no label.
+
+    Ties go to the lowest class index (the class first in class order). Sort-based: memory is
+    O(labelled cells), not O(rows × classes), so a million rows of a thousand classes fit.
+
+    Parameters
+    ----------
+    labels_multiannotator : ndarray of shape (n_samples, n_annotators)
+        Class index per annotator, -1 (or NaN for a float array) where an annotator gave none.
+    n_classes : int
+    """
+    codes = np.asarray(labels_multiannotator)
+    if codes.dtype.kind == "f":
+        codes = np.where(np.isnan(codes), -1, codes)
+    codes = codes.astype(np.int64, copy=False)
+    n = len(codes)
+    rows, cols = np.nonzero(codes >= 0)
+    key = rows * np.int64(max(n_classes, 1)) + codes[rows, cols]
+    uniq, counts = np.unique(key, return_counts=True)  # sorted by row, then class
+    row_u, class_u = uniq // max(n_classes, 1), uniq % max(n_classes, 1)
+    order = np.lexsort((class_u, -counts, row_u))  # per row: most votes first, then lowest class
+    row_s, class_s, count_s = row_u[order], class_u[order], counts[order]
+    first = np.flatnonzero(np.r_[True, row_s[1:] != row_s[:-1]]) if len(row_s) else np.zeros(0, np.int64)
+    majority = np.full(n, -1, np.int64)
+    majority[row_s[first]] = class_s[first]
+    tie = np.zeros(n, bool)
+    second = first + 1
+    has_second = second < len(row_s)
+    second, first_t = second[has_second], first[has_second]
+    tied = (row_s[second] == row_s[first_t]) & (count_s[second] == count_s[first_t])
+    tie[row_s[first_t[tied]]] = True
+    return majority, tie
+
+
+def get_consensus(labels_multiannotator: np.ndarray, pred_probs: np.ndarray, *, majority: np.ndarray | None = None,
+                  annotators: Sequence[str] | None = None, quality_threshold: float = QUALITY_THRESHOLD) -> dict:
+    """Return CROWDLAB's consensus labels, their quality, and each annotator's quality.
+
+    Parameters
+    ----------
+    labels_multiannotator : ndarray of shape (n_samples, n_annotators)
+        Class index per annotator, NaN (float) or -1 (int) where an annotator gave none. Every row
+        needs at least one label, and at least one row two.
+    pred_probs : ndarray of shape (n_samples, n_classes)
+        Out-of-sample probabilities of a model trained on (e.g.) the majority-vote labels.
+    majority : ndarray of shape (n_samples,), optional
+        The given (majority-vote) label per row; computed by :func:`get_majority_vote` if omitted.
+    annotators : sequence of str, optional
+        Annotator names (default ``"0"``, ``"1"``, …).
+    quality_threshold : float in [0, 1]
+        A row is flagged when its consensus quality is below this, or its consensus differs
+        from `majority`.
+
+    Returns
+    -------
+    dict with, per row: ``consensus_label`` (int64), ``consensus_quality`` (float32 in [0, 1],
+    lower is worse), ``annotator_agreement`` (fraction of the row's annotators who gave the
+    consensus), ``num_annotations`` (int32), ``label_quality_per_annotator`` ((n, M) float32, NaN
+    where not labelled), ``majority_label``, ``consensus_changed``, ``low_quality``,
+    ``is_issue``; per annotator (length M): ``annotators``, ``annotator_items`` (int),
+    ``annotator_quality``, ``annotator_agreement_with_consensus``, ``annotator_worst_class``
+    (float, NaN / -1 for an annotator with no labelled row); and ``model_weight``.
+
+    References
+    ----------
+    Goh, Tkachenko, Mueller. "CROWDLAB: Supervised learning to infer consensus labels and quality
+    scores for data with multiple annotators". NeurIPS 2022 Human in the Loop Learning Workshop.
+    """
+    import pandas as pd
+    from cleanlab.multiannotator import get_label_quality_multiannotator
+
+    check_in_range(quality_threshold, "quality_threshold", "get_consensus", low=0.0, high=1.0)
+    matrix = np.asarray(labels_multiannotator)
+    if matrix.dtype.kind != "f":
+        matrix = np.where(matrix < 0, np.nan, matrix.astype(np.float64))
+    matrix = matrix.astype(np.float64, copy=False)
+    pred_probs = np.asarray(pred_probs, np.float32)
+    n, M = matrix.shape
+    K = pred_probs.shape[1]
+    names = [str(a) for a in (annotators if annotators is not None else range(M))]
+    if len(names) != M:
+        raise LabelkitError(f"get_consensus got {len(names)} annotator names for {M} annotator columns.")
+    labelled = ~np.isnan(matrix)
+    n_annotations = labelled.sum(1)
+    if n and (n_annotations == 0).any():
+        raise LabelkitError(f"Row {int(np.flatnonzero(n_annotations == 0)[0])} has no annotator label.")
+    if majority is None:
+        majority, _ = get_majority_vote(matrix, K)
+    majority = np.asarray(majority, np.int64)
+    items_per_annotator = labelled.sum(0)
+    active = np.flatnonzero(items_per_annotator > 0)  # cleanlab refuses annotators without a label
+    if len(active) < 2 or not (n_annotations >= 2).any():
+        raise LabelkitError("Multi-annotator issues need at least one item labelled by two or more annotators "
+                            f"(got {len(active)} annotator(s) with labels, at most {int(n_annotations.max(initial=0))} "
+                            "label(s) per item).")
+    frame = pd.DataFrame(matrix[:, active], columns=[names[a] for a in active])
+    # CROWDLAB works in float64; its probabilities must sum to 1 at that precision.
+    probs64 = pred_probs.astype(np.float64)
+    probs64 /= probs64.sum(1, keepdims=True)
+    out = get_label_quality_multiannotator(frame, probs64, consensus_method="best_quality", quality_method="crowdlab",
+                                           return_detailed_quality=True, return_annotator_stats=True,
+                                           return_weights=True, verbose=False)
+    quality_frame = out["label_quality"]
+    consensus = quality_frame["consensus_label"].to_numpy().astype(np.int64)
+    consensus_quality = quality_frame["consensus_quality_score"].to_numpy().astype(np.float32)
+    detailed = np.full((n, M), np.nan, np.float32)
+    detailed[:, active] = out["detailed_label_quality"].to_numpy(dtype=np.float32)
+    stats = out["annotator_stats"].reindex([names[a] for a in active])
+    ann_quality = np.full(M, np.nan)
+    ann_agree = np.full(M, np.nan)
+    ann_worst = np.full(M, -1, np.int64)
+    ann_quality[active] = stats["annotator_quality"].to_numpy(np.float64)
+    ann_agree[active] = stats["agreement_with_consensus"].to_numpy(np.float64)
+    ann_worst[active] = stats["worst_class"].to_numpy().astype(np.int64)
+    changed = consensus != majority
+    low = consensus_quality < quality_threshold
+    return {
+        "consensus_label": consensus, "consensus_quality": consensus_quality,
+        "annotator_agreement": quality_frame["annotator_agreement"].to_numpy().astype(np.float32),
+        "num_annotations": n_annotations.astype(np.int32), "label_quality_per_annotator": detailed,
+        "majority_label": majority, "consensus_changed": changed, "low_quality": low, "is_issue": changed | low,
+        "annotators": names, "annotator_items": items_per_annotator.astype(np.int64),
+        "annotator_quality": ann_quality, "annotator_agreement_with_consensus": ann_agree,
+        "annotator_worst_class": ann_worst, "model_weight": float(out["model_weight"]),
+        "quality_threshold": float(quality_threshold),
+    }
+
+
+def annotator_matrix(annotator_labels: pa.Array | pa.ChunkedArray, classes: Sequence[str], n_annotators: int) -> np.ndarray:
+    """Return the (n, M) float32 class-index matrix (NaN = not labelled) of an ``annotator_labels`` column."""
+    from labelkit.issues import _positions
+
+    lists = annotator_labels.combine_chunks() if isinstance(annotator_labels, pa.ChunkedArray) else annotator_labels
+    n = len(lists)
+    if n == 0:
+        return np.zeros((0, n_annotators), np.float32)
+    flat = pc.list_flatten(lists)
+    if len(flat) != n * n_annotators:
+        raise LabelkitError(f"The annotator_labels column has {len(flat)} cells; expected {n} rows × {n_annotators} "
+                            "annotators. Run `labelkit ingest` again.")
+    codes = _positions(flat.cast(pa.string()), list(classes)).astype(np.float32)
+    codes[codes < 0] = np.nan
+    return codes.reshape(n, n_annotators)
+
+
+# ---------------------------------------------------------------------------------------------
+# ingest: wide or long annotations → one row per item
+
+
+def _line(source: Path, row: int) -> int:
+    """Return the 1-based file row of DataFrame row `row` (CSV/TSV count the header line)."""
+    return row + 2 if source.suffix.lower() in (".csv", ".tsv") else row + 1
+
+
+def prepare_table(df, source, *, options: dict):
+    """Return (df with one row per item and a majority-vote label column, TaskSpec).
+
+    Wide layout with ``options['annotator_cols']`` (a list or a comma-separated string); long
+    layout with ``options['annotator_col']`` (plus ``label_col`` and ``id_col``, detected by
+    their usual names when not given).
+    """
+    from labelkit.ingest import _cells
+
+    source = Path(source)
+    wide, long_col = options.get("annotator_cols"), options.get("annotator_col")
+    if wide and long_col:
+        raise LabelkitError("Pass either --annotator-cols (one column per annotator) or --annotator-col (one row per "
+                            "item and annotator), not both.")
+    if not wide and not long_col:
+        raise LabelkitError("--task multiannotator needs --annotator-cols (one column per annotator) or "
+                            "--annotator-col (one row per item and annotator).")
+    columns = [str(c) for c in df.columns]
+    if wide:
+        names = [c.strip() for c in wide.split(",")] if isinstance(wide, str) else [str(c) for c in wide]
+        names = [c for c in names if c]
+        missing = [c for c in names if c not in columns]
+        if missing:
+            raise LabelkitError(f"Annotator column {missing[0]!r} not found in {source}; available columns: "
+                                f"{', '.join(columns)}.")
+        if len(set(names)) != len(names):
+            raise LabelkitError(f"--annotator-cols names column {next(c for c in names if names.count(c) > 1)!r} twice.")
+        if len(names) < 2:
+            raise LabelkitError(f"--annotator-cols needs at least two columns (one per annotator); got {len(names)}. "
+                                "One annotator is a plain multiclass table: pass it as --label-col.")
+        cells = [_cells(df[c]) for c in names]
+        annotators = names
+        fmt = "wide"
+        out = df.reset_index(drop=True)
+    else:
+        out, cells, annotators = _group_long(df, source, long_col, options)
+        fmt = "long"
+    n, M = len(out), len(annotators)
+    # Classes: every label any annotator gave, so probabilities cover a label that never wins a vote.
+    distinct = set()
+    for col in cells:
+        distinct.update(v for v in pc.unique(col).to_pylist() if v is not None)
+    classes = sort_classes(distinct)
+    class_array = pa.array(classes, pa.string())
+    from labelkit.issues import _positions
+
+    codes = np.stack([_positions(col, classes) for col in cells], 1) if M else np.zeros((n, 0), np.int64)
+    majority, tie = get_majority_vote(codes, len(classes))
+    flat = pa.array(codes.reshape(-1), mask=codes.reshape(-1) < 0)
+    values = class_array.take(flat)
+    lists = pa.ListArray.from_arrays(pa.array(np.arange(0, n * M + 1, M, dtype=np.int32)), values)
+    out = out.copy()
+    out[TASK_LABEL_COL] = class_array.take(pa.array(majority, mask=majority < 0)).to_pandas()
+    unlabelled = majority < 0
+    errors = None
+    if unlabelled.any():
+        err = pa.array(np.where(unlabelled, "no annotator labelled this row", None), pa.string())
+        errors = err.to_pylist()
+    spec = TaskSpec(task="multiannotator", classes=classes, columns={"annotator_labels": lists}, errors=errors,
+                    manifest={"annotators": list(annotators), "annotator_format": fmt,
+                              "majority_vote": {"tie_break": TIE_BREAK, "tied_rows": int(tie.sum())}})
+    return out, spec
+
+
+def _group_long(df, source: Path, annotator_col: str, options: dict):
+    """Return (one row per item, the annotators' label columns (Arrow strings, one per annotator), annotators)."""
+    from labelkit.ingest import _cells, detect_column
+
+    columns = [str(c) for c in df.columns]
+    annotator_col = detect_column(columns, "annotator", annotator_col, source, required=True)
+    label_col = detect_column(columns, "label", options.get("label_col"), source, required=True)
+    id_col = detect_column(columns, "id", options.get("id_col"), source, required=False)
+    if id_col is None:
+        raise LabelkitError(f"--annotator-col {annotator_col!r} needs --id-col: the column that says which item each "
+                            f"row of {source} annotates.")
+    if len({annotator_col, label_col, id_col}) < 3:
+        raise LabelkitError(f"--annotator-col, --label-col and --id-col must be three different columns of {source}; "
+                            f"got {annotator_col!r}, {label_col!r}, {id_col!r}.")
+    ids, who, labels = _cells(df[id_col]), _cells(df[annotator_col]), _cells(df[label_col])
+    for name, col in ((id_col, ids), (annotator_col, who)):
+        nulls = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+        if len(nulls):
+            raise LabelkitError(f"Row {_line(source, int(nulls[0]))} of {source} has no {name!r}; every row of the long "
+                                "layout names an item and an annotator.")
+    # Arrow numbers distinct values in order of first appearance: items keep the file's order.
+    item = pc.dictionary_encode(ids).indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n_items = int(item.max()) + 1 if len(item) else 0
+    order = np.argsort(item, kind="stable")
+    starts = np.flatnonzero(np.r_[True, item[order][1:] != item[order][:-1]])
+    first_row = order[starts]  # the first file row of each item
+    annotators = sort_classes(pc.unique(who).to_pylist())
+    ann = pc.index_in(who, value_set=pa.array(annotators, pa.string())).to_numpy(zero_copy_only=False).astype(np.int64)
+    M = len(annotators)
+    lab_enc = pc.dictionary_encode(labels, null_encoding="mask")
+    lab_code = lab_enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    given = lab_code >= 0
+    # One label per (item, annotator): repeats must agree.
+    key = item * M + ann
+    sel = np.flatnonzero(given)
+    sel = sel[np.lexsort((sel, key[sel]))]
+    same = key[sel][1:] == key[sel][:-1]
+    clash = np.flatnonzero(same & (lab_code[sel][1:] != lab_code[sel][:-1]))
+    if len(clash):
+        a, b = int(sel[clash[0]]), int(sel[clash[0] + 1])
+        raise LabelkitError(f"Annotator {who[a].as_py()!r} gives item {ids[a].as_py()!r} two labels in {source}: "
+                            f"{labels[a].as_py()!r} (row {_line(source, a)}) and {labels[b].as_py()!r} "
+                            f"(row {_line(source, b)}).")
+    # Every other column describes the item: it must be the same on all of the item's rows.
+    for name in columns:
+        if name in (annotator_col, label_col, id_col):
+            continue
+        try:
+            enc = pc.dictionary_encode(_cells(df[name]), null_encoding="encode")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            continue  # nested values (e.g. an embedding list): compared by ingest's own reader
+        code = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        differ = np.flatnonzero(code != code[first_row[item]])
+        if len(differ):
+            r = int(differ[0])
+            f = int(first_row[item[r]])
+            value = lambda i: enc.dictionary[code[i]].as_py() if code[i] < len(enc.dictionary) else None
+            show = lambda v: repr(v if v is None or len(str(v)) <= 60 else str(v)[:57] + "…")
+            raise LabelkitError(f"Column {name!r} of {source} differs within item {ids[r].as_py()!r}: row "
+                                f"{_line(source, f)} has {show(value(f))}, row {_line(source, r)} has {show(value(r))}; "
+                                "the rows of one item must agree on everything but the annotator and the label.")
+    lab_matrix = np.full((n_items, M), -1, np.int64)
+    lab_matrix[item[given], ann[given]] = lab_code[given]
+    dictionary = lab_enc.dictionary
+    cols = [dictionary.take(pa.array(lab_matrix[:, a], mask=lab_matrix[:, a] < 0)) for a in range(M)]
+    out = df.iloc[first_row].drop(columns=[annotator_col, label_col]).reset_index(drop=True)
+    return out, cols, annotators
+
+
+# ---------------------------------------------------------------------------------------------
+# issues
+
+
+def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: str = "auto",
+           filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence", dup_threshold=None,
+           k_neighbors: int = 10, embedding_key: str | None = None, device: str = "auto", seed: int = 0,
+           progress=None, engine: str = "local", ray_address: str | None = None, checks: Sequence[str] | None = None):
+    """Return the multi-annotator issues summary; writes probs, issues and annotators tables.
+
+    The probe (or the user's `pred_probs`) gives out-of-sample probabilities for the
+    majority-vote labels; CROWDLAB (:func:`get_consensus`) turns them and the annotators' labels
+    into a consensus label and quality per item and a quality per annotator. `filter_by` and
+    `rank_by` (confident learning's options) do not apply here and are ignored; `checks` limits
+    the shared checks that run (the consensus itself is always computed).
+    """
+    from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
+    from labelkit.engines import check_engine
+    from labelkit.features import load_workspace_embeddings, near_duplicate_threshold, resolve_device
+    from labelkit.issues import (IssuesResult, _positions, _string_array, check_issues_options, load_pred_probs,
+                                 probe_classes)
+    from labelkit.neighbors import find_nearest_neighbors, phase_progress
+    from labelkit.probe import get_out_of_sample_probs
+    from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
+    from labelkit.workspace import (current_items_fingerprint, fingerprint, require_current_embeddings,
+                                    with_fingerprint, write_table)
+
+    check_engine(engine, "issues")
+    check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
+                         n_folds=n_folds, probe=probe, seed=seed)
+    started = time.perf_counter()
+    phase_seconds: dict[str, float] = {}
+    manifest = ws.read_manifest()
+    items_fp = current_items_fingerprint(ws)
+    classes = manifest["classes"]
+    annotators = manifest.get("annotators")
+    K = len(classes)
+    import pyarrow.parquet as pq
+
+    if not annotators or "annotator_labels" not in pq.read_schema(ws.items_path).names:
+        raise LabelkitError(f"{ws.root} has no annotator labels; run `labelkit ingest --annotator-cols …` (or "
+                            "--annotator-col) again.")
+    items = ws.read_items_table(columns=["id", "label_id", "content_hash", "error", "annotator_labels"])
+    ids = _string_array(items.column("id"))
+    label_id = items.column("label_id").to_numpy()
+    usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & (label_id >= 0)
+    usable_rows = (lambda column: column) if usable.all() else (lambda column: column.filter(pa.array(usable)))
+    usable_ids = usable_rows(ids)
+    majority = label_id[usable].astype(np.int64)
+    matrix = annotator_matrix(usable_rows(items.column("annotator_labels").combine_chunks()), classes, len(annotators))
+    n = len(majority)
+
+    emb = None
+    if pred_probs is None or manifest.get("stages", {}).get("embed"):
+        key, emb_ids, emb_matrix = load_workspace_embeddings(ws, embedding_key)
+        emb_row = _positions(usable_ids, emb_ids)
+        missing = np.flatnonzero(emb_row < 0)
+        if len(missing):
+            from labelkit.features import missing_embeddings_error
+
+            raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
+        require_current_embeddings(ws, key, usable_ids, usable_rows(_string_array(items.column("content_hash"))))
+        in_order = len(emb_row) == len(emb_matrix) and bool((emb_row == np.arange(len(emb_matrix))).all())
+        emb = emb_matrix if in_order else emb_matrix[emb_row]
+        embedding_key = key
+        if dup_threshold is None:
+            dup_threshold = near_duplicate_threshold(key, manifest)
+        device = resolve_device(device)
+
+    held, held_record = heldout_mask(ws, usable_ids)
+    warnings: list[str] = []
+    excluded: dict[str, int] = {}
+    probe_info = None
+    if pred_probs is not None:
+        probs = load_pred_probs(pred_probs, ids=ids, usable=usable, classes=classes, classes_file=classes_file)
+        folds, origin = np.full(n, -1, np.int16), "user"
+    else:
+        # The probe learns the majority-vote labels; held-out rows and rows of classes too small
+        # for the folds are predicted by a model that never saw them.
+        train_counts = np.bincount(majority[~held], minlength=K)
+        included = probe_classes(majority[~held], K, n_folds)
+        present = np.bincount(majority, minlength=K) > 0
+        excluded = {classes[k]: int(train_counts[k]) for k in np.flatnonzero(present & ~included)}
+        if excluded:
+            warnings.append(f"{len(excluded)} class(es) have fewer than {n_folds} majority-vote training rows for the "
+                            f"{n_folds}-fold probe, which never predicts them: "
+                            + ", ".join(f"{c} ({k} rows)" for c, k in list(excluded.items())[:10]) + ".")
+        if included.sum() < 2:
+            raise LabelkitError(f"Multi-annotator issues need at least two classes with {n_folds} or more majority-vote "
+                                f"training rows for the probe; {ws.root} has {int(included.sum())}.")
+        phase_started = time.perf_counter()
+        probs, folds, choice = get_out_of_sample_probs(emb, majority, holdout=held | ~included[majority], n_classes=K,
+                                                       n_folds=n_folds, probe=probe, device=device, seed=seed,
+                                                       progress=phase_progress(progress, "probe"))
+        probe_info, origin = choice.to_dict(), "probe"
+        phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
+    probs = np.asarray(probs, np.float32)
+
+    phase_started = time.perf_counter()
+    found = get_consensus(matrix, probs, majority=majority, annotators=annotators)
+    phase_seconds["crowdlab"] = round(time.perf_counter() - phase_started, 3)
+
+    nn_idx = nn_sim = neighbors_info = None
+    if emb is not None and len(emb) > 1:
+        nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=min(k_neighbors, len(emb) - 1), device=device,
+                                                                seed=seed, progress=progress, return_info=True)
+        phase_seconds |= neighbors_info["seconds"]
+    label_issues = {"is_label_issue": found["is_issue"], "label_quality": found["consensus_quality"].astype(np.float64),
+                    "suggested_label": found["consensus_label"]}
+    options_fp = fingerprint(items_fp, "multiannotator", embedding_key, origin, str(pred_probs) if pred_probs else None,
+                             n_folds, probe, dup_threshold, k_neighbors, seed, held_record["ids_fingerprint"],
+                             QUALITY_THRESHOLD)
+    items_usable = usable_rows(ws.read_items_table())
+    ctx = CheckContext(ids=usable_ids, labels=majority, classes=classes, task="multiannotator",
+                       modality=manifest.get("modality", "text"), items=items_usable, embeddings=emb,
+                       embedding_key=embedding_key, pred_probs=probs, folds=folds, label_issues=label_issues,
+                       neighbor_idx=nn_idx, neighbor_sims=nn_sim,
+                       options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
+                                "seed": seed, "probe": probe, "heldout": held},
+                       extra={"multiannotator": found, "annotator_labels": matrix, "annotators": annotators},
+                       seed=seed)
+    phase_started = time.perf_counter()
+    results, skipped = run_checks(ctx, checks)
+    phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
+
+    probs_table = with_fingerprint(pa.table({
+        "id": usable_ids,
+        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), K).cast(pa.list_(pa.float32())),
+        "fold": pa.array(folds, pa.int16()),
+        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([origin])),
+    }), items_fp, options_fp)
+    probs_table = probs_table.replace_schema_metadata(
+        probs_table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: held_record["ids_fingerprint"].encode()})
+    write_table(probs_table, ws.probs_path, row_group_size=65536, compression="none")
+
+    class_array = pa.array(classes, pa.string())
+    columns = {
+        "id": usable_ids,
+        "is_label_issue": found["is_issue"],
+        "label_quality": pa.array(found["consensus_quality"], pa.float32()),
+        "given_label": class_array.take(pa.array(majority)),
+        "suggested_label": class_array.take(pa.array(found["consensus_label"])),
+        # Columns every reader may rely on, present (empty) when their check could not run.
+        "outlier_score": np.full(n, np.nan, np.float32), "is_outlier": np.zeros(n, bool),
+    }
+    for result in results.values():
+        columns |= result.columns
+    columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
+    issues_table = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+                             for name, values in columns.items()})
+    write_table(with_fingerprint(issues_table, items_fp, options_fp), ws.issues_path, row_group_size=65536,
+                use_dictionary=["given_label", "suggested_label"], write_statistics=["id"])
+    write_table(with_fingerprint(annotator_table(found), items_fp, options_fp), annotators_path(ws))
+
+    flags = found["is_issue"]
+    counts = np.bincount(majority, minlength=K)
+    flagged_per_class = np.bincount(majority, weights=flags, minlength=K)
+    quality_per_class = np.bincount(majority, weights=found["consensus_quality"], minlength=K)
+    summary = {
+        "task": "multiannotator", "rows": items.num_rows, "usable_rows": n, "unusable_rows": items.num_rows - n,
+        "n_classes": K,
+        "label_issues_checked_rows": n,
+        "class_counts": {c: int(x) for c, x in zip(classes, counts)},
+        "per_class": {c: {"count": int(counts[k]), "label_issues": int(flagged_per_class[k]),
+                          "issue_rate": float(flagged_per_class[k] / counts[k]) if counts[k] else None,
+                          "mean_label_quality": float(quality_per_class[k] / counts[k]) if counts[k] else None}
+                      for k, c in enumerate(classes)},
+        "noise_matrix": None, "joint": None,
+        "annotators": annotator_records(found, classes),
+        "consensus": {"method": "crowdlab", "quality_threshold": QUALITY_THRESHOLD, "model_weight": found["model_weight"],
+                      "low_quality_rows": int(found["low_quality"].sum()),
+                      "majority_tie_break": TIE_BREAK},
+        "probe_accuracy": float((probs.argmax(1) == majority).mean()) if n else None,
+        "probe_accuracy_vs_consensus": float((probs.argmax(1) == found["consensus_label"]).mean()) if n else None,
+        "origin": origin, "probe": probe_info, "embedding_key": embedding_key, "dup_threshold": dup_threshold,
+        "probe_excluded_classes": excluded,
+        "heldout": {"rows": int(held.sum()), "ids_fingerprint": held_record["ids_fingerprint"],
+                    "in_probe_training": False},
+        "items_fingerprint": items_fp, "fingerprint": options_fp, "neighbors": neighbors_info,
+        "checks": checks_summary(results, skipped), "phase_seconds": phase_seconds,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    for check in get_checks(checks):  # every check's gate metrics, flat, where the gate reads them
+        summary |= {metric: None for metric in check.metrics} | (results[check.name].metrics if check.name in results else {})
+    # The label-issue metrics (declared by the multiclass label_issues check) count consensus issues here.
+    summary |= {"label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None}
+    for result in results.values():
+        warnings.extend(result.warnings)
+    ws.update_stage("issues", summary, warnings=warnings)
+
+    flagged = np.flatnonzero(flags)
+    flagged = flagged[np.argsort(found["consensus_quality"][flagged], kind="stable")][:20]
+    top = [{"id": usable_ids[int(i)].as_py(), "given_label": classes[majority[i]],
+            "suggested_label": classes[found["consensus_label"][i]],
+            "label_quality": round(float(found["consensus_quality"][i]), 4)} for i in flagged]
+    return IssuesResult(summary=summary, top=top, warnings=list(warnings))
+
+
+def annotator_table(found: dict) -> pa.Table:
+    """Return the per-annotator table (annotators.parquet) of a :func:`get_consensus` result."""
+    return pa.table({
+        "annotator": pa.array(found["annotators"], pa.string()),
+        "items_labelled": pa.array(found["annotator_items"], pa.int64()),
+        "agreement_with_consensus": pa.array(found["annotator_agreement_with_consensus"], pa.float32(),
+                                             mask=np.isnan(found["annotator_agreement_with_consensus"])),
+        "quality": pa.array(found["annotator_quality"], pa.float32(), mask=np.isnan(found["annotator_quality"])),
+    })
+
+
+def annotator_records(found: dict, classes: Sequence[str]) -> list[dict]:
+    """Return one JSON-able record per annotator, lowest quality first (annotators without labels last)."""
+    quality = found["annotator_quality"]
+    order = np.lexsort((np.arange(len(quality)), np.where(np.isnan(quality), np.inf, quality)))
+    rnd = lambda x: None if np.isnan(x) else round(float(x), 4)
+    return [{"annotator": found["annotators"][a], "items_labelled": int(found["annotator_items"][a]),
+             "agreement_with_consensus": rnd(found["annotator_agreement_with_consensus"][a]),
+             "quality": rnd(quality[a]),
+             "worst_class": classes[found["annotator_worst_class"][a]] if found["annotator_worst_class"][a] >= 0 else None}
+            for a in order]
+
+
+# ---------------------------------------------------------------------------------------------
+# train, report
+
+
+def read_consensus_labels(ws, ids: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Return the CROWDLAB consensus class id of each of `ids` (-1 where issues.parquet has none).
+
+    What ``train`` learns on multi-annotator data instead of the majority vote; needs a current
+    ``labelkit issues`` run.
+    """
+    import pyarrow.parquet as pq
+
+    from labelkit.issues import _positions
+    from labelkit.workspace import require_current
+
+    if not ws.issues_path.exists():
+        raise LabelkitError(f"Training on multi-annotator data uses the CROWDLAB consensus labels; run "
+                            f"`labelkit issues -w {ws.root}` first.")
+    require_current(ws, ws.issues_path)
+    table = pq.read_table(ws.issues_path, columns=["id", "suggested_label"])
+    row = _positions(pa.array(list(ids), pa.string()), table.column("id").combine_chunks())
+    label = _positions(table.column("suggested_label").combine_chunks(), list(classes))
+    return np.where(row >= 0, label[np.maximum(row, 0)], -1).astype(np.int64)
+
+
+def report_data(ws) -> tuple[dict, dict]:
+    """Return (the annotator numbers for report.json, {figure name: inline SVG}) of a multi-annotator workspace."""
+    summary = ws.read_manifest().get("stages", {}).get("issues") or {}
+    records = summary.get("annotators")
+    if not records:
+        return {}, {}
+    from labelkit.report import _figure_uri, _mpl
+
+    plt = _mpl()
+    rated = [r for r in records if r["quality"] is not None]
+    fig, ax = plt.subplots(figsize=(6.2, 0.3 * len(rated) + 0.9))
+    y = np.arange(len(rated))[::-1]
+    ax.barh(y + 0.2, [r["quality"] for r in rated], height=0.38, color="#2563eb", label="CROWDLAB quality")
+    ax.barh(y - 0.2, [r["agreement_with_consensus"] for r in rated], height=0.38, color="#94a3b8",
+            label="agreement with consensus")
+    ax.set_yticks(y, [f"{str(r['annotator'])[:24]} ({r['items_labelled']})" for r in rated])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("annotator (items labelled)")
+    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    data = {"annotators": records, "consensus": summary.get("consensus"),
+            "consensus_changed_rows": summary.get("consensus_changed_rows"),
+            "mean_annotator_agreement": summary.get("mean_annotator_agreement")}
+    return data, {"annotator_quality": _figure_uri(fig)}

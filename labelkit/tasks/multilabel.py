@@ -1,0 +1,1062 @@
+"""Multi-label data: each item carries a set of tags (none, one or several).
+
+The pipeline is the multiclass one with the label set as a 0/1 matrix: ``ingest`` reads a list
+column (Parquet/JSONL) or a string column split by ``--label-sep``; ``issues`` fits a
+one-vs-rest probe out of sample (a kNN vote per tag and a per-tag logistic regression, the
+better by cross-validated binary log-loss) and runs cleanlab's multi-label confident learning,
+which treats every tag as its own binary problem; per row it names the suspect tags (given but
+improbable, missing but probable). ``report`` shows per-tag bars and the tag co-occurrence
+matrix, ``select prune`` drops flagged rows and ``train`` fits a sigmoid head with BCE.
+
+References
+----------
+Northcutt, Jiang, Chuang. "Confident Learning: Estimating Uncertainty in Dataset Labels". JAIR 2021.
+Thyagarajan, Snorrason, Northcutt, Mueller. "Identifying Incorrect Annotations in Multi-Label
+Classification Data". ICLR 2023 Workshop on Trustworthy ML (arXiv:2211.13895).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from labelkit.errors import LabelkitError, check_in_range
+from labelkit.tasks import TASK_LABEL_COL, TaskSpec
+
+NO_LABELS = "(no labels)"  # the display label of a row without tags
+DISPLAY_SEP = "; "
+LABELS_COLUMN = "labels"  # items column: list<string>, the row's tags in class order
+LABELS_CANDIDATES = ("labels", "tags", "label", "categories")
+KNN_K_GRID = (5, 10, 20, 40)
+KNN_SMOOTHING_GRID = (0.01, 0.03, 0.1, 0.3)
+C_GRID = (0.001, 0.01, 0.1, 1.0, 10.0)
+MAX_SELECTION_ROWS = 20_000
+LBFGS_MAX_VALUES = 20_000_000  # rows x features below which a logistic fit is one full-batch L-BFGS
+FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+             "low_normalized_margin", "low_self_confidence")
+RANK_BY = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+Progress = Callable[[int, "int | None"], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest
+
+
+def parse_labels(values, *, sep: str = ";", column: str = "labels", source=None) -> tuple[pa.ListArray, list[str]]:
+    """Return (each row's tags as a list<string> in class order, the classes) from a label column.
+
+    A cell is a list (Parquet list, JSON array) or a string split at `sep`; tags are stripped of
+    surrounding whitespace, blank tags dropped and repeats kept once. A missing or empty cell is
+    a row with no tags, which is valid. Column-wise in Arrow: no Python object per row unless the
+    column mixes lists and strings.
+    """
+    from labelkit.workspace import sort_classes
+
+    if not isinstance(sep, str) or not sep:
+        raise LabelkitError(f"The 'label_sep' parameter of ingest must be a non-empty string. Got {sep!r} instead.")
+    n = len(values)
+    try:
+        arr = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        arr = None
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if arr is not None and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        lists = pc.split_pattern(arr.cast(pa.string()), sep)
+    elif arr is not None and (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+        lists = arr
+    elif arr is not None and pa.types.is_null(arr.type):
+        lists = pa.array([[]] * n, pa.list_(pa.string()))
+    else:  # mixed lists and strings, numbers: cell by cell
+        lists = pa.array([_cell_tags(v, sep, column, source, i) for i, v in enumerate(values)], pa.list_(pa.string()))
+    lists = lists.fill_null(pa.scalar([], lists.type))
+    flat = lists.flatten()
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
+        try:
+            flat = flat.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise LabelkitError(f"Column {column!r} of {source}: labels must be strings or lists of strings; "
+                                f"got {lists.type}.") from None
+    flat = pc.utf8_trim_whitespace(flat.cast(pa.string()))
+    keep = pc.and_(pc.is_valid(flat), pc.not_equal(flat, "")).fill_null(False)
+    flat, parents = flat.filter(keep), parents[keep.to_numpy(zero_copy_only=False)]
+    classes = sort_classes(pc.unique(flat).to_pylist()) if len(flat) else []
+    return rows_from_pairs(n, parents, _positions(flat, classes), classes), classes
+
+
+def _cell_tags(value, sep: str, column: str, source, row: int) -> list[str]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return value.split(sep)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [str(v) for v in value if v is not None]
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return [str(int(value)) if float(value).is_integer() else str(value)]
+    raise LabelkitError(f"Row {row + 1} of column {column!r} in {source}: labels must be a list or a string; "
+                        f"got {type(value).__name__}.")
+
+
+def _positions(values: pa.Array, value_set: Sequence[str]) -> np.ndarray:
+    if not len(value_set):
+        return np.full(len(values), -1, np.int64)
+    return pc.index_in(values, value_set=pa.array(value_set, pa.string())).fill_null(-1).to_numpy(
+        zero_copy_only=False).astype(np.int64)
+
+
+def rows_from_pairs(n: int, rows: np.ndarray, class_ids: np.ndarray, classes: Sequence[str]) -> pa.ListArray:
+    """Return a list<string> per row from (row, class id) pairs: each tag once, in class order."""
+    K = max(1, len(classes))
+    key = np.unique(np.asarray(rows, np.int64) * K + np.asarray(class_ids, np.int64))
+    r, c = key // K, key % K
+    offsets = np.searchsorted(r, np.arange(n + 1)).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(list(classes), pa.string()).take(pa.array(c)))
+
+
+def display_labels(lists: pa.ListArray) -> pa.Array:
+    """Return each row's display label: its tags joined by "; ", or "(no labels)"."""
+    joined = pc.binary_join(lists, DISPLAY_SEP)
+    return pc.if_else(pc.equal(pc.list_value_length(lists), 0), pa.scalar(NO_LABELS), joined)
+
+
+def multi_hot(lists: pa.ListArray | pa.ChunkedArray, classes: Sequence[str]) -> np.ndarray:
+    """Return the (n, K) bool matrix of a list<string> column (tags outside `classes` are ignored)."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    n = len(lists)
+    Y = np.zeros((n, len(classes)), bool)
+    parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    cid = _positions(lists.flatten(), classes)
+    Y[parents[cid >= 0], cid[cid >= 0]] = True
+    return Y
+
+
+def tag_lists(Y: np.ndarray, classes: Sequence[str]) -> pa.ListArray:
+    """Return the list<string> column of a multi-hot matrix (inverse of :func:`multi_hot`)."""
+    rows, cid = np.nonzero(Y)
+    return rows_from_pairs(len(Y), rows, cid, classes)
+
+
+def prepare_table(df, source, *, options: dict):
+    """Return (df with the display-label column, TaskSpec) for a multi-label table (see labelkit.tasks)."""
+    col = options.get("labels_col") or options.get("label_col")
+    if col is None:
+        lower = {str(c).lower(): c for c in df.columns}
+        col = next((lower[c] for c in LABELS_CANDIDATES if c in lower), None)
+        if col is None:
+            raise LabelkitError(f"No labels column found in {source} (looked for {', '.join(LABELS_CANDIDATES)}); "
+                                f"pass --labels-col. Available columns: {', '.join(map(str, df.columns))}.")
+    if col not in df.columns:
+        raise LabelkitError(f"Labels column {col!r} not found in {source}; available columns: "
+                            f"{', '.join(map(str, df.columns))}.")
+    sep = options.get("label_sep") or ";"
+    lists, classes = parse_labels(df[col], sep=sep, column=col, source=source)
+    if not classes:
+        raise LabelkitError(f"Column {col!r} of {source} holds no labels in any row (separator {sep!r}).")
+    df = df.copy()
+    df[TASK_LABEL_COL] = display_labels(lists).to_pandas().to_numpy()
+    tags_per_row = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    return df, TaskSpec(task="multilabel", classes=classes, columns={LABELS_COLUMN: lists},
+                        manifest={"multilabel": {"labels_col": col, "label_sep": sep,
+                                                 "rows_without_labels": int((tags_per_row == 0).sum()),
+                                                 "mean_labels_per_row": float(tags_per_row.mean()) if len(df) else 0.0}})
+
+
+# ---------------------------------------------------------------------------------------------
+# One-vs-rest out-of-sample probabilities
+
+
+@dataclass
+class OvrChoice:
+    """Which one-vs-rest probe produced the probabilities, and how every candidate scored (mean binary log-loss)."""
+
+    chosen: str
+    family: str
+    C: float | None = None
+    k: int | None = None
+    smoothing: float | None = None
+    n_folds: int = 0
+    cv_log_loss: dict[str, float] = field(default_factory=dict)
+    cv_accuracy: float | None = None  # share of right (row, tag) decisions at 0.5 on the selection rows
+    selection_rows: int = 0
+    rows: int = 0
+    holdout_rows: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _binary_log_loss(Y: np.ndarray, probs: np.ndarray) -> float:
+    p = np.clip(probs.astype(np.float64), 1e-6, 1 - 1e-6)
+    return float(-np.mean(np.where(Y, np.log(p), np.log1p(-p))))
+
+
+def _tag_priors(Y: np.ndarray, fold_of: np.ndarray, train: np.ndarray, n_folds: int) -> np.ndarray:
+    """Return the tag frequency of each fold's training rows, shape (n_folds + 1, K); the last row is all training rows'."""
+    total = Y[train].sum(0, dtype=np.float64)
+    out = np.empty((n_folds + 1, Y.shape[1]), np.float32)
+    for f in range(n_folds):
+        in_f = train[fold_of[train] == f]
+        rest = len(train) - len(in_f)
+        out[f] = (total - Y[in_f].sum(0)) / max(1, rest)
+    out[n_folds] = total / max(1, len(train))
+    return np.clip(out, 1e-4, 1 - 1e-4)
+
+
+def _knn_tag_fractions(idx: np.ndarray, valid: np.ndarray, Y: np.ndarray, k: int,
+                       chunk_values: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """Return (share of each row's first k valid neighbours carrying each tag, (n, K) float32; neighbours used)."""
+    n, kk = idx.shape
+    K = Y.shape[1]
+    use = valid & (np.cumsum(valid, axis=1) <= k)
+    used = use.sum(1)
+    out = np.empty((n, K), np.float32)
+    step = max(1, chunk_values // max(1, kk * K))
+    Yf = Y.astype(np.float32)
+    for s in range(0, n, step):
+        u = use[s:s + step].astype(np.float32)
+        out[s:s + step] = np.einsum("rj,rjk->rk", u, Yf[np.maximum(idx[s:s + step], 0)])
+    out /= np.maximum(used, 1)[:, None]
+    return out, used
+
+
+def _knn_probs(fractions, used, prior, smoothing) -> np.ndarray:
+    out = (1.0 - smoothing) * fractions + smoothing * prior
+    out[used == 0] = prior[used == 0]
+    return out.astype(np.float32)
+
+
+def _fit_predict_logistic(X: np.ndarray, Y: np.ndarray, train: np.ndarray, test: np.ndarray, *, C: float,
+                          seed: int, device: str = "cpu") -> np.ndarray:
+    """Return per-tag sigmoid probabilities for rows `test` of K logistic regressions fit on rows `train`.
+
+    One linear layer with a sigmoid per tag on standardised features, minimising the sum over tags
+    of scikit-learn's LogisticRegression objective: mean binary cross-entropy + ||W||² / (2 C n).
+    Full-batch L-BFGS while the training rows fit in memory, minibatch Adam above.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    # Small fits are slower on several threads than on one (synchronisation dominates), as in labelkit.probe.
+    if device == "cpu" and min(len(train), 4096) * X.shape[1] < (1 << 20):
+        torch.set_num_threads(1)
+    try:
+        return _fit_predict_logistic_inner(X, Y, train, test, C=C, seed=seed, device=device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_predict_logistic_inner(X, Y, train, test, *, C: float, seed: int, device: str) -> np.ndarray:
+    import torch
+
+    from labelkit.probe import _epochs_for, _moments
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    mean, std = _moments(X, train)
+    mean_t, std_t = torch.as_tensor(mean, device=device), torch.as_tensor(std, device=device)
+    batch = lambda rows: (torch.as_tensor(X[rows], device=device) - mean_t) / std_t
+    d, K = X.shape[1], Y.shape[1]
+    model = torch.nn.Linear(d, K).to(device)
+    torch.nn.init.zeros_(model.weight)
+    prior = np.clip(Y[train].mean(0), 1e-3, 1 - 1e-3)
+    with torch.no_grad():
+        model.bias.copy_(torch.as_tensor(np.log(prior / (1 - prior)), dtype=torch.float32))
+    penalty = 1.0 / (2.0 * C * len(train))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    if len(train) * d <= LBFGS_MAX_VALUES:
+        Xt, Yt = batch(train), torch.as_tensor(Y[train], dtype=torch.float32, device=device)
+        opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=200, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+
+        def closure():
+            opt.zero_grad()
+            loss = bce(model(Xt), Yt, reduction="sum") / len(train) + penalty * model.weight.square().sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+    else:
+        batch_size = 4096
+        epochs = _epochs_for(len(train), batch_size, steps=400, low=2, high=30)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        for _ in range(epochs):
+            order = train[torch.randperm(len(train), generator=g).numpy()]
+            for s in range(0, len(order), batch_size):
+                rows = np.sort(order[s:s + batch_size])
+                target = torch.as_tensor(Y[rows], dtype=torch.float32, device=device)
+                loss = bce(model(batch(rows)), target, reduction="sum") / len(rows) + penalty * model.weight.square().sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+    out = np.empty((len(test), K), np.float32)
+    with torch.no_grad():
+        for s in range(0, len(test), 65536):
+            rows = test[s:s + 65536]
+            out[s:s + len(rows)] = torch.sigmoid(model(batch(rows))).float().cpu().numpy()
+    return out
+
+
+def _neighbour_index(X: np.ndarray, k: int, device: str) -> np.ndarray:
+    from labelkit.neighbors import find_nearest_neighbors
+
+    idx, _ = find_nearest_neighbors(X, k=int(min(k, len(X) - 1)), device=device)
+    return idx
+
+
+def _search_k(k: int, n_folds: int, holdout_fraction: float = 0.0) -> int:
+    keep = (1 - 1 / n_folds) * (1 - holdout_fraction)
+    return int(math.ceil(k / max(keep, 0.05) * 1.2)) + 5
+
+
+def get_multilabel_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, holdout: np.ndarray | None = None,
+                                       n_folds: int = 5, probe: str = "auto", C_grid: Sequence[float] = C_GRID,
+                                       k_grid: Sequence[int] = KNN_K_GRID,
+                                       max_selection_rows: int = MAX_SELECTION_ROWS, device: str = "cpu",
+                                       seed: int = 0, progress: Progress | None = None,
+                                       ) -> tuple[np.ndarray, np.ndarray, OvrChoice]:
+    """Return (per-tag probabilities of shape (n_samples, n_tags) float32, fold per row, the probe chosen).
+
+    One-vs-rest: each tag is its own binary problem and probabilities need not sum to 1. Two
+    candidate families run on the same seeded folds of a subsample of at most
+    `max_selection_rows` non-held-out rows: a kNN vote per tag (the share of a row's nearest
+    training rows carrying the tag, smoothed towards the tag's training frequency; k and the
+    smoothing on a grid, one neighbour search for all) and a per-tag logistic regression (C on a
+    grid, walked upwards while the log-loss improves). The lowest mean binary log-loss wins; if
+    the subsample is every training row its out-of-fold probabilities are kept, otherwise one
+    k-fold at the chosen setting runs over all rows. Held-out rows are never trained on: they are
+    predicted by a model fit on all other rows (fold -1).
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (n_samples, n_features)
+    labels : ndarray of bool of shape (n_samples, n_tags)
+        The given tags (multi-hot). Rows of `holdout` are never read.
+    holdout : ndarray of bool of shape (n_samples,), optional
+    probe : {'auto', 'knn', 'logreg'}
+        Other values of :data:`labelkit.probe.PROBES` ('sklearn', 'torch', 'mlp') mean logistic regression here.
+    max_selection_rows : int
+
+    Returns
+    -------
+    pred_probs : ndarray of shape (n_samples, n_tags), float32
+    fold : ndarray of int16 of shape (n_samples,)
+    choice : OvrChoice
+    """
+    Y = np.asarray(labels, bool)
+    n, K = Y.shape
+    check_in_range(n_folds, "n_folds", "get_multilabel_out_of_sample_probs", low=2, kind="an int")
+    check_in_range(max_selection_rows, "max_selection_rows", "get_multilabel_out_of_sample_probs", low=2 * n_folds,
+                   kind="an int")
+    holdout = np.zeros(n, bool) if holdout is None else np.asarray(holdout, bool)
+    train = np.flatnonzero(~holdout)
+    if len(train) < 2 * n_folds:
+        raise LabelkitError(f"Only {len(train)} rows are not held out; a {n_folds}-fold one-vs-rest probe needs at "
+                            f"least {2 * n_folds}.")
+    X = np.asarray(embeddings, np.float32)
+    started = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    fold_of = np.full(n, -1, np.int16)
+    fold_of[train[rng.permutation(len(train))]] = np.arange(len(train)) % n_folds
+    sel = train if len(train) <= max_selection_rows else np.sort(rng.choice(train, max_selection_rows, replace=False))
+    families = {"knn": ("knn",), "auto": ("knn", "logreg")}.get(probe, ("logreg",))
+    done = [0]
+
+    def tick():
+        done[0] += 1
+        if progress:
+            progress(done[0], None)
+
+    Xs, Ys, fs = X[sel], Y[sel], fold_of[sel]
+    all_sel = np.arange(len(sel))
+    priors = _tag_priors(Ys, fs, all_sel, n_folds)
+    scores: dict[str, float] = {}
+    best: tuple[float, dict, np.ndarray] | None = None
+    if "knn" in families:
+        idx = _neighbour_index(Xs, _search_k(max(k_grid), n_folds), device)
+        valid = fs[idx] != fs[:, None]
+        for k in sorted(k_grid):
+            fractions, used = _knn_tag_fractions(idx, valid, Ys, int(k))
+            for s in KNN_SMOOTHING_GRID:
+                probs = _knn_probs(fractions, used, priors[fs], s)
+                setting = {"family": "knn", "k": int(k), "smoothing": float(s)}
+                loss = scores[f"knn k={k} smoothing={s:g}"] = _binary_log_loss(Ys, probs)
+                if best is None or loss < best[0]:
+                    best = (loss, setting, probs)
+        tick()
+    if "logreg" in families:
+        family_best = np.inf
+        for C in sorted(C_grid):
+            probs = np.empty((len(sel), K), np.float32)
+            for f in range(n_folds):
+                tr, te = np.flatnonzero(fs != f), np.flatnonzero(fs == f)
+                probs[te] = _fit_predict_logistic(Xs, Ys, tr, te, C=float(C), seed=seed, device=device)
+                tick()
+            loss = scores[f"logreg C={C:g}"] = _binary_log_loss(Ys, probs)
+            if best is None or loss < best[0]:
+                best = (loss, {"family": "logreg", "C": float(C)}, probs)
+            if loss >= family_best:  # unimodal in C in practice
+                break
+            family_best = loss
+    _, setting, sel_probs = best
+    selection_seconds = time.perf_counter() - started
+    out = np.zeros((n, K), np.float32)
+    if len(sel) == len(train):
+        out[sel] = sel_probs
+        held = np.flatnonzero(holdout)
+        if len(held):
+            out[held] = _predict(setting, X, Y, fold_of, holdout, n_folds, device=device, seed=seed, held_only=True)
+    else:
+        out = _predict(setting, X, Y, fold_of, holdout, n_folds, device=device, seed=seed, held_only=False)
+    name = (f"knn k={setting['k']} smoothing={setting['smoothing']:g}" if setting["family"] == "knn"
+            else f"logreg C={setting['C']:g}")
+    choice = OvrChoice(chosen=name, family=setting["family"], C=setting.get("C"), k=setting.get("k"),
+                       smoothing=setting.get("smoothing"), n_folds=n_folds, cv_log_loss=scores,
+                       cv_accuracy=float(((sel_probs >= 0.5) == Ys).mean()),
+                       selection_rows=len(sel), rows=n, holdout_rows=int(holdout.sum()),
+                       seconds={"selection": round(selection_seconds, 3),
+                                "total": round(time.perf_counter() - started, 3)})
+    return out, fold_of, choice
+
+
+def _predict(setting: dict, X, Y, fold_of, holdout, n_folds: int, *, device: str, seed: int,
+             held_only: bool) -> np.ndarray:
+    """Return probabilities at `setting`: in-fold rows from the other folds' fit, held-out rows from all training rows."""
+    n, K = Y.shape
+    train = np.flatnonzero(~holdout)
+    held = np.flatnonzero(holdout)
+    if setting["family"] == "knn":
+        idx = _neighbour_index(X, _search_k(setting["k"], n_folds, len(held) / n), device)
+        own = np.where(holdout, -1, fold_of).astype(np.int32)
+        valid = (~holdout[idx]) & ((own[:, None] < 0) | (fold_of[idx] != own[:, None]))
+        fractions, used = _knn_tag_fractions(idx, valid, np.where(holdout[:, None], False, Y), setting["k"])
+        priors = _tag_priors(Y, fold_of, train, n_folds)
+        probs = _knn_probs(fractions, used, priors[np.where(holdout, n_folds, fold_of)], setting["smoothing"])
+        return probs[held] if held_only else probs
+    if held_only:
+        return _fit_predict_logistic(X, Y, train, held, C=setting["C"], seed=seed, device=device)
+    out = np.zeros((n, K), np.float32)
+    for f in range(n_folds):
+        tr, te = train[fold_of[train] != f], train[fold_of[train] == f]
+        out[te] = _fit_predict_logistic(X, Y, tr, te, C=setting["C"], seed=seed, device=device)
+    if len(held):
+        out[held] = _fit_predict_logistic(X, Y, train, held, C=setting["C"], seed=seed, device=device)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Label issues
+
+
+def _cleanlab_labels(Y: np.ndarray) -> list[list[int]]:
+    """Return cleanlab's multi-label format (a list of class-index lists) of a multi-hot matrix."""
+    rows, cid = np.nonzero(Y)
+    offsets = np.searchsorted(rows, np.arange(1, len(Y)))
+    return [part.tolist() for part in np.split(cid, offsets)]
+
+
+def find_multilabel_label_issues(labels: np.ndarray, pred_probs: np.ndarray, *,
+                                 filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence") -> dict:
+    """Return cleanlab's multi-label verdicts: flagged rows, quality per row, and which tag of each row is suspect.
+
+    Confident learning runs per tag (one-vs-rest, as cleanlab's multi-label module does): tag k
+    of row i is suspect when the binary problem "has tag k" flags row i, i.e. the tag is given but
+    confidently absent, or missing but confidently present. A row is a label issue when any of its
+    tags is (`cleanlab.multilabel_classification.filter.find_label_issues`).
+
+    Parameters
+    ----------
+    labels : ndarray of bool of shape (n_samples, n_tags)
+    pred_probs : ndarray of shape (n_samples, n_tags)
+        Out-of-sample probability of each tag (need not sum to 1).
+    filter_by, rank_by : str
+        As in cleanlab.
+
+    Returns
+    -------
+    dict with ``is_label_issue`` (bool, n), ``label_quality`` (float in [0, 1], lower is worse;
+    cleanlab's multi-label score), ``suspect`` (bool, n x K: tag k of row i is suspect),
+    ``suggested`` (bool, n x K: the given tags with the suspect ones flipped), ``health_score``
+    (cleanlab's overall multi-label health: 1 - share of flagged rows) and ``per_tag`` (a list of
+    dicts: count, given-but-suspect, missing-but-suspect, tag quality).
+
+    References
+    ----------
+    Thyagarajan, Snorrason, Northcutt, Mueller. "Identifying Incorrect Annotations in Multi-Label
+    Classification Data". arXiv:2211.13895, 2022.
+    """
+    from cleanlab.multilabel_classification import rank
+    from cleanlab.multilabel_classification.filter import find_label_issues, find_multilabel_issues_per_class
+
+    if filter_by not in FILTER_BY:
+        raise LabelkitError(f"The 'filter_by' parameter of find_multilabel_label_issues must be one of "
+                            f"{', '.join(FILTER_BY)}. Got {filter_by!r} instead.")
+    if rank_by not in RANK_BY:
+        raise LabelkitError(f"The 'rank_by' parameter of find_multilabel_label_issues must be one of "
+                            f"{', '.join(RANK_BY)}. Got {rank_by!r} instead.")
+    Y = np.asarray(labels, bool)
+    probs = np.clip(np.asarray(pred_probs, np.float64), 0.0, 1.0)
+    cl_labels = _cleanlab_labels(Y)
+    # n_jobs=1: cleanlab's process pool costs more than it saves on K binary problems of this size.
+    mask = np.asarray(find_label_issues(cl_labels, probs, filter_by=filter_by, n_jobs=1), bool)
+    # The low_* filters rank rows instead of flagging tags; the tags are then named by confident learning.
+    per_tag_filter = "confident_learning" if filter_by.startswith("low_") else filter_by
+    suspect = np.asarray(find_multilabel_issues_per_class(cl_labels, probs, filter_by=per_tag_filter, n_jobs=1),
+                         bool)
+    if filter_by.startswith("low_"):
+        suspect &= mask[:, None]
+        # A flagged row always names at least one tag: the one its probabilities contradict most.
+        none = mask & ~suspect.any(1)
+        worst = np.abs(Y[none].astype(np.float64) - probs[none]).argmax(1)
+        suspect[np.flatnonzero(none), worst] = True
+    quality = np.asarray(rank.get_label_quality_scores(cl_labels, probs, method=rank_by), np.float64)
+    return {"is_label_issue": mask, "label_quality": quality, "suspect": suspect, "suggested": Y ^ suspect,
+            "health_score": float(1.0 - mask.mean()) if len(mask) else None,
+            "per_tag": per_tag_counts(Y, suspect), "cl": {"filter_by": filter_by, "rank_by": rank_by}}
+
+
+def per_tag_counts(Y: np.ndarray, suspect: np.ndarray) -> dict[str, np.ndarray]:
+    """Return per-tag counts: rows with the tag, given-but-suspect, missing-but-suspect, and the tag's quality.
+
+    A tag's quality is the Jaccard agreement of the rows that carry it and the rows that should
+    (given ∩ suggested / given ∪ suggested), in [0, 1]; 1 when cleanlab disputes none of them.
+    These are the counts of ``cleanlab.multilabel_classification.dataset.common_multilabel_issues``
+    ("In Given Label" True / False), from the same per-tag verdicts.
+    """
+    count = Y.sum(0)
+    given_bad = (Y & suspect).sum(0)
+    missing_bad = (~Y & suspect).sum(0)
+    union = count + missing_bad
+    quality = np.where(union > 0, (count - given_bad) / np.maximum(union, 1), 1.0)
+    return {"count": count, "given_suspect": given_bad, "missing_suspect": missing_bad, "quality": quality}
+
+
+# ---------------------------------------------------------------------------------------------
+# The issues verb for multi-label workspaces
+
+
+def label_set_codes(Y: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """Return (an int64 id of each row's tag set, the display label of each distinct set).
+
+    The shared checks compare labels as ids (duplicates and texts with different labels): for
+    multi-label rows two labels are equal when the whole tag sets are.
+    """
+    if not len(Y):
+        return np.zeros(0, np.int64), []
+    packed = np.packbits(Y, axis=1) if Y.shape[1] else np.zeros((len(Y), 1), np.uint8)
+    distinct, codes = np.unique(packed, axis=0, return_inverse=True)
+    sets = np.unpackbits(distinct, axis=1, count=Y.shape[1]).astype(bool) if Y.shape[1] else np.zeros((len(distinct), 0), bool)
+    return codes.reshape(-1).astype(np.int64), display_labels(tag_lists(sets, classes)).to_pylist()
+
+
+def read_multilabel_items(ws, classes: Sequence[str]) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """Return (items table, usable-row mask, multi-hot tags of the usable rows) of a multi-label workspace."""
+    items = ws.read_items_table()
+    if LABELS_COLUMN not in items.column_names:
+        raise LabelkitError(f"{ws.items_path} has no {LABELS_COLUMN!r} column; run `labelkit ingest --task multilabel` "
+                            "again.")
+    usable = items.column("error").is_null().to_numpy(zero_copy_only=False)
+    lists = items.column(LABELS_COLUMN).combine_chunks()
+    return items, usable, multi_hot(lists.filter(pa.array(usable)) if not usable.all() else lists, classes)
+
+
+def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: str = "auto",
+           filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence", dup_threshold=None,
+           k_neighbors: int = 10, embedding_key=None, device: str = "auto", seed: int = 0, progress=None,
+           engine: str = "local", ray_address=None, checks=None, **_ignored):
+    """Return the issues summary of a multi-label workspace; writes probs.parquet, issues.parquet and the manifest.
+
+    Mirrors :func:`labelkit.issues.issues`: out-of-sample per-tag probabilities from
+    :func:`get_multilabel_out_of_sample_probs` (held-out rows never train it), cleanlab's
+    multi-label confident learning (:func:`find_multilabel_label_issues`), the neighbour graph,
+    then every registered check that applies to multi-label data. ``issues.parquet`` holds the
+    core columns (``given_label`` and ``suggested_label`` are display labels "a; b"), the
+    multi-label check's per-row tag lists (``suspect_labels``, …) and the other checks' columns.
+    """
+    from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
+    from labelkit.features import load_workspace_embeddings, near_duplicate_threshold, resolve_device
+    from labelkit.issues import (IssuesResult, _Background, _positions as positions, _string_array,
+                                 check_issues_options)
+    from labelkit.neighbors import find_nearest_neighbors, phase_progress
+    from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
+    from labelkit.workspace import (current_items_fingerprint, fingerprint, require_current_embeddings,
+                                    with_fingerprint, write_table)
+
+    check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
+                         n_folds=n_folds, probe=probe, seed=seed)
+    if pred_probs is not None:
+        raise LabelkitError("--pred-probs is not supported for --task multilabel yet; let the one-vs-rest probe "
+                            "compute out-of-sample probabilities from embeddings (labelkit embed, or --embedding-col).")
+    if classes_file is not None:
+        raise LabelkitError("--classes-file is not used with --task multilabel: the tags found at ingest are the classes.")
+    started = time.perf_counter()
+    phase_seconds: dict[str, float] = {}
+    manifest = ws.read_manifest()
+    items_fp = current_items_fingerprint(ws)
+    classes = list(manifest["classes"])
+    K = len(classes)
+    items, usable, Y = read_multilabel_items(ws, classes)
+    ids = _string_array(items.column("id"))
+    usable_rows = (lambda column: column) if usable.all() else (lambda column: column.filter(pa.array(usable)))
+    usable_ids = usable_rows(ids)
+    n = len(usable_ids)
+
+    key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
+    emb_row = positions(usable_ids, emb_ids)
+    missing = np.flatnonzero(emb_row < 0)
+    if len(missing):
+        from labelkit.features import missing_embeddings_error
+
+        raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
+    hashes = usable_rows(_string_array(items.column("content_hash")))
+    require_current_embeddings(ws, key, usable_ids, hashes)
+    in_order = len(emb_row) == len(matrix) and bool((emb_row == np.arange(len(matrix))).all())
+    emb = matrix if in_order else matrix[emb_row]
+    embedding_key = key
+    if dup_threshold is None:
+        dup_threshold = near_duplicate_threshold(key, manifest)
+    device = resolve_device(device)
+
+    held, held_record = heldout_mask(ws, usable_ids)
+    warnings: list[str] = []
+    train_counts = Y[~held].sum(0)
+    rare = [f"{classes[k]} ({int(train_counts[k])} rows)" for k in np.flatnonzero(train_counts < n_folds)]
+    if rare:
+        warnings.append(f"{len(rare)} tag(s) have fewer than {n_folds} training rows; their verdicts rest on very "
+                        "little evidence: " + ", ".join(rare[:10]) + (", …" if len(rare) > 10 else "") + ".")
+    phase_started = time.perf_counter()
+    probs, folds, choice = get_multilabel_out_of_sample_probs(emb, Y, holdout=held, n_folds=n_folds, probe=probe,
+                                                              device=device, seed=seed,
+                                                              progress=phase_progress(progress, "probe"))
+    phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
+    options_fp = fingerprint(items_fp, "multilabel", embedding_key, "probe", n_folds, probe, filter_by, rank_by,
+                             dup_threshold, k_neighbors, seed, held_record["ids_fingerprint"])
+    probs_table = with_fingerprint(pa.table({
+        "id": usable_ids,
+        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), K).cast(pa.list_(pa.float32())),
+        "fold": pa.array(folds, pa.int16()),
+        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array(["probe"])),
+    }), items_fp, options_fp)
+    probs_table = probs_table.replace_schema_metadata(
+        probs_table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: held_record["ids_fingerprint"].encode()})
+    writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
+                         use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+
+    phase_started = time.perf_counter()
+    found = find_multilabel_label_issues(Y, probs, filter_by=filter_by, rank_by=rank_by)
+    phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
+
+    nn_idx = nn_sim = neighbors_info = None
+    if n > 1:
+        if engine == "ray":
+            from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
+
+            phase_started = time.perf_counter()
+            nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address, seed=seed)
+            neighbors_info = {"index": "ray", "seconds": {"search": round(time.perf_counter() - phase_started, 3)}}
+        else:
+            nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=k_neighbors, device=device, seed=seed,
+                                                                    progress=progress, return_info=True)
+        phase_seconds |= neighbors_info["seconds"]
+
+    set_codes, set_names = label_set_codes(Y, classes)
+    # `labels`/`classes` are tag-set ids and their display labels, what the shared checks compare;
+    # the tags themselves, their probabilities and cleanlab's verdicts are in `extra`.
+    ctx = CheckContext(ids=usable_ids, labels=set_codes, classes=set_names, task="multilabel",
+                       modality=manifest.get("modality", "text"), items=usable_rows(items), embeddings=emb,
+                       embedding_key=embedding_key, pred_probs=probs, folds=folds, label_issues=None,
+                       neighbor_idx=nn_idx, neighbor_sims=nn_sim,
+                       options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
+                                "filter_by": filter_by, "rank_by": rank_by, "heldout": held}, seed=seed,
+                       extra={"multilabel": {"tags": classes, "labels": Y, "found": found}})
+    phase_started = time.perf_counter()
+    results, skipped = run_checks(ctx, checks)
+    phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
+    for result in results.values():
+        warnings.extend(result.warnings)
+
+    given_lists = tag_lists(Y, classes)
+    columns = {"id": usable_ids, "given_label": display_labels(given_lists), "given_labels": given_lists}
+    columns |= {"is_label_issue": np.zeros(n, bool), "label_quality": pa.nulls(n, pa.float32()),
+                "suggested_label": pa.nulls(n, pa.string()), "outlier_score": np.full(n, np.nan, np.float32),
+                "is_outlier": np.zeros(n, bool)}
+    for result in results.values():
+        columns |= result.columns
+    columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
+    issues_table = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+                             for name, values in columns.items()})
+    write_table(with_fingerprint(issues_table, items_fp, options_fp), ws.issues_path, row_group_size=65536,
+                use_dictionary=["given_label", "suggested_label"], write_statistics=["id"])
+    writer.join()
+
+    flags = found["is_label_issue"]
+    per_tag = found["per_tag"]
+    summary = {}
+    for check in get_checks(checks):  # the gate's metrics of every check that applies to multi-label data
+        if "multilabel" in check.tasks:
+            summary |= {m: None for m in check.metrics} | (results[check.name].metrics if check.name in results else {})
+    summary |= {"rows": items.num_rows, "usable_rows": n, "unusable_rows": items.num_rows - n, "n_classes": K,
+               "task": "multilabel", "label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None,
+               "label_issues_checked_rows": n,
+               "class_counts": {c: int(x) for c, x in zip(classes, per_tag["count"])},
+               "per_class": {c: {"count": int(per_tag["count"][k]), "label_issues": int(per_tag["given_suspect"][k]),
+                                 "missing_label_issues": int(per_tag["missing_suspect"][k]),
+                                 "issue_rate": float(per_tag["given_suspect"][k] / per_tag["count"][k])
+                                 if per_tag["count"][k] else None,
+                                 "tag_quality": float(per_tag["quality"][k])}
+                             for k, c in enumerate(classes)},
+               "rows_without_labels": int((~Y.any(1)).sum()), "mean_labels_per_row": float(Y.sum(1).mean()) if n else 0.0}
+    present = per_tag["count"][per_tag["count"] > 0]
+    # Tag frequencies in the fields the report's facts panel reads for classes.
+    summary |= {"imbalance_ratio": float(present.max() / present.min()) if len(present) else None,
+                "class_min_count": int(per_tag["count"].min()) if K else 0}
+    quality_sum = found["label_quality"] @ Y
+    for k, c in enumerate(classes):
+        summary["per_class"][c]["mean_label_quality"] = (float(quality_sum[k] / per_tag["count"][k])
+                                                        if per_tag["count"][k] else None)
+    summary |= {"origin": "probe", "probe": choice.to_dict(), "embedding_key": embedding_key, "filter_by": filter_by,
+                "rank_by": rank_by, "dup_threshold": dup_threshold, "seconds": round(time.perf_counter() - started, 3),
+                # Out of sample: rows whose predicted tag set (probability >= 0.5) is exactly the given set.
+                "probe_accuracy": float(((probs >= 0.5) == Y).all(1).mean()) if n else None,
+                "probe_tag_accuracy": float(((probs >= 0.5) == Y).mean()) if n and K else None,
+                "label_issues_not_measured": None,
+                "heldout": {"rows": int(held.sum()), "ids_fingerprint": held_record["ids_fingerprint"],
+                            "in_probe_training": False},
+                "items_fingerprint": items_fp, "fingerprint": options_fp, "neighbors": neighbors_info,
+                "confident_learning": found["cl"], "phase_seconds": phase_seconds,
+                "checks": checks_summary(results, skipped)}
+    ws.update_stage("issues", summary, warnings=warnings)
+
+    flagged = np.flatnonzero(flags)
+    flagged = flagged[np.argsort(found["label_quality"][flagged], kind="stable")][:20]
+    suggested_display = display_labels(tag_lists(found["suggested"][flagged], classes)).to_pylist()
+    given_display = display_labels(tag_lists(Y[flagged], classes)).to_pylist()
+    top = [{"id": usable_ids[int(i)].as_py(), "given_label": g, "suggested_label": s,
+            "label_quality": round(float(found["label_quality"][i]), 4)}
+           for i, g, s in zip(flagged.tolist(), given_display, suggested_display)]
+    return IssuesResult(summary=summary, top=top, warnings=list(warnings))
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+MAX_COOCCURRENCE_TAGS = 40
+
+
+def cooccurrence(Y: np.ndarray) -> np.ndarray:
+    """Return the (K, K) matrix P(tag j | tag i): the share of rows with tag i that also carry tag j."""
+    counts = Y.T.astype(np.float32) @ Y.astype(np.float32)
+    diag = np.diag(counts).copy()
+    return np.divide(counts, diag[:, None], out=np.zeros_like(counts), where=diag[:, None] > 0)
+
+
+def plot_tag_bars(tags: Sequence[str], counts, given_suspect, missing_suspect):
+    """Return an SVG of rows per tag, with the suspect given tags (red) and suspect missing tags (orange)."""
+    from labelkit.report import _figure_uri, _mpl
+
+    plt = _mpl()
+    fig, ax = plt.subplots(figsize=(6.2, 0.28 * len(tags) + 0.9))
+    y = np.arange(len(tags))[::-1]
+    ax.barh(y, counts, color="#94a3b8", label="rows with the tag")
+    ax.barh(y, given_suspect, color="#dc2626", label="given but suspect")
+    ax.barh(y, missing_suspect, left=counts, color="#f59e0b", label="missing but suspect")
+    ax.set_yticks(y, [str(t)[:28] for t in tags])
+    ax.set_xlabel("rows")
+    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
+    return _figure_uri(fig)
+
+
+def plot_cooccurrence(tags: Sequence[str], matrix: np.ndarray):
+    """Return an SVG heat map of P(column tag | row tag)."""
+    from labelkit.report import _figure_uri, _mpl
+
+    plt = _mpl()
+    K = len(tags)
+    size = min(7.0, 1.6 + 0.42 * K)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    names = [str(t)[:14] for t in tags]
+    ax.set_xticks(range(K), names, rotation=45 if K > 6 else 0, ha="right" if K > 6 else "center")
+    ax.set_yticks(range(K), names)
+    ax.set_xlabel("also tagged")
+    ax.set_ylabel("rows tagged")
+    if K <= 15:
+        for i in range(K):
+            for j in range(K):
+                v = matrix[i, j]
+                if v >= 0.005:
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="white" if v > 0.5 else "#111827")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="P(column tag | row tag)")
+    return _figure_uri(fig)
+
+
+def report_data(ws) -> tuple[dict, dict]:
+    """Return (the multi-label numbers for report.json under ``'multilabel'``, figures): per-tag bars
+    with the suspect tags, and the tag co-occurrence matrix (the most frequent 40 tags)."""
+    import pyarrow.parquet as pq
+
+    from labelkit.workspace import require_current
+
+    manifest = ws.read_manifest()
+    tags = list(manifest["classes"])
+    _, _, Y = read_multilabel_items(ws, tags)
+    order = np.argsort(-Y.sum(0), kind="stable")[:MAX_COOCCURRENCE_TAGS]
+    shown = [tags[k] for k in order]
+    matrix = cooccurrence(Y[:, order])
+    data = {"tags": len(tags), "rows": int(len(Y)), "rows_without_labels": int((~Y.any(1)).sum()),
+            "mean_labels_per_row": float(Y.sum(1).mean()) if len(Y) else 0.0,
+            "cooccurrence": {"tags": shown, "p_column_given_row": np.round(matrix, 4).tolist()},
+            "cooccurrence_tags_shown": len(shown)}
+    figures = {"multilabel_cooccurrence": plot_cooccurrence(shown, matrix)}
+    summary = manifest.get("stages", {}).get("issues")
+    out = {"multilabel": data}
+    if summary is not None and ws.issues_path.exists():
+        require_current(ws, ws.issues_path)
+        per = summary["per_class"]
+        bars = [tags[k] for k in np.argsort(-Y.sum(0), kind="stable")[:60]]
+        figures["multilabel_tags"] = plot_tag_bars(bars, [per[t]["count"] for t in bars],
+                                                   [per[t]["label_issues"] for t in bars],
+                                                   [per[t]["missing_label_issues"] for t in bars])
+        data |= {"probe": (summary.get("probe") or {}).get("chosen"), "health_score": summary.get("multilabel_health_score"),
+                 "suspect_given": summary.get("multilabel_suspect_given"),
+                 "suspect_missing": summary.get("multilabel_suspect_missing"), "flagged": summary.get("label_issues")}
+        if ws.probs_path.exists():
+            require_current(ws, ws.probs_path)
+            from labelkit.workspace import read_probs
+
+            issue_ids = pq.read_table(ws.issues_path, columns=["id"]).column("id").to_pylist()
+            prob_ids, probs = read_probs(ws.probs_path)
+            if prob_ids == issue_ids and probs.shape == Y.shape:
+                predicted = probs >= 0.5
+                given_k = np.maximum(Y.sum(0), 1)
+                # Replaces the multiclass panel (argmax against one label id) with its per-tag meaning.
+                out["ground_truth_correlation"] = {
+                    "agreement_with_given": {"probe": float((predicted == Y).all(1).mean())},
+                    "per_class_agreement": {t: float((predicted & Y)[:, k].sum() / given_k[k]) if Y[:, k].any() else None
+                                            for k, t in enumerate(tags)}}
+    return out, figures
+
+
+# ---------------------------------------------------------------------------------------------
+# select prune
+
+
+def select_prune(ws, issues_df, keep: np.ndarray, *, name: str, drop: Sequence[str], keep_fraction: float | None):
+    """Write ``subsets/NAME.parquet`` with the kept rows of a multi-label workspace; return the SelectResult.
+
+    As the multiclass prune; ``label`` is the display label ("a; b") and ``labels`` the tag list,
+    and the class counts are per tag (a row counts once for each of its tags).
+    """
+    from labelkit.selection import SelectResult
+    from labelkit.workspace import current_items_fingerprint, with_fingerprint, write_table
+
+    tags = ws.classes()
+    given = pa.array(issues_df["given_labels"].tolist(), pa.list_(pa.string())) if "given_labels" in issues_df \
+        else pa.array([[] if v == NO_LABELS else v.split(DISPLAY_SEP) for v in issues_df["given_label"]],
+                      pa.list_(pa.string()))
+    Y = multi_hot(given, tags)
+    mask = pa.array(np.asarray(keep, bool))
+    kept_ids, kept_lists = pa.array(issues_df["id"].tolist(), pa.string()).filter(mask), given.filter(mask)
+    n = len(kept_ids)
+    table = pa.table({"id": kept_ids, "label": display_labels(kept_lists),
+                      "synthetic": pa.array(np.zeros(n, bool)),
+                      "parent_ids": pa.array([[] for _ in range(n)], pa.list_(pa.string())),
+                      "epoch": pa.nulls(n, pa.int32()), LABELS_COLUMN: kept_lists})
+    items_fp = current_items_fingerprint(ws)
+    path = write_table(with_fingerprint(table, items_fp), ws.subset_path(name))
+    counts = lambda M: {t: int(c) for t, c in zip(tags, M.sum(0))}
+    details = {"dropped": int((~keep).sum()), "drop": list(drop) if keep_fraction is None else [],
+               "keep_fraction": keep_fraction, "task": "multilabel", "rows_before": int(len(issues_df))}
+    result = SelectResult(name=name, method="prune", path=path.relative_to(ws.root), size=n,
+                          class_counts_before=counts(Y), class_counts_after=counts(Y[np.asarray(keep, bool)]),
+                          details=details)
+    record = dict(ws.read_manifest().get("stages", {}).get("select", {}))
+    record[name] = {k: v for k, v in result.to_dict().items() if k != "name"} | {"items_fingerprint": items_fp}
+    ws.update_stage("select", record)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+TRAIN_METRICS = {"micro_f1": "held-out micro-averaged F1 over every (row, tag) decision at probability 0.5",
+                 "macro_f1": "held-out F1 per tag at probability 0.5, averaged over tags present in the held-out rows",
+                 "subset_accuracy": "held-out rows whose predicted tag set equals the given set",
+                 "hamming_loss": "held-out share of wrong (row, tag) decisions",
+                 "bce": "held-out mean binary cross-entropy per (row, tag)"}
+
+
+def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: float = 0.5) -> dict:
+    """Return micro/macro F1, subset accuracy, Hamming loss and BCE of per-tag probabilities against tags."""
+    Y = np.asarray(labels, bool)
+    pred = np.asarray(probs) >= threshold
+    tp, fp, fn = (pred & Y).sum(0), (pred & ~Y).sum(0), (~pred & Y).sum(0)
+    micro = 2 * tp.sum() / max(1, 2 * tp.sum() + fp.sum() + fn.sum())
+    present = (tp + fn) > 0
+    per_tag = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(tp), np.float64), where=(2 * tp + fp + fn) > 0)
+    return {"micro_f1": float(micro), "macro_f1": float(per_tag[present].mean()) if present.any() else None,
+            "subset_accuracy": float((pred == Y).all(1).mean()) if len(Y) else None,
+            "hamming_loss": float((pred != Y).mean()) if Y.size else None,
+            "bce": _binary_log_loss(Y, np.asarray(probs)) if Y.size else None, "rows": int(len(Y))}
+
+
+def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = None, name: str | None = None,
+          head: str = "mlp", hidden: int = 256, max_epochs: int = 200, batch_size: int = 128, lr: float = 1e-3,
+          weight_decay: float = 1e-4, patience: int = 20, check: bool = False, fail_on=None, config_start=".",
+          device: str = "auto", seed: int = 0, progress=None, **options):
+    """Train a per-tag sigmoid head with binary cross-entropy; score it on the held-out rows (micro/macro F1).
+
+    ``loss`` 'ce' or 'bce' (both mean BCE here); ``labels`` 'label' (the given tags) or
+    'suggested' (the tags after the issues run's suspect ones are flipped); ``subset`` names a
+    ``select`` subset of training rows. Early stopping on a fixed 10 % of the training rows.
+    """
+    import hashlib
+    from datetime import datetime, timezone
+
+    import torch
+
+    from labelkit import gate
+    from labelkit.features import load_workspace_embeddings, resolve_device
+    from labelkit.splits import heldout_mask, heldout_split
+    from labelkit.train import TrainResult, _versions, read_subset
+    from labelkit.workspace import (atomic_path, current_items_fingerprint, require_current,
+                                    require_current_embeddings, write_json)
+
+    unsupported = sorted(k for k, v in options.items() if v not in (None, (), [], "label", False)
+                         and k not in ("eval_labels", "monitor", "loss_params"))
+    if options.get("teachers"):
+        unsupported.append("teachers")
+    if unsupported:
+        raise LabelkitError(f"train --task multilabel does not support {unsupported[0]!r} yet.")
+    if loss not in ("ce", "bce"):
+        raise LabelkitError(f"train --task multilabel trains with binary cross-entropy (--loss bce); "
+                            f"--loss {loss} is not supported for multi-label data yet.")
+    if labels not in ("label", "suggested"):
+        raise LabelkitError(f"The 'labels' parameter of train must be 'label' or 'suggested' for multi-label data. "
+                            f"Got {labels!r} instead.")
+    if head not in ("linear", "mlp"):
+        raise LabelkitError(f"The 'head' parameter of train must be one of linear, mlp. Got {head!r} instead.")
+    check_in_range(max_epochs, "max_epochs", "train", low=1, kind="an int")
+    rules = None
+    if check or fail_on:
+        rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start, section="train",
+                                                 metrics=TRAIN_METRICS, default=())
+        if not rules:
+            raise LabelkitError("--check needs thresholds: pass --fail-on 'micro_f1<0.9' or set "
+                                "[tool.labelkit.train] fail_on = [...] in pyproject.toml.")
+    started = time.perf_counter()
+    tags = ws.classes()
+    K = len(tags)
+    device = resolve_device(device)
+    items, usable, Y_all = read_multilabel_items(ws, tags)
+    ids = items.column("id").combine_chunks().filter(pa.array(usable))
+    key, emb_ids, matrix = load_workspace_embeddings(ws)
+    require_current_embeddings(ws, key, ids, items.column("content_hash").combine_chunks().filter(pa.array(usable)))
+    from labelkit.issues import _positions as positions
+
+    rows = positions(ids, emb_ids)
+    if (rows < 0).any():
+        raise LabelkitError(f"{int((rows < 0).sum())} usable rows have no embedding; run `labelkit embed -w {ws.root}`.")
+    X = np.asarray(matrix[rows], np.float32)
+    held, held_record = heldout_mask(ws, ids)
+    Y_train_all = Y_all
+    if labels == "suggested":
+        if not ws.issues_path.exists():
+            raise LabelkitError(f"--labels suggested needs `labelkit issues -w {ws.root}` first.")
+        require_current(ws, ws.issues_path)
+        import pyarrow.parquet as pq
+
+        iss = pq.read_table(ws.issues_path, columns=["id", "suggested_labels"])
+        at = positions(iss.column("id").combine_chunks(), ids.to_pylist())
+        Y_train_all = Y_all.copy()
+        sug = multi_hot(iss.column("suggested_labels"), tags)
+        Y_train_all[at[at >= 0]] = sug[at >= 0]
+    train_mask = ~held
+    if subset is not None:
+        sub = read_subset(ws, subset)
+        train_mask &= pc.is_in(ids, value_set=pa.array(sub["id"].astype(str).tolist())).to_numpy(zero_copy_only=False)
+    train_rows = np.flatnonzero(train_mask)
+    if len(train_rows) < 10:
+        raise LabelkitError(f"Only {len(train_rows)} training rows remain (held-out split"
+                            + (f", subset {subset!r}" if subset else "") + "); nothing to train on.")
+    inner = heldout_split(ids.take(pa.array(train_rows)).to_pylist(), np.zeros(len(train_rows), np.int64),
+                          fraction=0.1, salt="inner")
+    fit, val = train_rows[~inner], train_rows[inner]
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    d = X.shape[1]
+    model = (torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, K))
+             if head == "mlp" else torch.nn.Linear(d, K)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    Xt = lambda r: torch.as_tensor(X[r], device=device)
+    Yt = lambda r: torch.as_tensor(Y_train_all[r], dtype=torch.float32, device=device)
+    best, best_state, bad, epochs = np.inf, None, 0, 0
+    for epoch in range(max_epochs):
+        model.train()
+        order = fit[torch.randperm(len(fit), generator=g).numpy()]
+        for s in range(0, len(order), batch_size):
+            r = order[s:s + batch_size]
+            loss_value = bce(model(Xt(r)), Yt(r))
+            opt.zero_grad(set_to_none=True)
+            loss_value.backward()
+            opt.step()
+        epochs = epoch + 1
+        model.eval()
+        with torch.no_grad():
+            v = float(bce(model(Xt(val)), Yt(val))) if len(val) else 0.0
+        if progress:
+            progress(epochs, max_epochs)
+        if v < best - 1e-5:
+            best, bad, best_epoch = v, 0, epochs
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    model.load_state_dict(best_state)
+    model.eval()
+    eval_rows = np.flatnonzero(held)
+    with torch.no_grad():
+        probs = torch.sigmoid(model(Xt(eval_rows))).cpu().numpy() if len(eval_rows) else np.zeros((0, K), np.float32)
+    metrics = multilabel_metrics(probs, Y_all[eval_rows])
+    name = name or "-".join(["bce", labels] + ([subset] if subset else []))
+    out_dir = ws.model_dir(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({"state_dict": model.state_dict(), "d_in": d, "n_classes": K, "hidden": hidden if head == "mlp" else 0,
+                    "classes": tags, "embedding_key": key, "task": "multilabel", "output": "sigmoid"}, tmp)
+    fit_ids = ids.take(pa.array(train_rows)).to_pylist()
+    data_hash = hashlib.sha256("\n".join(f"{i}\t{np.flatnonzero(Y_train_all[r]).tolist()}"
+                                         for i, r in zip(fit_ids, train_rows)).encode()).hexdigest()
+    card = {"name": name, "task": "multilabel", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "embedding_key": key, "labels": labels, "subset": subset,
+            "loss": {"name": "bce", "params": {}}, "head": {"type": head, "hidden": hidden if head == "mlp" else 0},
+            "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
+            "training": {"rows": int(len(fit)), "inner_validation_rows": int(len(val)), "epochs": epochs,
+                         "best_epoch": best_epoch, "best_val_bce": best, "early_stopping_patience": patience},
+            "heldout": {"rows": int(len(eval_rows)), "fraction": held_record.get("fraction"),
+                        "source": held_record["source"], "ids_fingerprint": held_record["ids_fingerprint"]},
+            "items_fingerprint": current_items_fingerprint(ws), "data_hash": data_hash, "metrics": metrics,
+            "classes": tags, "seed": seed, "device": device, "versions": _versions(),
+            "seconds": round(time.perf_counter() - started, 3)}
+    verdict = None
+    if rules is not None:
+        verdict = gate.evaluate(rules, metrics) | {"source": rules_source}
+        card["check"] = verdict
+    write_json(card, out_dir / "model_card.json")
+    ws.update_stage("train", {"latest": name, "metrics": metrics})
+    return TrainResult(name=name, model_dir=out_dir, card=card, check=verdict)

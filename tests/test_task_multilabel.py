@@ -1,0 +1,260 @@
+"""Multi-label data (labelkit.tasks.multilabel): ingest, the one-vs-rest probe, cleanlab's verdicts, the pipeline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from labelkit.errors import LabelkitError
+from labelkit.tasks.multilabel import (_cleanlab_labels, cooccurrence, display_labels, find_multilabel_label_issues,
+                                       get_multilabel_out_of_sample_probs, multi_hot, multilabel_metrics,
+                                       parse_labels, tag_lists)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _make_module():
+    spec = importlib.util.spec_from_file_location("make_multilabel", ROOT / "sample_data" / "make_multilabel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _tagged_vectors(n=400, K=4, d=32, noise=0.12, seed=0):
+    """Rows whose vector is the sum of their tags' directions plus noise (unit rows)."""
+    rng = np.random.default_rng(seed)
+    Y = rng.random((n, K)) < 0.3
+    directions = rng.normal(size=(K, d))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    X = Y.astype(np.float64) @ directions + noise * rng.normal(size=(n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    return X.astype(np.float32), Y
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """The shipped sample regenerated and audited end to end through the CLI (ingest, issues, report, gate)."""
+    from labelkit.cli import main
+
+    tmp = tmp_path_factory.mktemp("multilabel")
+    counts = _make_module().make_multilabel(tmp / "data")
+    ws = tmp / "ws"
+    code = main(["audit", str(tmp / "data" / "items.parquet"), "--task", "multilabel", "--labels-col", "tags",
+                 "--embedding-col", "embedding", "-w", str(ws), "--fail-on", "multilabel_health_score<0.5"])
+    return ws, tmp / "data", counts, code
+
+
+# ---------------------------------------------------------------------------------------------
+# ingest
+
+
+def test_parse_labels_strings_split_trimmed_deduplicated_and_empty_is_valid():
+    lists, classes = parse_labels(pd.Series(["b ; a", "", None, "a;a;c", " c "]), sep=";")
+    assert classes == ["a", "b", "c"]
+    assert lists.to_pylist() == [["a", "b"], [], [], ["a", "c"], ["c"]]
+    assert display_labels(lists).to_pylist() == ["a; b", "(no labels)", "(no labels)", "a; c", "c"]
+
+
+def test_parse_labels_list_cells_and_numeric_class_order():
+    lists, classes = parse_labels(pd.Series([["10", "2"], [], None, ["2"]]))
+    assert classes == ["2", "10"]  # sort_classes: integer-like tags sort numerically
+    assert lists.to_pylist() == [["2", "10"], [], [], ["2"]]
+    Y = multi_hot(lists, classes)
+    assert Y.tolist() == [[True, True], [False, False], [False, False], [True, False]]
+    assert tag_lists(Y, classes).to_pylist() == lists.to_pylist()
+
+
+def test_ingest_writes_tag_lists_display_labels_and_manifest(tmp_path):
+    from labelkit.ingest import ingest
+
+    vecs = [json.dumps([float(i % 3), 1.0, float(i % 5)]) for i in range(6)]
+    pd.DataFrame({"id": [f"r{i}" for i in range(6)], "emb": vecs,
+                  "tags": ["cat|dog", "", "dog", "bird | cat", "cat", "dog|dog"]}).to_csv(tmp_path / "t.csv", index=False)
+    result = ingest(tmp_path / "t.csv", tmp_path / "ws", labels_col="tags", label_sep="|", embedding_col="emb")
+    items = pq.read_table(tmp_path / "ws" / "items.parquet").to_pandas().set_index("id")
+    manifest = json.loads((tmp_path / "ws" / "manifest.json").read_text())
+    assert manifest["task"] == "multilabel" and manifest["classes"] == ["bird", "cat", "dog"] == result.classes
+    assert items.loc["r0", "labels"].tolist() == ["cat", "dog"] and items.loc["r0", "label"] == "cat; dog"
+    assert items.loc["r1", "labels"].tolist() == [] and items.loc["r1", "label"] == "(no labels)"
+    assert items.loc["r5", "labels"].tolist() == ["dog"]
+    assert items["error"].isna().all()  # a row without tags is a valid row
+    assert manifest["multilabel"]["rows_without_labels"] == 1
+
+
+def test_ingest_missing_labels_column_is_a_user_error(tmp_path):
+    from labelkit.cli import main
+
+    pd.DataFrame({"text": ["a b", "c d"], "cats": ["x", "y"]}).to_csv(tmp_path / "t.csv", index=False)
+    assert main(["ingest", str(tmp_path / "t.csv"), "-w", str(tmp_path / "ws"), "--labels-col", "tags"]) == 2
+    with pytest.raises(LabelkitError, match=r"Labels column 'tags' not found in .*t\.csv; available columns: text, cats"):
+        from labelkit.ingest import ingest
+
+        ingest(tmp_path / "t.csv", tmp_path / "ws", labels_col="tags")
+
+
+# ---------------------------------------------------------------------------------------------
+# probe and cleanlab
+
+
+def test_planted_removed_and_added_tags_are_found_and_named():
+    X, Y = _tagged_vectors(seed=1)
+    given = Y.copy()
+    removed_row = int(np.flatnonzero(Y[:, 0])[0])
+    added_row = int(np.flatnonzero(~Y[:, 2])[1])
+    given[removed_row, 0] = False  # a tag the row should have is missing
+    given[added_row, 2] = True  # a tag the row should not have is given
+    probs, folds, choice = get_multilabel_out_of_sample_probs(X, given, seed=0)
+    assert probs.shape == Y.shape and probs.dtype == np.float32 and (folds >= 0).all()
+    found = find_multilabel_label_issues(given, probs)
+    assert found["is_label_issue"][[removed_row, added_row]].all()
+    assert np.flatnonzero(found["suspect"][removed_row]).tolist() == [0]
+    assert np.flatnonzero(found["suspect"][added_row]).tolist() == [2]
+    assert found["suggested"][removed_row, 0] and not found["suggested"][added_row, 2]  # the fixes
+    assert found["label_quality"][[removed_row, added_row]].max() < np.median(found["label_quality"])
+    # Control: the same data without the planted errors leaves those rows (and nearly all rows) alone.
+    clean_probs, _, _ = get_multilabel_out_of_sample_probs(X, Y, seed=0)
+    clean = find_multilabel_label_issues(Y, clean_probs)
+    assert not clean["is_label_issue"][[removed_row, added_row]].any()
+    assert clean["is_label_issue"].sum() <= 0.02 * len(Y)
+
+
+def test_counts_and_health_match_cleanlab_dataset_functions():
+    from cleanlab.multilabel_classification.dataset import common_multilabel_issues, overall_multilabel_health_score
+
+    X, Y = _tagged_vectors(n=300, noise=0.4, seed=2)
+    probs, _, _ = get_multilabel_out_of_sample_probs(X, Y, probe="knn", seed=0)
+    found = find_multilabel_label_issues(Y, probs)
+    labels = _cleanlab_labels(Y)
+    assert found["health_score"] == pytest.approx(overall_multilabel_health_score(labels, probs.astype(np.float64)))
+    table = common_multilabel_issues(labels, probs.astype(np.float64)).set_index(["Class Index", "In Given Label"])
+    per_tag = found["per_tag"]
+    for k in range(Y.shape[1]):
+        assert table.loc[(k, True), "Num Examples"] == per_tag["given_suspect"][k]
+        assert table.loc[(k, False), "Num Examples"] == per_tag["missing_suspect"][k]
+    assert found["is_label_issue"].sum() > 0  # noisy enough that the comparison is not all zeros
+
+
+def test_heldout_rows_never_train_the_probe():
+    X, Y = _tagged_vectors(n=300, seed=3)
+    held = np.zeros(len(Y), bool)
+    held[::5] = True
+    flipped = Y.copy()
+    flipped[held] = ~flipped[held]  # any use of held-out labels would change the probabilities
+    for probe in ("knn", "logreg"):
+        a, fa, _ = get_multilabel_out_of_sample_probs(X, Y, holdout=held, probe=probe, seed=0)
+        b, _, _ = get_multilabel_out_of_sample_probs(X, flipped, holdout=held, probe=probe, seed=0)
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        assert (fa[held] == -1).all() and (fa[~held] >= 0).all()
+
+
+def test_selection_subsample_path_still_predicts_every_row_out_of_sample():
+    X, Y = _tagged_vectors(n=300, seed=4)
+    probs, folds, choice = get_multilabel_out_of_sample_probs(X, Y, max_selection_rows=100, seed=0)
+    assert choice.selection_rows == 100 and choice.rows == 300
+    assert ((probs >= 0.5) == Y).mean() > 0.9
+
+
+def test_metrics_and_cooccurrence_values():
+    Y = np.array([[1, 0], [1, 1], [0, 1], [0, 0]], bool)
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.7], [0.6, 0.1]], np.float32)
+    m = multilabel_metrics(probs, Y)
+    # tag 0: tp 2, fp 1, fn 0 -> F1 0.8; tag 1: tp 1, fp 0, fn 1 -> F1 2/3; micro: tp 3, fp 1, fn 1 -> 0.75
+    assert m["micro_f1"] == pytest.approx(0.75) and m["macro_f1"] == pytest.approx((0.8 + 2 / 3) / 2)
+    assert m["subset_accuracy"] == pytest.approx(0.5) and m["hamming_loss"] == pytest.approx(2 / 8)
+    np.testing.assert_allclose(cooccurrence(Y), [[1.0, 0.5], [0.5, 1.0]])
+
+
+def test_bad_options_are_user_errors():
+    with pytest.raises(LabelkitError, match="The 'filter_by' parameter of find_multilabel_label_issues"):
+        find_multilabel_label_issues(np.zeros((4, 2), bool), np.zeros((4, 2)), filter_by="nope")
+    with pytest.raises(LabelkitError, match="The 'label_sep' parameter of ingest must be a non-empty string"):
+        parse_labels(pd.Series(["a"]), sep="")
+
+
+# ---------------------------------------------------------------------------------------------
+# the pipeline on the sample
+
+
+def test_audit_finds_planted_tags_on_the_sample(sample):
+    ws, data, counts, code = sample
+    assert code == 0
+    key = pd.read_csv(data / "key.csv")
+    iss = pq.read_table(ws / "issues.parquet").to_pandas().set_index("id")
+    flagged = iss.index[iss["is_label_issue"]]
+    planted = set(key["id"])
+    precision = len(planted & set(flagged)) / len(flagged)
+    recall = len(planted & set(flagged)) / len(planted)
+    assert precision >= 0.8 and recall >= 0.8, (precision, recall)
+    # The suspect tag is named in the right direction: removed tags are missing, added tags given.
+    removed, added = key[key["kind"] == "removed"], key[key["kind"] == "added"]
+    hit_removed = np.mean([t in iss.loc[i, "suspect_missing_labels"] for i, t in zip(removed["id"], removed["tag"])])
+    hit_added = np.mean([t in iss.loc[i, "suspect_given_labels"] for i, t in zip(added["id"], added["tag"])])
+    assert hit_removed >= 0.8 and hit_added >= 0.8, (hit_removed, hit_added)
+    row = added.iloc[0]
+    if iss.loc[row["id"], "is_label_issue"]:
+        assert f"tagged {row['tag']!r} but probe gives it" in iss.loc[row["id"], "reason"]
+    manifest = json.loads((ws / "manifest.json").read_text())
+    s = manifest["stages"]["issues"]
+    assert s["label_issues"] == len(flagged) and s["label_issue_rate"] == pytest.approx(len(flagged) / len(iss))
+    assert s["multilabel_health_score"] == pytest.approx(1 - len(flagged) / len(iss))
+    assert s["multilabel_suspect_given"] + s["multilabel_suspect_missing"] == sum(map(len, iss["suspect_labels"]))
+    assert s["checks"]["multilabel_label_issues"]["flagged"] == len(flagged)
+    assert "label_issues" in s["checks"] and s["checks"]["label_issues"].get("skipped")  # multiclass check
+    assert manifest["stages"]["gate"]["passed"] is True
+    probs = pq.read_table(ws / "probs.parquet")
+    assert len(probs.column("pred_probs")[0]) == len(manifest["classes"]) == 8
+    html = (ws / "report.html").read_text()
+    assert "Multi-label issues" in html
+
+
+def test_gate_fails_on_a_multilabel_metric(sample, tmp_path):
+    from labelkit.cli import main
+
+    _, data, _, _ = sample
+    code = main(["audit", str(data / "items.parquet"), "--task", "multilabel", "--labels-col", "tags",
+                 "--embedding-col", "embedding", "-w", str(tmp_path / "ws"), "--fail-on", "multilabel_health_score<0.99"])
+    assert code == 1
+
+
+def test_report_data_tags_and_cooccurrence(sample):
+    from labelkit.tasks.multilabel import report_data
+    from labelkit.workspace import Workspace
+
+    ws, data, _, _ = sample
+    out, figures = report_data(Workspace(ws))
+    ml = out["multilabel"]
+    tags = ml["cooccurrence"]["tags"]
+    matrix = np.asarray(ml["cooccurrence"]["p_column_given_row"])
+    # The generator puts 'water' mostly outdoors: P(outdoor | water) is high, the reverse is not.
+    w, o = tags.index("water"), tags.index("outdoor")
+    assert matrix[w, o] > 0.7 and matrix[o, w] < 0.5
+    assert figures["multilabel_cooccurrence"].startswith("<svg") and figures["multilabel_tags"].startswith("<svg")
+    assert 0.8 < out["ground_truth_correlation"]["agreement_with_given"]["probe"] <= 1.0
+
+
+def test_select_prune_and_train_bce(sample):
+    from labelkit.selection import select
+    from labelkit.train import train
+
+    ws, _, _, _ = sample
+    iss = pq.read_table(ws / "issues.parquet").to_pandas()
+    result = select(ws, "prune", name="clean")
+    sub = pq.read_table(ws / "subsets" / "clean.parquet").to_pandas()
+    assert result.size == len(sub) == int((~iss["is_label_issue"] & iss["duplicate_of"].isna() | ~iss["is_label_issue"]).sum())
+    assert not set(sub["id"]) & set(iss.loc[iss["is_label_issue"], "id"])
+    assert result.class_counts_before["outdoor"] >= result.class_counts_after["outdoor"] > 0
+    assert sub.set_index("id").loc[sub["id"].iloc[0], "labels"].tolist() == \
+        iss.set_index("id").loc[sub["id"].iloc[0], "given_labels"].tolist()
+    res = train(ws, loss="bce", subset="clean", max_epochs=60, patience=5, head="linear", lr=1e-2)
+    m = res.card["metrics"]
+    assert res.card["task"] == "multilabel" and res.card["loss"]["name"] == "bce"
+    assert m["micro_f1"] > 0.85 and m["macro_f1"] > 0.8 and 0 <= m["hamming_loss"] < 0.05
+    with pytest.raises(LabelkitError, match="--loss gce is not supported for multi-label data"):
+        train(ws, loss="gce")
