@@ -64,7 +64,7 @@ def make_planted(root: Path, n: int, *, seed: int = 0, share: float = 0.065,
 
     rng = np.random.default_rng(seed)
     photos = _photos()
-    per_kind = max(20, int(round(share * n)))
+    per_kind = max(20, round(share * n))
     kinds = [k for k in KINDS for _ in range(per_kind)]
     kinds += [None] * max(0, n - len(kinds))
     kinds += [f"near_{k}" for k in ("dark", "light", "low_information", "blurry")] * (borderline // 4)

@@ -124,7 +124,8 @@ def explain(workspace: Workspace | Path | str, row_id: str, *, k: int = 10,
     return result
 
 
-def _nearest(ws: Workspace, items: pa.Table, row_id: str, k: int, result: ExplainResult) -> tuple[list[str], np.ndarray]:
+def _nearest(ws: Workspace, items: pa.Table, row_id: str, k: int,
+             result: ExplainResult) -> tuple[list[str], np.ndarray]:
     """Return the ids and cosine similarities of `row_id`'s k most similar usable rows (self excluded)."""
     from labelkit.features import load_workspace_embeddings
     from labelkit.workspace import require_current_embeddings
@@ -192,7 +193,7 @@ def _findings(row: dict, flag_owner: dict, columns_of: dict) -> list[dict]:
         finding = {"check": check.name, "title": check.title, "flags": mine}
         if check.score and check.score in row:
             value = row[check.score]
-            finding["score"] = {"name": check.score, "value": None if value is None or value != value else float(value),
+            finding["score"] = {"name": check.score, "value": None if value is None or np.isnan(value) else float(value),
                                 "lower_is_worse": check.score_ascending}
         if check.pair and row.get(check.pair) is not None:
             finding["related_id"] = row[check.pair]

@@ -14,7 +14,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from labelkit.baseline import DELTA, METRICS as CHANGE_METRICS
 from labelkit.errors import LabelkitError
 
 if sys.version_info >= (3, 11):
@@ -74,6 +73,8 @@ def parse_rules(spec: str | list[str] | tuple[str, ...], *, metrics: dict[str, s
                                 "e.g. label_issue_rate>0.05 or accuracy<0.9.")
         metric, op, value = m.groups()
         if not _known_metric(metric, metrics):
+            from labelkit.baseline import METRICS as CHANGE_METRICS
+
             changes = (f"; with --baseline also METRIC.delta and {', '.join(CHANGE_METRICS)}"
                        if metrics is METRICS else "")
             raise LabelkitError(f"Unknown metric {metric!r} in {part.strip()!r}; known: {', '.join(metrics)}{changes}.")
@@ -87,6 +88,8 @@ def _known_metric(metric: str, metrics: dict[str, str]) -> bool:
         return True
     if metrics is not METRICS:  # e.g. `train --check`: no baseline to compare against
         return False
+    from labelkit.baseline import DELTA, METRICS as CHANGE_METRICS  # numpy/pyarrow only when needed
+
     return metric in CHANGE_METRICS or (metric.endswith(DELTA) and metric[: -len(DELTA)] in metrics)
 
 

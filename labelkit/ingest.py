@@ -1,6 +1,7 @@
 """`labelkit ingest`: read an image folder tree or a table into the workspace's items table.
 
-Readers never hold decoded images. Image folders are listed here and checked by a process pool
+Readers never hold decoded images, beyond the one thumbnail an image's properties are measured
+on (:mod:`labelkit.properties`). Image folders are listed here and checked by a process pool
 that returns Arrow batches; tables are read row by row as plain dicts, except a table of user
 embeddings, which Arrow converts column-wise. A row that cannot be used is kept, with `error`
 saying why; later stages skip it.

@@ -64,6 +64,8 @@ def heldout_split(ids: Sequence[str], labels: np.ndarray, *, fraction: float = H
 
 def _usable(items: pa.Table) -> np.ndarray:
     ok = items.column("error").is_null().to_numpy(zero_copy_only=False)
+    if "labels" in items.column_names:  # multi-label rows (labelkit.tasks.multilabel): label_id only matches
+        return ok                         # single-tag rows, so every error-free row counts, one stratum
     label_id = items.column("label_id").fill_null(-1).to_numpy()
     # A task without classes (regression: classes []) has label_id -1 on every row; its usable
     # rows are the error-free ones, split by the hash of their id alone (one stratum).

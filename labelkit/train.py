@@ -309,8 +309,8 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     import torch
 
     from labelkit import gate
-    from labelkit.features import load_workspace_embeddings, resolve_device
-    from labelkit.losses import LOSSES, get_loss
+    from labelkit.features import resolve_device
+    from labelkit.losses import LOSSES
 
     started = time.perf_counter()
     if head not in HEADS:
@@ -349,10 +349,85 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
         raise LabelkitError(f"Unknown loss {loss!r}; known: {', '.join(sorted(LOSSES))}.")
 
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    manifest = ws.read_manifest()
-    classes = manifest["classes"]
-    K = len(classes)
     device = resolve_device(device)
+    data = _load_training_data(ws, labels=labels, eval_labels=eval_labels, heldout_fraction=heldout_fraction)
+    train_rows, epoch_ids, synth = _training_rows(ws, data, labels=labels, subset=subset)
+    X_train, Y_train, n_synthetic = _with_synthetic_rows(data, train_rows, synth)
+    fit_rows, val_rows, y_val, epoch_rows = _inner_split(data, train_rows, X_train, Y_train, epoch_ids)
+    loss_fn, targets, teacher_names = _loss(ws, data, loss=loss, loss_params=loss_params, teachers=teachers,
+                                            X_fit=X_train[fit_rows], Y_fit=Y_train[fit_rows],
+                                            fit_ids=[data.ids[train_rows[r]] for r in fit_rows if r < len(train_rows)],
+                                            n_fit=len(fit_rows), seed=seed, device=device)
+    model, history = fit_head(X_train[fit_rows], targets, loss=loss_fn, n_classes=data.K, X_val=X_train[val_rows],
+                              y_val=y_val, hidden=hidden if head == "mlp" else 0, max_epochs=max_epochs,
+                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                              epoch_rows=epoch_rows, monitor=monitor, seed=seed, device=device, progress=progress)
+    probs = predict_proba(model, data.X_all[data.eval_rows], device=device)
+    metrics = classification_metrics(probs, data.y_eval[data.eval_rows])
+
+    name = name or "-".join([loss, labels] + ([subset] if subset else []))
+    out_dir = ws.model_dir(name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = {"state_dict": model.state_dict(), "d_in": int(data.X_all.shape[1]), "n_classes": data.K,
+            "hidden": hidden if head == "mlp" else 0, "classes": data.classes, "embedding_key": data.key}
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save(ckpt, tmp)
+    data_hash = hashlib.sha256("\n".join(f"{data.ids[r]}\t{_label_repr(Y_train[j])}"
+                                          for j, r in enumerate(train_rows)).encode()).hexdigest()
+    card = {
+        "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "embedding_key": data.key, "labels": labels, "eval_labels": eval_labels, "subset": subset,
+        "loss": {"name": loss, "params": {k: v for k, v in loss_fn.params().items()}},
+        "teachers": teacher_names,
+        "head": {"type": head, "hidden": hidden if head == "mlp" else 0},
+        "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
+        "training": {"rows": int(len(fit_rows)), "synthetic_rows": n_synthetic, "inner_validation_rows": int(len(val_rows)),
+                     "epochs": history["epochs"], "best_epoch": history["best_epoch"],
+                     "best_val_nll": history["best_val_nll"], "early_stopping_patience": patience, "monitor": monitor,
+                     "schedule": "rs2 subset" if epoch_rows is not None else "full passes"},
+        "heldout": {"rows": int(len(data.eval_rows)), "fraction": data.held_record.get("fraction"),
+                    "source": data.held_record["source"], "ids_fingerprint": data.held_record["ids_fingerprint"]},
+        "items_fingerprint": data.items_fp,
+        "data_hash": data_hash, "metrics": metrics, "classes": data.classes, "seed": seed, "device": device,
+        "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
+    }
+    verdict = None
+    if rules is not None:
+        verdict = gate.evaluate(rules, metrics) | {"source": rules_source}
+        card["check"] = verdict
+    write_json(card, out_dir / "model_card.json")
+    ws.update_stage("train", {"latest": name, "metrics": {k: v for k, v in metrics.items() if k != "reliability"}})
+    return TrainResult(name=name, model_dir=out_dir, card=card, check=verdict)
+
+
+@dataclass
+class _TrainingData:
+    """The usable embedded rows of a workspace, with their labels and the held-out split."""
+
+    classes: list[str]
+    key: str  # embedding table
+    items_fp: str
+    ids: list[str]
+    X_all: np.ndarray
+    given: np.ndarray  # the ingested labels
+    held: np.ndarray  # held-out mask (fixed at ingest)
+    held_record: dict
+    y_eval: np.ndarray  # labels the held-out rows are scored against (-1: none)
+    eval_rows: np.ndarray
+    y_train_all: np.ndarray  # the training labels: class indices, or soft rows (n, K)
+    has_label: np.ndarray
+
+    @property
+    def K(self) -> int:
+        return len(self.classes)
+
+
+def _load_training_data(ws: Workspace, *, labels: str, eval_labels: str,
+                        heldout_fraction: float | None) -> _TrainingData:
+    """Step 1: read the embeddings of the usable rows, their label versions and the held-out split."""
+    from labelkit.features import load_workspace_embeddings
+
+    classes = ws.read_manifest()["classes"]
     key, emb_ids, matrix = load_workspace_embeddings(ws)
     items_fp = current_items_fingerprint(ws)
     items_table = ws.read_items_table(["id", "label_id", "split", "content_hash", "error"])
@@ -373,29 +448,34 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
         raise LabelkitError(f"The held-out split of {ws.root} was fixed at ingest ({held_record['rows']} rows, "
                             f"{held_record['source']}, fraction {held_record.get('fraction')}); 'heldout_fraction' "
                             f"{heldout_fraction} cannot change it.")
-
     y_eval = given if eval_labels == "label" else read_labels(ws, eval_labels, ids, classes)
     if y_eval.ndim == 2:
         y_eval = np.where(np.isnan(y_eval).any(1), -1, np.nan_to_num(y_eval).argmax(1))
-    eval_rows = np.flatnonzero(held & (y_eval >= 0))
-
     y_train_all = read_labels(ws, labels, ids, classes)
     if y_train_all.ndim == 2:  # soft labels; rows without one fall back to the given label
         missing = np.isnan(y_train_all).any(1)
-        y_train_all[missing] = np.eye(K, dtype=np.float32)[given[missing]]
+        y_train_all[missing] = np.eye(len(classes), dtype=np.float32)[given[missing]]
         has_label = np.ones(len(ids), bool)
     else:
         has_label = y_train_all >= 0
+    return _TrainingData(classes=classes, key=key, items_fp=items_fp, ids=ids, X_all=X_all, given=given, held=held,
+                         held_record=held_record, y_eval=y_eval, eval_rows=np.flatnonzero(held & (y_eval >= 0)),
+                         y_train_all=y_train_all, has_label=has_label)
 
-    # Training rows: not held out, labelled, and in the subset when one is named.
-    train_mask = ~held & has_label
+
+def _training_rows(ws: Workspace, data: _TrainingData, *, labels: str, subset: str | None):
+    """Step 2: the rows a model may train on — not held out, labelled, in the subset when one is named.
+
+    Returns (row indices, RS2 epoch id sets or None, synthetic SMOTE rows or None).
+    """
+    train_mask = ~data.held & data.has_label
     epoch_ids, synth = None, None
     if subset is not None:
         sub = read_subset(ws, subset)
         is_synthetic = sub["synthetic"].astype(bool) if "synthetic" in sub.columns else np.zeros(len(sub), bool)
         real = sub[~is_synthetic]
         keep = set(real["id"])
-        train_mask &= np.array([i in keep for i in ids])
+        train_mask &= np.array([i in keep for i in data.ids])
         if "epoch" in sub.columns and sub["epoch"].notna().any():
             epoch_ids = [set(g["id"]) for _, g in real.groupby("epoch", sort=True)]
         if is_synthetic.any():
@@ -404,88 +484,62 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
     if len(train_rows) < 2:
         raise LabelkitError(f"Only {len(train_rows)} training rows remain (held-out split, labels {labels!r}"
                             + (f", subset {subset!r}" if subset else "") + "); nothing to train on.")
+    return train_rows, epoch_ids, synth
 
-    X_train = X_all[train_rows]
-    Y_train = y_train_all[train_rows]
-    n_synthetic = 0
-    if synth is not None:  # SMOTE rows; drop any whose parents include a held-out row (no leakage)
-        held_ids = {ids[r] for r in np.flatnonzero(held)}
-        ok = synth[[not (set(p) & held_ids) for p in synth["parent_ids"]]]
-        index = {c: k for k, c in enumerate(classes)}
-        if len(ok):
-            Xs = np.stack(ok["embedding"].to_numpy()).astype(np.float32)
-            ys = np.array([index[c] for c in ok["label"]], np.int64)
-            X_train = np.concatenate([X_train, Xs])
-            Y_train = (np.concatenate([Y_train, np.eye(K, dtype=np.float32)[ys]]) if Y_train.ndim == 2
-                       else np.concatenate([Y_train, ys]))
-            n_synthetic = len(ok)
 
-    # Inner validation rows for early stopping: a fixed 10 % of the real training rows.
-    inner = heldout_split([ids[r] for r in train_rows], given[train_rows], fraction=0.1, salt="inner")
+def _with_synthetic_rows(data: _TrainingData, train_rows: np.ndarray, synth):
+    """Step 3: the training matrix plus SMOTE rows, dropping any whose parents include a held-out row."""
+    X_train, Y_train = data.X_all[train_rows], data.y_train_all[train_rows]
+    if synth is None:
+        return X_train, Y_train, 0
+    held_ids = {data.ids[r] for r in np.flatnonzero(data.held)}
+    ok = synth[[not (set(p) & held_ids) for p in synth["parent_ids"]]]
+    if not len(ok):
+        return X_train, Y_train, 0
+    index = {c: k for k, c in enumerate(data.classes)}
+    Xs = np.stack(ok["embedding"].to_numpy()).astype(np.float32)
+    ys = np.array([index[c] for c in ok["label"]], np.int64)
+    X_train = np.concatenate([X_train, Xs])
+    Y_train = (np.concatenate([Y_train, np.eye(data.K, dtype=np.float32)[ys]]) if Y_train.ndim == 2
+               else np.concatenate([Y_train, ys]))
+    return X_train, Y_train, len(ok)
+
+
+def _inner_split(data: _TrainingData, train_rows: np.ndarray, X_train: np.ndarray, Y_train: np.ndarray, epoch_ids):
+    """Step 4: a fixed 10 % of the real training rows for early stopping; RS2 epochs over the rest.
+
+    Returns (fit rows, validation rows, validation labels, per-epoch row lists or None), as
+    indices into `X_train`.
+    """
+    inner = heldout_split([data.ids[r] for r in train_rows], data.given[train_rows], fraction=0.1, salt="inner")
     fit_rows = np.concatenate([np.flatnonzero(~inner), np.arange(len(train_rows), len(X_train))])
     val_rows = np.flatnonzero(inner)
     y_val = Y_train[val_rows] if Y_train.ndim == 1 else Y_train[val_rows].argmax(1)
-
     epoch_rows = None
     if epoch_ids is not None:
-        fit_ids = [ids[train_rows[r]] if r < len(train_rows) else None for r in fit_rows]
+        fit_ids = [data.ids[train_rows[r]] if r < len(train_rows) else None for r in fit_rows]
         epoch_rows = [np.array([j for j, i in enumerate(fit_ids) if i in e], np.int64) for e in epoch_ids]
         epoch_rows = [e for e in epoch_rows if len(e)]
+    return fit_rows, val_rows, y_val, epoch_rows
+
+
+def _loss(ws: Workspace, data: _TrainingData, *, loss: str, loss_params: dict | None, teachers: Sequence[str],
+          X_fit: np.ndarray, Y_fit: np.ndarray, fit_ids: list[str], n_fit: int, seed: int, device: str):
+    """Step 5: the loss from labelkit.losses and its targets (the teachers' for distillation)."""
+    from labelkit.losses import LOSSES, get_loss
 
     params = dict(loss_params or {})
     if "seed" in LOSSES[loss].param_names():  # mixing draws follow --seed unless a loss seed is given
         params.setdefault("seed", seed)
     if LOSSES[loss].needs_index:
-        params |= {"n_samples": len(fit_rows), "n_classes": K}
+        params |= {"n_samples": n_fit, "n_classes": data.K}
     if loss != "distill" and teachers:
         raise LabelkitError("--teacher only applies to --loss distill.")
-    targets = Y_train[fit_rows]
-    teacher_names: list[str] = []
+    targets, teacher_names = Y_fit, []
     if loss == "distill":
-        targets, teacher_names = _teacher_targets(ws, teachers, X_train[fit_rows],
-                                                  [ids[train_rows[r]] for r in fit_rows if r < len(train_rows)],
-                                                  device=device, heldout_record=held_record)
-    loss_fn = get_loss(loss, **params)
-
-    model, history = fit_head(X_train[fit_rows], targets, loss=loss_fn, n_classes=K, X_val=X_train[val_rows],
-                              y_val=y_val, hidden=hidden if head == "mlp" else 0, max_epochs=max_epochs,
-                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                              epoch_rows=epoch_rows, monitor=monitor, seed=seed, device=device, progress=progress)
-    probs = predict_proba(model, X_all[eval_rows], device=device)
-    metrics = classification_metrics(probs, y_eval[eval_rows])
-
-    name = name or "-".join([loss, labels] + ([subset] if subset else []))
-    out_dir = ws.model_dir(name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = {"state_dict": model.state_dict(), "d_in": int(X_all.shape[1]), "n_classes": K,
-            "hidden": hidden if head == "mlp" else 0, "classes": classes, "embedding_key": key}
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(ckpt, tmp)
-    data_hash = hashlib.sha256("\n".join(f"{ids[r]}\t{_label_repr(Y_train[j])}" for j, r in enumerate(train_rows)).encode()).hexdigest()
-    card = {
-        "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "embedding_key": key, "labels": labels, "eval_labels": eval_labels, "subset": subset,
-        "loss": {"name": loss, "params": {k: v for k, v in loss_fn.params().items()}},
-        "teachers": teacher_names,
-        "head": {"type": head, "hidden": hidden if head == "mlp" else 0},
-        "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
-        "training": {"rows": int(len(fit_rows)), "synthetic_rows": n_synthetic, "inner_validation_rows": int(len(val_rows)),
-                     "epochs": history["epochs"], "best_epoch": history["best_epoch"],
-                     "best_val_nll": history["best_val_nll"], "early_stopping_patience": patience, "monitor": monitor,
-                     "schedule": "rs2 subset" if epoch_rows is not None else "full passes"},
-        "heldout": {"rows": int(len(eval_rows)), "fraction": held_record.get("fraction"),
-                    "source": held_record["source"], "ids_fingerprint": held_record["ids_fingerprint"]},
-        "items_fingerprint": items_fp,
-        "data_hash": data_hash, "metrics": metrics, "classes": classes, "seed": seed, "device": device,
-        "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
-    }
-    verdict = None
-    if rules is not None:
-        verdict = gate.evaluate(rules, metrics) | {"source": rules_source}
-        card["check"] = verdict
-    write_json(card, out_dir / "model_card.json")
-    ws.update_stage("train", {"latest": name, "metrics": {k: v for k, v in metrics.items() if k != "reliability"}})
-    return TrainResult(name=name, model_dir=out_dir, card=card, check=verdict)
+        targets, teacher_names = _teacher_targets(ws, teachers, X_fit, fit_ids, device=device,
+                                                  heldout_record=data.held_record)
+    return get_loss(loss, **params), targets, teacher_names
 
 
 def _label_repr(y) -> str:

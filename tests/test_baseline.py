@@ -270,3 +270,18 @@ def test_compare_metrics_deltas():
 
 def test_sidecar_path():
     assert str(sidecar_path("out/report.json")) == "out/report.rows.parquet"
+
+
+def test_an_audit_without_baseline_drops_the_old_comparison(versions, tmp_path):
+    ws = tmp_path / "ws"
+    _audit(versions, "v2", ws, baseline=versions["ws1"], write_report=False)
+    from labelkit.report import report
+
+    html = report(ws).html_path.read_text()  # `labelkit report` alone still shows the comparison
+    assert 'id="baseline"' in html
+    _audit(versions, "v2", ws)
+    manifest = json.loads((ws / "manifest.json").read_text())
+    assert "baseline" not in manifest["stages"]
+    assert not any(w["stage"] == "baseline" for w in manifest["warnings"])
+    assert 'id="baseline"' not in (ws / "report.html").read_text()
+    assert json.loads((ws / "report.json").read_text())["baseline"] is None

@@ -60,6 +60,10 @@ def test_issues_runs_weak_slices_and_class_overlap_end_to_end(planted):
     weak = iss["in_weak_slice"].to_numpy()
     assert weak[blob].mean() >= 0.8 and weak[~blob].mean() <= 0.02
     assert iss.loc[weak, "reason"].str.contains(r"in slice \d+ \(\d+ rows\) where the probe is right").all()
+    from labelkit.gate import evaluate, parse_rules
+
+    verdict = evaluate(parse_rules("weak_slices>0,overlapping_class_pairs>0"), summary)
+    assert [r["failed"] for r in verdict["results"]] == [True, False]
 
 
 def test_flagged_row_names_its_suggested_class_and_neighbours(planted, cli):
@@ -97,7 +101,7 @@ def test_flagged_row_names_its_suggested_class_and_neighbours(planted, cli):
 def test_row_in_weak_slice_shows_that_finding(planted):
     from labelkit.explain import explain
 
-    ws, _, table, _, cluster = planted
+    ws = planted[0]
     iss = pq.read_table(ws / "issues.parquet", columns=["id", "in_weak_slice", "is_label_issue"]).to_pandas()
     row = iss.loc[iss["in_weak_slice"] & ~iss["is_label_issue"], "id"].iloc[0]
     r = explain(ws, row, k=3)
@@ -164,3 +168,16 @@ def test_bad_k_is_a_user_error(planted):
     with pytest.raises(LabelkitError, match=r"The 'k' parameter of explain must be an int in the range \[1, inf\). "
                                             "Got 0 instead."):
         explain(planted[0], FLIPPED, k=0)
+
+
+def test_unusable_row_says_why(tmp_path, cli):
+    from labelkit.ingest import ingest
+
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": ["x", "y", "z"], "label": ["p", None, "q"]}),
+                   tmp_path / "data.parquet")
+    ingest(tmp_path / "data.parquet", tmp_path / "ws", id_col="id", text_col="text", label_col="label")
+    code, out, _ = cli("explain", "b", "-w", tmp_path / "ws", "--json")
+    data = json.loads(out)
+    assert code == 0 and not data["usable"] and data["error"] == "missing label" and data["findings"] == []
+    code, out, _ = cli("explain", "b", "-w", tmp_path / "ws")
+    assert code == 0 and one_line(out) == "b: labelled None; unusable: missing label"

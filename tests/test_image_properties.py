@@ -47,8 +47,11 @@ def planted_folder(root, seed: int = 0) -> dict[str, str | None]:
     save(base.convert("L"), "grayscale", "grayscale", "jpg")
     save(textured(rng, 240, 48), "odd_aspect_ratio", "odd_aspect_ratio", "png")
     save(textured(rng, 600, 600), "odd_size", "odd_size", "jpg")
-    smooth = ImageOps.equalize(textured(rng, 80, 80).filter(ImageFilter.GaussianBlur(8)))
-    save(Image.fromarray((np.asarray(smooth) * 0.6).astype(np.uint8)), "blurry", "blurry", "png")
+    # No detail at all, a spread histogram and a dark border: what CleanVision's blur score calls
+    # blurry (its edge image keeps the border pixels, and a peaked histogram vetoes the flag).
+    y, x = np.mgrid[:80, :80] + 0.5
+    bump = 255 * np.sin(np.pi * x / 80) * np.sin(np.pi * y / 80)
+    save(Image.fromarray(np.stack([bump, bump * 0.85, bump * 0.7], -1).astype(np.uint8)), "blurry", "blurry", "png")
     return truth
 
 
@@ -87,7 +90,7 @@ def test_planted_images_are_found_and_controls_are_clean(planted):
 
 
 def test_ingest_writes_nullable_float32_property_columns(planted, tmp_path, cli):
-    root, truth, items = planted
+    root, _, items = planted
     for name in P.PROPERTY_COLUMNS:
         assert items.schema.field(name).type == pa.float32()
         assert items.column(name).null_count == 0
@@ -108,6 +111,8 @@ def test_ingest_writes_nullable_float32_property_columns(planted, tmp_path, cli)
     assert code == 0
     bare = pq.read_table(tmp_path / "bare" / "items.parquet")
     assert all(bare.column(c).null_count == bare.num_rows for c in P.PROPERTY_COLUMNS)
+    result = run_check(bare)
+    assert "re-run `labelkit ingest`" in result.warnings[0] and result.metrics["dark_rate"] is None
 
     # Text tables leave them null.
     (tmp_path / "t.csv").write_text("text,label\nhello there,a\ngood bye,b\n")
@@ -117,7 +122,7 @@ def test_ingest_writes_nullable_float32_property_columns(planted, tmp_path, cli)
 
 
 def test_workspace_without_property_columns_warns_and_measures_only_size_and_aspect(planted):
-    _, truth, items = planted
+    _, _, items = planted
     old = items.drop_columns(list(P.PROPERTY_COLUMNS))
     result = run_check(old)
     assert result.warnings and "re-run `labelkit ingest`" in result.warnings[0]
@@ -204,7 +209,7 @@ def test_issues_writes_the_flags_and_rates(planted, tmp_path):
     from labelkit.embed import embed
     from labelkit.issues import issues
 
-    root, truth, _ = planted
+    root, _, _ = planted
     ws = tmp_path / "ws"
     ingest(root / "data", ws, workers=0)
     embed(ws, model="pixels")

@@ -17,7 +17,8 @@ def _oos_probs(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
-    return cross_val_predict(LogisticRegression(max_iter=500), x, labels, cv=5, method="predict_proba").astype(np.float32)
+    probs = cross_val_predict(LogisticRegression(max_iter=500), x, labels, cv=5, method="predict_proba")
+    return probs.astype(np.float32)
 
 
 def _data(*, blob_labels: str, noise: float = 0.0, seed: int = 0):
@@ -65,7 +66,8 @@ def test_random_label_blob_is_a_weak_slice():
     s = int(result.columns["slice"][row])
     overall = (ctx.pred_probs.argmax(1) == labels).mean()
     assert result.reasons[row].startswith(f"in slice {s} (")
-    assert f"right {result.columns['slice_accuracy'][row]:.0%} of the time vs {overall:.0%} overall; mostly '" in result.reasons[row]
+    expected = f"right {result.columns['slice_accuracy'][row]:.0%} of the time vs {overall:.0%} overall; mostly '"
+    assert expected in result.reasons[row]
     table = result.tables[0]
     assert table["title"] == "Weak slices" and len(table["rows"]) == m["weak_slices"]
     first = table["rows"][0]

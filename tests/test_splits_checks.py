@@ -131,6 +131,7 @@ def test_leakage_finds_exact_and_resized_copies(planted_ws):
     n_test = int(sum(s == "test" for s in ctx.column("split")))
     assert r.metrics == {"split_leakage": 6, "split_leakage_rate": pytest.approx(6 / n_test)}
     assert r.details["exact"] == 3 and r.details["near"] == 3 and r.details["train_split"] == "train"
+    assert r.details["rows_with_all_neighbours_near"] == 0 and r.warnings == []
     reasons = {ids[i]: text for i, text in r.reasons.items()}
     assert reasons["test/cat/exact0.png"] == "same image as train/cat/0.png (exact)"
     assert reasons["test/dog/resized1.png"].startswith("near-copy of train/dog/1.png (cosine 0.99")
@@ -172,6 +173,9 @@ def test_leak_is_found_when_copies_fill_the_k_neighbours():
     r = run_checks(ctx, ["split_leakage"])[0]["split_leakage"]
     assert np.flatnonzero(r.columns["is_split_leak"]).tolist() == list(range(50, 65))
     assert set(r.columns["leaks_into"].to_pylist()[50:]) == {"train/2"}
+    # and the check says that the neighbour lists of those copies are full
+    assert r.details["rows_with_all_neighbours_near"] == 16  # the 15 copies and train/2 itself
+    assert any("all 10 neighbour slots" in w for w in r.warnings)
 
 
 def test_find_split_leaks_exact_by_hash_and_nulls_never_match():
@@ -352,3 +356,44 @@ def test_split_metrics_are_gate_metrics():
     for name in ("split_leakage", "split_leakage_rate", "label_shift_max_jsd", "label_shift_min_p", "unseen_classes",
                  "max_split_issue_rate_ratio", "embedding_drift_auc"):
         assert name in metrics
+
+
+def test_table_with_a_split_column_leaks_and_drifts(tmp_path):
+    # A table source: ids, text, label, split and the user's own embeddings. Test rows 0-3 repeat a
+    # train text (exact), rows 4-7 have new text but nearly a train row's vector (near), and the
+    # test embeddings are shifted along one axis (drift).
+    import pyarrow.parquet as pq
+
+    from labelkit.ingest import ingest
+    from labelkit.issues import issues
+
+    rng = np.random.default_rng(0)
+    n_train, n_test, d = 200, 80, 16
+    centers = rng.normal(0, 3, (2, d))
+    label = rng.integers(0, 2, n_train + n_test)
+    x = centers[label] + rng.normal(size=(n_train + n_test, d))
+    x[n_train:, 0] += 6.0
+    text = [f"item {i}" for i in range(n_train + n_test)]
+    for j in range(8):
+        x[n_train + j] = x[j] + (0 if j < 4 else 1e-3 * rng.normal(size=d))
+        label[n_train + j] = label[j]
+        if j < 4:
+            text[n_train + j] = text[j]
+    flipped = np.arange(n_train + 20, n_train + 28)  # label noise in test only
+    label[flipped] = 1 - label[flipped]
+    table = pa.table({"id": [f"r{i}" for i in range(len(x))], "text": text,
+                      "label": np.array(["neg", "pos"])[label].tolist(),
+                      "split": ["train"] * n_train + ["test"] * n_test,
+                      "emb": pa.array(list(x.astype(np.float32)), pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "data.parquet")
+    ingest(tmp_path / "data.parquet", tmp_path / "ws", id_col="id", text_col="text", label_col="label",
+           embedding_col="emb")
+    summary = issues(tmp_path / "ws", probe="logreg").summary
+    assert summary["checks"]["split_leakage"]["details"]["exact"] == 4
+    assert summary["split_leakage"] == 8
+    assert summary["embedding_drift_auc"] > 0.9  # measured 0.954 (the 8 copies are unshifted)
+    rates = summary["checks"]["label_shift"]["details"]["label_issue_rates"]
+    assert rates["train"]["flagged"] <= 2 and rates["test"]["flagged"] >= 7
+    assert summary["max_split_issue_rate_ratio"] > 5 and rates["test"]["p"] < 0.01
+    got = pq.read_table(tmp_path / "ws" / "issues.parquet", columns=["id", "leaks_into"]).to_pylist()
+    assert {r["id"]: r["leaks_into"] for r in got if r["leaks_into"]} == {f"r{n_train + j}": f"r{j}" for j in range(8)}

@@ -169,6 +169,16 @@ def test_long_layout_errors_name_the_rows(tmp_path):
         prepare_table(long, tmp_path / "w.csv", options={"annotator_cols": "who"})
 
 
+def test_long_parquet_with_embedding_column_is_refused(tmp_path):
+    from labelkit.ingest import ingest
+
+    pq.write_table(pa.table({"id": ["a", "a", "b"], "who": ["x", "y", "x"], "label": ["c", "c", "d"],
+                             "embedding": pa.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], pa.list_(pa.float32()))}),
+                   tmp_path / "long.parquet")
+    with pytest.raises(LabelkitError, match="--embedding-col 'embedding' cannot be used with the long layout"):
+        ingest(tmp_path / "long.parquet", tmp_path / "ws", annotator_col="who", embedding_col="embedding")
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end on the sample data (MiniLM offline)
 
@@ -245,3 +255,21 @@ def test_prune_and_train_use_the_consensus(audited, tmp_path):
 
     trained = train(ws, subset="prune", max_epochs=30, device="cpu")
     assert trained.card["metrics"]["accuracy"] > 0.9  # scored against held-out consensus labels
+
+
+def test_long_table_ingests_like_the_wide_one(tmp_path):
+    from labelkit.ingest import ingest
+
+    wide = pd.read_csv(SAMPLE_TABLE, dtype=str)
+    long = wide.melt(id_vars=["id", "text"], var_name="worker", value_name="answer").dropna(subset=["answer"])
+    long = long.sample(frac=1.0, random_state=0)  # any row order
+    long.to_csv(tmp_path / "long.csv", index=False)
+    ingest(SAMPLE_TABLE, tmp_path / "wide_ws", annotator_cols=ANNOTATORS)
+    ingest(tmp_path / "long.csv", tmp_path / "long_ws", annotator_col="worker", label_col="answer", id_col="id")
+    cols = ["id", "text", "label", "annotator_labels"]
+    a = pq.read_table(tmp_path / "wide_ws" / "items.parquet", columns=cols).to_pandas().set_index("id")
+    b = pq.read_table(tmp_path / "long_ws" / "items.parquet", columns=cols).to_pandas().set_index("id").loc[a.index]
+    assert (a["label"] == b["label"]).all() and (a["text"] == b["text"]).all()
+    assert [list(x) for x in a["annotator_labels"]] == [list(x) for x in b["annotator_labels"]]
+    manifest = json.loads((tmp_path / "long_ws" / "manifest.json").read_text())
+    assert manifest["task"] == "multiannotator" and manifest["annotator_format"] == "long"

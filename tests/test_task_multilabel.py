@@ -211,7 +211,8 @@ def test_audit_finds_planted_tags_on_the_sample(sample):
     probs = pq.read_table(ws / "probs.parquet")
     assert len(probs.column("pred_probs")[0]) == len(manifest["classes"]) == 8
     html = (ws / "report.html").read_text()
-    assert "Multi-label issues" in html
+    assert "Multi-label issues" in html and 'id="multilabel-tags"' in html and "P(column tag | row tag)" in html
+    assert 0.19 * len(iss) <= s["heldout"]["rows"] <= 0.21 * len(iss)  # over every row, not single-tag ones
 
 
 def test_gate_fails_on_a_multilabel_metric(sample, tmp_path):
@@ -228,15 +229,16 @@ def test_report_data_tags_and_cooccurrence(sample):
     from labelkit.workspace import Workspace
 
     ws, data, _, _ = sample
-    out, figures = report_data(Workspace(ws))
-    ml = out["multilabel"]
+    ml, figures = report_data(Workspace(ws))
     tags = ml["cooccurrence"]["tags"]
     matrix = np.asarray(ml["cooccurrence"]["p_column_given_row"])
     # The generator puts 'water' mostly outdoors: P(outdoor | water) is high, the reverse is not.
     w, o = tags.index("water"), tags.index("outdoor")
     assert matrix[w, o] > 0.7 and matrix[o, w] < 0.5
     assert figures["multilabel_cooccurrence"].startswith("<svg") and figures["multilabel_tags"].startswith("<svg")
-    assert 0.8 < out["ground_truth_correlation"]["agreement_with_given"]["probe"] <= 1.0
+    assert 0.8 < ml["probe_agreement"]["exact_set"] <= 1.0
+    assert [t["tag"] for t in ml["per_tag"]][0] == "outdoor"  # the most frequent tag first
+    assert all(0.8 < t["probe_agrees"] <= 1.0 for t in ml["per_tag"])
 
 
 def test_select_prune_and_train_bce(sample):

@@ -157,14 +157,30 @@ def test_candidate_choice_follows_the_data():
                                                          if k.startswith("ridge"))
 
 
-def test_selection_subsample_still_predicts_every_row():
+@pytest.mark.parametrize("probe", ["auto", "knn"])
+def test_selection_subsample_still_predicts_every_row(probe):
     X, y = _linear(n=700)
     held = np.zeros(len(y), bool)
     held[:50] = True
-    pred, folds, choice = get_out_of_sample_predictions(X, y, holdout=held, max_selection_rows=200, seed=0)
+    pred, folds, choice = get_out_of_sample_predictions(X, y, holdout=held, max_selection_rows=200, probe=probe,
+                                                        seed=0)
     assert choice.selection_rows == 200 and choice.rows == 700
-    assert np.isfinite(pred).all()
-    assert np.corrcoef(pred, y)[0, 1] > 0.99
+    assert np.isfinite(pred).all() and (folds[held] == -1).all()
+    assert np.corrcoef(pred, y)[0, 1] > (0.99 if probe == "auto" else 0.5)
+    # held-out targets are still never read on the full pass
+    y2 = y.copy()
+    y2[held] = -1e6
+    pred2, _, _ = get_out_of_sample_predictions(X, y2, holdout=held, max_selection_rows=200, probe=probe, seed=0)
+    np.testing.assert_allclose(pred2, pred)
+
+
+def test_issues_refuses_mlp_probe_and_pred_probs(planted, cli, tmp_path):
+    ws, _, _ = planted
+    code, out, err = cli("issues", "-w", ws, "--probe", "mlp")
+    assert code == 2 and "for --task regression" in " ".join((out + err).split())
+    np.save(tmp_path / "p.npy", np.full((600, 2), 0.5, np.float32))
+    code, out, err = cli("issues", "-w", ws, "--pred-probs", tmp_path / "p.npy")
+    assert code == 2 and "--pred-probs is not supported for --task regression" in " ".join((out + err).split())
 
 
 def test_unsupported_probe_is_a_user_error():

@@ -4,10 +4,13 @@ Two classes with a large share of their rows in each other's off-diagonal cells 
 distribution of given and true labels are, for this data, one concept (or an ill-defined
 boundary): the view that tells a user to merge them or write a clearer labelling rule.
 
-Why 10 % of the smaller class: label noise spread evenly (a fraction eta of every class
-mislabelled uniformly as one of the K - 1 others) puts 2 eta / (K - 1) of a class in each pair,
-under 10 % for any eta <= 10 % once K >= 3. A pair above it is a concentrated confusion between
-two particular classes, not the background noise confident learning already flags row by row.
+A pair overlaps when its *confusion rate* — the larger of P(true = B | given = A) and
+P(true = A | given = B), read off the joint — is at least 10 %. Why 10 %: label noise spread
+evenly (a fraction eta of every class mislabelled uniformly as one of the K - 1 others) gives
+every pair a rate of eta / (K - 1), at most 5 % for any eta <= 10 % once K >= 3. A pair at twice
+that is a concentrated confusion between two particular classes, not the background noise
+confident learning already flags row by row. Two classes drawn from one distribution reach
+about 50 %.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
 from labelkit.errors import check_in_range
 
-MIN_SHARE = 0.10  # a pair overlaps when this share of the smaller class's rows lies in the pair's joint mass
+MIN_RATE = 0.10  # a pair overlaps when P(true = B | given = A) or the reverse is at least this
 MIN_PAIR_ROWS = 5  # … and at least this many rows do
 MAX_TABLE_PAIRS = 20
 MAX_DETAIL_PAIRS = 50
@@ -60,23 +63,36 @@ def overlapping_classes(joint: np.ndarray, n_examples: int) -> tuple[np.ndarray,
 
 @register
 class ClassOverlap(Check):
+    """Overlapping class pairs from the joint of given and true labels (confident learning).
+
+    Reads the joint ``issues`` estimated (``ctx.label_issues['joint']``), or estimates it from
+    the labels and out-of-sample probabilities. ``ctx.options['overlap_min_rate']`` overrides
+    the 10 % confusion rate at which a pair overlaps. Per-row columns: none (the finding is
+    about classes, not rows); the table lists example rows of each pair.
+
+    References
+    ----------
+    Northcutt, Jiang, Chuang. "Confident Learning: Estimating Uncertainty in Dataset Labels". JAIR 2021.
+    """
+
     name = "class_overlap"
     title = "Overlapping classes"
     description = ("Pairs of classes whose rows the confident joint assigns to each other; a pair overlaps when at "
-                   f"least {MIN_SHARE:.0%} of the smaller class's rows (and {MIN_PAIR_ROWS} or more) lie in it — "
-                   "consider merging the two classes or defining their boundary.")
+                   f"least {MIN_RATE:.0%} of the rows given one label (and {MIN_PAIR_ROWS} or more) are estimated to "
+                   "truly be the other — consider merging the two classes or defining their boundary.")
     needs = ("probs",)
     tasks = ("multiclass",)
     metrics = {
         "max_class_overlap": "largest joint probability of a pair of classes (given one, truly the other, either way)",
-        "overlapping_class_pairs": f"pairs of classes holding at least {MIN_SHARE:.0%} of the smaller class's rows",
+        "overlapping_class_pairs": f"pairs of classes where at least {MIN_RATE:.0%} of one class's rows are "
+                                   "estimated to truly be the other",
     }
     columns: dict[str, str] = {}
     order = 70
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        min_share = check_in_range(ctx.options.get("overlap_min_share", MIN_SHARE), "overlap_min_share",
-                                   "class_overlap", low=0, high=1, low_closed=False)
+        min_rate = check_in_range(ctx.options.get("overlap_min_rate", MIN_RATE), "overlap_min_rate",
+                                  "class_overlap", low=0, high=1, low_closed=False)
         result = CheckResult()
         labels = np.asarray(ctx.labels, np.int64)
         probs = np.asarray(ctx.pred_probs)
@@ -93,10 +109,11 @@ class ClassOverlap(Check):
             return result
         joint = np.asarray(joint, np.float64)
         a, b, prob, count = overlapping_classes(joint, n)
-        prior = joint.sum(1)  # P(given label = k)
-        smaller = np.minimum(prior[a], prior[b])
-        share = np.divide(prob, smaller, out=np.zeros_like(prob), where=smaller > 0)
-        overlapping = (share >= min_share) & (count >= MIN_PAIR_ROWS)
+        # P(true = j | given = i): each row of the joint divided by its given-label prior.
+        prior = joint.sum(1, keepdims=True)
+        rate = np.divide(joint, prior, out=np.zeros_like(joint), where=prior > 0)
+        confusion = np.maximum(rate[a, b], rate[b, a])
+        overlapping = (confusion >= min_rate) & (count >= MIN_PAIR_ROWS)
         result.metrics = {"max_class_overlap": float(prob[0]) if len(prob) else 0.0,
                           "overlapping_class_pairs": int(overlapping.sum())}
 
@@ -113,18 +130,18 @@ class ClassOverlap(Check):
         rows = []
         for p in shown:
             ca, cb = ctx.classes[a[p]], ctx.classes[b[p]]
-            rows.append([ca, cb, round(float(prob[p]), 5), int(count[p]), round(float(share[p]), 4),
+            rows.append([ca, cb, round(float(prob[p]), 5), int(count[p]), round(float(confusion[p]), 4),
                          ", ".join(examples(a[p], b[p])), ", ".join(examples(b[p], a[p])),
                          "yes" if overlapping[p] else "no"])
         result.tables.append({"title": "Overlapping class pairs" if overlapping.any()
                               else "Most confused class pairs (none overlaps)",
-                              "columns": ["class A", "class B", "joint probability", "rows", "share of smaller class",
+                              "columns": ["class A", "class B", "joint probability", "rows", "confusion rate",
                                           "given A, predicted B", "given B, predicted A", "overlapping"],
                               "rows": rows})
         top = np.arange(min(MAX_DETAIL_PAIRS, len(prob)))
-        result.details = {"min_share": min_share, "min_pair_rows": MIN_PAIR_ROWS, "pairs": [
+        result.details = {"min_rate": min_rate, "min_pair_rows": MIN_PAIR_ROWS, "pairs": [
             {"a": ctx.classes[a[p]], "b": ctx.classes[b[p]], "joint_probability": float(prob[p]),
-             "rows": int(count[p]), "share_of_smaller_class": float(share[p]), "overlapping": bool(overlapping[p])}
+             "rows": int(count[p]), "confusion_rate": float(confusion[p]), "overlapping": bool(overlapping[p])}
             for p in top if prob[p] > 0]}
         return result
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from labelkit.checks.base import Check, CheckContext, CheckResult, register
 from labelkit import properties as P
+from labelkit.checks.base import Check, CheckContext, CheckResult, register
 
 # issue type → (what a flag says, the evidence shown after the score)
 _LABELS = {
@@ -52,8 +52,8 @@ class ImageProperties(Check):
     metrics = {f"{t}_rate": f"fraction of rows flagged {t.replace('_', ' ')}" for t in P.ISSUE_TYPES}
     columns = {**{c: d for t in P.ISSUE_TYPES
                   for c, d in ((f"is_{t}", f"{_LABELS[t]} (CleanVision's is_{t}_issue)"),
-                               (f"{t}_score", f"in [0, 1], lower is more {t.replace('_', ' ')}; "
-                                              f"flagged below {P.THRESHOLDS[t]}"))},
+                               (f"{t}_score", (f"in [0, 1], lower is more {t.replace('_', ' ')}; "
+                                               f"flagged below {P.THRESHOLDS[t]}")))},
                "image_property_score": "smallest property score relative to its threshold (0.5 = at the threshold)",
                "is_image_property_issue": "any of the seven image-property flags"}
     flag = "is_image_property_issue"
@@ -69,7 +69,11 @@ class ImageProperties(Check):
             return nan if values is None else np.asarray(values, np.float64).astype(np.float32)
 
         width, height = col("width"), col("height")
-        missing = [c for c in P.PROPERTY_COLUMNS if ctx.column(c) is None]
+        # Absent (an older ingest) or null on every row (ingest --no-properties): not measured.
+        items = ctx.items
+        missing = [c for c in P.PROPERTY_COLUMNS if items is None or c not in items.column_names
+                   or items.column(c).null_count == items.num_rows]
+        unmeasured = int(np.isnan(col("prop_entropy")).sum())
         scores = {
             "dark": P.get_dark_scores(col("prop_brightness_p99")),
             "light": P.get_light_scores(col("prop_brightness_p5")),
@@ -109,10 +113,13 @@ class ImageProperties(Check):
 
         sizes = np.sqrt(width.astype(np.float64) * height)
         median = float(np.nanmedian(sizes)) if np.isfinite(sizes).any() else float("nan")
-        evidence = _evidence(ctx, scores, thresholds, width, height, median)
-        reasons = {}
-        for row in np.flatnonzero(any_flag):
-            reasons[int(row)] = "; ".join(evidence[t](int(row)) for t in P.ISSUE_TYPES if flags[t][row])
+        parts: dict[int, list[str]] = {}
+        for t in P.ISSUE_TYPES:  # a loop over flagged rows only, in property order within a row
+            rows = np.flatnonzero(flags[t])
+            for row, text in zip(rows.tolist(), _evidence(t, rows, ctx, scores[t], thresholds[t], width, height,
+                                                          median)):
+                parts.setdefault(row, []).append(text)
+        reasons = {row: "; ".join(texts) for row, texts in parts.items()}
 
         counts = {t: int(flags[t].sum()) for t in P.ISSUE_TYPES}
         table = {"title": "Image properties (CleanVision's definitions)",
@@ -121,7 +128,7 @@ class ImageProperties(Check):
                            round(float(flags[t].mean()), 4) if n and measured[t] else None,
                            thresholds[t], _SCORE_TEXT[t]] for t in P.ISSUE_TYPES]}
         details = {"counts": counts, "thresholds": thresholds, "thumbnail_px": P.THUMBNAIL_SIZE,
-                   "blur_px": P.BLUR_SIZE, "missing_columns": missing,
+                   "blur_px": P.BLUR_SIZE, "missing_columns": missing, "unmeasured_rows": unmeasured,
                    "grayscale_images": int(gray.sum()), "mostly_grayscale": mostly_gray}
         return CheckResult(columns=columns, metrics=metrics, reasons=reasons, details=details,
                            tables=[table], warnings=warnings)
@@ -138,27 +145,24 @@ _SCORE_TEXT = {
 }
 
 
-def _evidence(ctx: CheckContext, scores: dict, thresholds: dict, width, height, median: float) -> dict:
-    """Return issue type → function(row) → the evidence string of a flagged row."""
-    def col(name):
-        values = ctx.column(name)
-        return None if values is None else np.asarray(values, np.float64)
-
-    p99, p5, blur, entropy = (col("prop_brightness_p99"), col("prop_brightness_p5"), col("prop_blurriness"),
-                              col("prop_entropy"))
-
-    def head(t: str, row: int) -> str:
-        return f"{_LABELS[t]}: {t.replace('_', '-')} score {scores[t][row]:.2f} (threshold {thresholds[t]:.2f}"
-
-    def dims(row: int) -> str:
-        return f"{int(width[row])}×{int(height[row])}"
-
-    return {
-        "dark": lambda r: head("dark", r) + f"; its brightest 1% of pixels reach only {p99[r]:.2f})",
-        "light": lambda r: head("light", r) + f"; 95% of its pixels are brighter than {p5[r]:.2f})",
-        "blurry": lambda r: head("blurry", r) + f"; edge strength {blur[r]:.1f} at 64 px)",
-        "low_information": lambda r: head("low_information", r) + f"; histogram entropy {entropy[r]:.2f} bits)",
-        "grayscale": lambda r: "image is grayscale",
-        "odd_aspect_ratio": lambda r: head("odd_aspect_ratio", r) + f"; {dims(r)})",
-        "odd_size": lambda r: head("odd_size", r) + f"; {dims(r)}, median image {median:.0f} px a side)",
-    }
+def _evidence(t: str, rows: np.ndarray, ctx: CheckContext, score: np.ndarray, threshold: float,
+              width: np.ndarray, height: np.ndarray, median: float) -> list[str]:
+    """Return the evidence line of each of `rows` (flagged for issue type `t`)."""
+    if not len(rows):
+        return []
+    if t == "grayscale":
+        return ["image is grayscale"] * len(rows)
+    if t == "dark":  # the score is the brightness of the brightest 1 % itself
+        return [f"image is dark: dark score {s:.2f} (threshold {threshold:.2f}; the brightness its brightest 1% "
+                "of pixels reach)" for s in score[rows].tolist()]
+    head = f"{_LABELS[t]}: {t.replace('_', '-')} score {{:.2f}} (threshold {threshold:.2f}; "
+    scores = score[rows].tolist()
+    if t in ("odd_aspect_ratio", "odd_size"):
+        tail = "{}×{})" if t == "odd_aspect_ratio" else "{}×{}, median image " + f"{median:.0f} px a side)"
+        return [(head + tail).format(s, w, h)
+                for s, w, h in zip(scores, width[rows].astype(np.int64).tolist(), height[rows].astype(np.int64).tolist())]
+    column, tail = {"light": ("prop_brightness_p5", "95% of its pixels are brighter than {:.2f})"),
+                    "blurry": ("prop_blurriness", "edge strength {:.1f} at 64 px)"),
+                    "low_information": ("prop_entropy", "histogram entropy {:.2f} bits)")}[t]
+    values = ctx.items.column(column).take(rows).to_numpy(zero_copy_only=False).tolist()
+    return [(head + tail).format(s, v) for s, v in zip(scores, values)]

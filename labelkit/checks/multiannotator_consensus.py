@@ -21,8 +21,8 @@ from labelkit.checks.base import Check, CheckContext, CheckResult, register
 class AnnotatorConsensus(Check):
     name = "annotator_consensus"
     title = "Annotator consensus (CROWDLAB)"
-    description = ("The consensus of the annotators and the probe differs from the majority vote, or is more "
-                   "likely wrong than right (consensus quality below 0.5).")
+    description = ("The consensus of the annotators and the probe differs from the majority vote, or its quality "
+                   "is unusually low (below both 0.5 and Q1 - 1.5 IQR of the dataset's consensus quality).")
     needs = ("probs",)
     tasks = ("multiannotator",)
     metrics = {
@@ -38,7 +38,7 @@ class AnnotatorConsensus(Check):
         "num_annotations": "how many annotators labelled the item",
         "consensus_changed": "the consensus differs from the majority vote",
         "worst_annotator": "the annotator whose label of this item CROWDLAB rates lowest",
-        "is_consensus_issue": "consensus changed, or consensus quality below the threshold",
+        "is_consensus_issue": "consensus changed, or consensus quality below min(0.5, Q1 - 1.5 IQR)",
     }
     flag = "is_consensus_issue"
     score = "consensus_quality"
@@ -112,7 +112,7 @@ class AnnotatorConsensus(Check):
             parts.append(f"majority {classes[majority]!r} → consensus {classes[consensus]!r} (quality {quality:.2f})")
         else:
             parts.append(f"consensus {classes[consensus]!r} has low quality {quality:.2f} "
-                         f"(< {found['quality_threshold']:.2f})")
+                         f"(< {found['quality_threshold']:.2f}, this dataset's cut-off)")
         if probs is not None:
             top = int(probs[row].argmax())
             parts.append(f"probe {classes[top]!r} {float(probs[row, top]):.2f} (out of sample)")

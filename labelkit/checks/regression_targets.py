@@ -27,7 +27,7 @@ class RegressionTargets(Check):
     }
     columns = {
         "is_label_issue": "the target's residual is beyond the robust threshold",
-        "label_quality": "cleanlab's regression label quality exp(−|z|) in [0, 1], lower is worse",
+        "label_quality": "cleanlab's regression label quality exp(−abs(z)) in [0, 1], lower is worse",
         "predicted_value": "the probe's out-of-sample prediction of the target",
         "residual": "target − predicted_value",
     }

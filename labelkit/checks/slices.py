@@ -24,7 +24,7 @@ EXAMPLES = 5
 
 
 def choose_n_slices(n_samples: int, *, min_slice_rows: int = MIN_SLICE_ROWS) -> int:
-    """Return the number of k-means slices for `n_samples` rows: clip(sqrt(n/2), 8, 100), at most n/min_slice_rows.
+    """Return the number of k-means slices for `n` rows: clip(sqrt(n/2), 8, 100), at most n/min_slice_rows.
 
     ``sqrt(n/2)`` is the classic rule of thumb for the number of clusters (Mardia, Kent and Bibby
     1979): slices grow with the data, as ``sqrt(2n)`` rows each. At least 8 so a small dataset is
@@ -126,6 +126,22 @@ def _share_text(top: list[tuple[str, float]]) -> str:
 
 @register
 class WeakSlices(Check):
+    """Weak slices: k-means clusters of the embeddings whose out-of-sample accuracy is far below the dataset's.
+
+    Accuracy is the probe's argmax against the given label, on the shared out-of-sample
+    probabilities. Slices of at least ``slice_min_rows`` rows (default 20) are tested with the
+    one-sided binomial test of :func:`weak_slice_pvalues` (the slice's accuracy is at least the
+    dataset's minus ``slice_min_gap``, default 0.10) at level ``slice_alpha`` (default 0.05)
+    divided by the number of slices tested (Bonferroni). Those ``ctx.options`` keys, and
+    ``n_slices`` (default :func:`choose_n_slices`), override the defaults.
+
+    References
+    ----------
+    Eyuboglu, Varma, Saab, et al. "Domino: Discovering Systematic Errors with Cross-Modal
+    Embeddings". ICLR 2022 (slice discovery in embedding space).
+    Sculley. "Web-scale k-means clustering". WWW 2010.
+    """
+
     name = "weak_slices"
     title = "Underperforming slices"
     description = ("The row lies in a k-means slice of the embedding space where the probe's out-of-sample accuracy "

@@ -78,6 +78,8 @@ def find_split_leaks(codes: np.ndarray, train: int, content_hash: pa.Array, neig
     Journal of Imaging 6(6), 41.
     """
     n = len(codes)
+    if isinstance(content_hash, pa.ChunkedArray):
+        content_hash = content_hash.combine_chunks()
     is_train = codes == train
     other = (codes >= 0) & ~is_train
     train_rows = np.flatnonzero(is_train)
@@ -142,6 +144,8 @@ def cross_split_copies(codes: np.ndarray, n_splits: int, content_hash: pa.Array,
     than a and b left out, so the counts follow the same rule as the flagged rows.
     """
     M = np.zeros((n_splits, n_splits), np.int64)
+    if isinstance(content_hash, pa.ChunkedArray):
+        content_hash = content_hash.combine_chunks()
     for b in range(n_splits):
         for a in range(n_splits):
             if a != b:
@@ -195,13 +199,21 @@ class SplitLeakage(Check):
                                                threshold=threshold if threshold is not None else 1.0)
         leak = partner >= 0
         other = (codes >= 0) & (codes != train)
+        saturated = None
+        if nbr_idx is not None and nbr_idx.shape[1]:
+            # A row whose k-th neighbour is still a near-copy may have more copies than k shows.
+            saturated = int(((codes >= 0) & (nbr_idx[:, -1] >= 0) & (nbr_sims[:, -1] >= threshold)).sum())
+            if saturated:
+                warnings.append(f"{saturated} rows have near-copies in all {nbr_idx.shape[1]} neighbour slots, so a "
+                                "copy in another split beyond them can be missed when neither row lists the other; "
+                                "run issues with a larger k_neighbors to be sure.")
         S = len(names)
         n_other = int(other.sum())
 
         reasons = {}
         rows = np.flatnonzero(leak)
         if len(rows):
-            what = "text" if ctx.modality == "text" else "image"
+            what = ctx.modality if ctx.modality in ("image", "text") else "item"
             comparable = ctx.task in ("multiclass", "multiannotator")
             partner_ids = ctx.ids.take(pa.array(partner[rows])).to_pylist()
             for row, pid in zip(rows.tolist(), partner_ids):
@@ -221,11 +233,13 @@ class SplitLeakage(Check):
             n_exact, n_near = int((in_s & exact).sum()), int((in_s & leak & ~exact).sum())
             per_split.append([names[s], size, n_exact, n_near if nbr_idx is not None else None,
                               round((n_exact + n_near) / size, 4) if size else None])
+        order = [train, *(s for s in range(S) if s != train)]
         M = cross_split_copies(codes, S, hashes, nbr_idx, nbr_sims, threshold if threshold is not None else 1.0)
         tables = [{"title": f"Copies of '{names[train]}' rows in the other splits",
                    "columns": ["split", "rows", "exact copies", "near copies", "leak rate"], "rows": per_split},
                   {"title": "Rows of each split (row) with a copy in another split (column)",
-                   "columns": ["split", *names], "rows": [[names[a], *(M[a].tolist())] for a in range(S)]}]
+                   "columns": ["split", *(names[b] for b in order)],
+                   "rows": [[names[a], *(int(M[a, b]) for b in order)] for a in order]}]
         return CheckResult(
             columns={"leaks_into": ctx.ids.take(pa.array(partner, mask=~leak)), "is_split_leak": leak,
                      "split_leak_similarity": sim},
@@ -236,5 +250,6 @@ class SplitLeakage(Check):
                      "rows_without_split": int((codes < 0).sum()), "exact": int(exact.sum()),
                      "near": int((leak & ~exact).sum()) if nbr_idx is not None else None,
                      "threshold": threshold, "k_neighbors": int(nbr_idx.shape[1]) if nbr_idx is not None else None,
+                     "rows_with_all_neighbours_near": saturated,
                      "cross_split": {names[a]: {names[b]: int(M[a, b]) for b in range(S) if b != a} for a in range(S)}},
             tables=tables, warnings=warnings)

@@ -190,26 +190,56 @@ def _versions() -> dict:
 
 def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_map_points: int = MAX_MAP_POINTS,
                       seed: int = 0) -> tuple[dict, dict]:
-    """Return (numbers for report.json, extra render-only data such as figures and thumbnails)."""
-    import pyarrow.parquet as pq
+    """Return (numbers for report.json, extra render-only data such as figures and thumbnails).
 
+    The steps, in the order the report shows them: dataset facts and provenance, class balance
+    and statistics, then — when `issues` has run — the probabilistic model (noise matrix,
+    agreement with the given labels), the embedding map, one gallery per check, the task's own
+    module (multi-label, multi-annotator, regression) and the latest checked model.
+    """
     manifest = ws.read_manifest()
     items = ws.read_items()
-    classes = manifest["classes"]
-    stages = manifest.get("stages", {})
-    summary = stages.get("issues")
+    summary = manifest.get("stages", {}).get("issues")
     # Tables left by an earlier ingest describe other rows: refuse them rather than show them.
     items_fp = current_items_fingerprint(ws)
     if ws.issues_path.exists() or summary is not None:
         require_current(ws, ws.issues_path, items_fp=items_fp)
-    modality = manifest.get("modality", "image")
+    data = _dataset_facts(manifest, items)
+    extra: dict = {"figures": {}, "galleries": {}, "notes": []}
+    _class_balance(data, extra, items, summary)
+    _statistics(data, extra, items)
+    if summary is None:
+        extra["notes"].append("No `labelkit issues` results in this workspace yet: label checks are not shown.")
+        return data, extra
+    iss = _issues_frame(ws, items)
+    _probabilistic_model(ws, data, extra, iss, summary, items_fp)
+    _embedding_map(ws, data, extra, iss, manifest, max_map_points=max_map_points, seed=seed)
+    extra["galleries"] |= check_galleries(iss, summary, data["modality"], gallery_size)
+    data["label_issue_ids_shown"] = [c["id"] for c in extra["galleries"].get("label_issues", [])]
+    flagged_total = int(iss["is_label_issue"].sum()) if "is_label_issue" in iss else 0
+    if flagged_total > gallery_size:
+        extra["notes"].append(f"The label-issue gallery shows the {gallery_size} lowest-quality of {flagged_total:,} "
+                              "flagged rows; all are in issues.parquet.")
+    _task_module(ws, data, extra)
+    model = _latest_model(ws, items_fp)
+    if model is not None:
+        data["model"] = model
+        if model.get("metrics", {}).get("reliability"):
+            extra["figures"]["reliability"] = plot_reliability(model["metrics"]["reliability"])
+    return data, extra
+
+
+def _dataset_facts(manifest: dict, items) -> dict:
+    """Return the facts panel, provenance and variables: what the data is and where it came from."""
+    stages = manifest.get("stages", {})
     usable = items["error"].isna()
-    data: dict = {
+    return {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": Path(manifest["source"]["path"]).name,
-        "modality": modality,
+        "modality": manifest.get("modality", "image"),
+        "task": manifest.get("task", "multiclass"),
         "rows": int(len(items)), "usable_rows": int(usable.sum()), "unusable_rows": int((~usable).sum()),
-        "classes": classes,
+        "classes": manifest["classes"],
         "warnings": [w["message"] for w in manifest.get("warnings", [])],
         "provenance": {"source": manifest["source"], "versions": _versions(), "labelkit_version_at_ingest":
                        manifest.get("labelkit_version"), "embedding": stages.get("embed"),
@@ -218,46 +248,69 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
         "variables": [{"name": c, "type": str(items[c].dtype), "missing": int(items[c].isna().sum())}
                       for c in items.columns],
         "unusable_by_reason": items.loc[~usable, "error"].str.split(" \\(").str[0].value_counts().to_dict(),
-        "issues": summary,
+        "issues": summary if (summary := stages.get("issues")) is not None else None,
         "gate": stages.get("gate"),
     }
-    extra: dict = {"figures": {}, "galleries": {}, "notes": []}
-    counts = summary["class_counts"] if summary else items.loc[usable, "label"].value_counts().reindex(classes, fill_value=0).to_dict()
-    per_class_issues = ([summary["per_class"][c]["label_issues"] or 0 for c in classes] if summary
-                        else [0] * len(classes))
-    extra["figures"]["class_counts"] = plot_class_counts(classes, [counts[c] for c in classes], per_class_issues)
+
+
+def _class_balance(data: dict, extra: dict, items, summary: dict | None) -> None:
+    """Rows per class, with the label-issue share in red (classification tasks)."""
+    classes = data["classes"]
+    if not classes or data["task"] in ("multilabel", "regression"):
+        return
+    usable = items["error"].isna()
+    counts = (summary or {}).get("class_counts") or \
+        items.loc[usable, "label"].value_counts().reindex(classes, fill_value=0).to_dict()
+    per_class = (summary or {}).get("per_class") or {}
+    flagged = [(per_class.get(c) or {}).get("label_issues") or 0 for c in classes]
+    extra["figures"]["class_counts"] = plot_class_counts(classes, [counts.get(c, 0) for c in classes], flagged)
+
+
+def _statistics(data: dict, extra: dict, items) -> None:
+    """Splits, image sizes or text lengths."""
+    usable = items["error"].isna()
     if "split" in items and items["split"].notna().any():
         data["splits"] = items["split"].fillna("(none)").value_counts().to_dict()
-    if modality == "image":
+    if data["modality"] == "image":
         sizes = (items.loc[usable, "width"].astype("Int64").astype(str) + "×" +
                  items.loc[usable, "height"].astype("Int64").astype(str)).value_counts()
         data["image_sizes"] = sizes.head(10).to_dict()
-    elif modality == "text":
+    elif data["modality"] == "text":
         lengths = items.loc[usable, "text_length"].dropna().to_numpy()
-        data["text_length"] = {"min": int(lengths.min()), "median": float(np.median(lengths)), "max": int(lengths.max())}
-        extra["figures"]["text_length"] = plot_histogram(lengths, "text length (characters)")
+        if len(lengths):
+            data["text_length"] = {"min": int(lengths.min()), "median": float(np.median(lengths)),
+                                   "max": int(lengths.max())}
+            extra["figures"]["text_length"] = plot_histogram(lengths, "text length (characters)")
 
-    if summary is None:
-        extra["notes"].append("No `labelkit issues` results in this workspace yet: label checks are not shown.")
-        return data, extra
 
-    has_probs = ws.probs_path.exists()  # absent when label issues could not be computed (one class)
-    if has_probs:
-        require_current(ws, ws.probs_path, items_fp=items_fp)
+def _issues_frame(ws: Workspace, items):
+    """Return issues.parquet joined with each row's class index, image path, text and source."""
+    import pyarrow.parquet as pq
+
     iss = pq.read_table(ws.issues_path).to_pandas()
-    info = items.set_index("id")
-    iss = iss.join(info[["label_id", "image_path", "text", "source"]], on="id")
+    return iss.join(items.set_index("id")[["label_id", "image_path", "text", "source"]], on="id")
+
+
+def _probabilistic_model(ws: Workspace, data: dict, extra: dict, iss, summary: dict, items_fp: str) -> None:
+    """The noise matrix and how often the probe (and any relabeler) agrees with the given labels."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    classes = data["classes"]
     if summary.get("noise_matrix") is not None:
         extra["figures"]["noise_matrix"] = plot_noise_matrix(classes, np.asarray(summary["noise_matrix"]))
     if summary.get("label_issues_not_measured"):
         extra["notes"].append(f"Label issues were not computed: {summary['label_issues_not_measured']}.")
+    if data["task"] != "multiclass":
+        return
+    has_probs = ws.probs_path.exists()  # absent when label issues could not be computed (one class)
     given = iss["label_id"].to_numpy()
+    pred = np.full(len(iss), -1)
     if has_probs:
+        require_current(ws, ws.probs_path, items_fp=items_fp)
         prob_ids, prob_matrix = read_probs(ws.probs_path)
-        pred_of = dict(zip(prob_ids, prob_matrix.argmax(1)))
-        pred = np.array([pred_of.get(i, -1) for i in iss["id"]])
-    else:
-        pred = np.full(len(iss), -1)
+        position = pd.Index(prob_ids).get_indexer(iss["id"])
+        pred = np.where(position >= 0, prob_matrix.argmax(1)[np.maximum(position, 0)], -1)
     agreement = {"probe": float((pred == given).mean()) if has_probs else None}
     relabels = ws.relabels_path
     if relabels.exists() and not is_current(ws, relabels, items_fp=items_fp):
@@ -276,40 +329,47 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
                                 for k, c in enumerate(classes)},
     }
 
-    # Embedding map (subsampled; issues always kept).
-    key = stages.get("embed", {}).get("embedding_key")
-    if key and ws.embeddings_path(key).exists():
-        emb_ids, emb = read_embeddings(ws.embeddings_path(key))
-        where = {i: r for r, i in enumerate(emb_ids)}
-        rows = np.array([where.get(i, -1) for i in iss["id"]])
-        ok = np.flatnonzero(rows >= 0)
-        rng = np.random.default_rng(seed)
-        flagged_idx = ok[iss["is_label_issue"].to_numpy()[ok]]
-        rest = np.setdiff1d(ok, flagged_idx)
-        take = max(0, max_map_points - len(flagged_idx))
-        chosen = np.sort(np.concatenate([flagged_idx[:max_map_points],
-                                         rng.choice(rest, size=min(take, len(rest)), replace=False)]))
-        xy, method = project_2d(emb[rows[chosen]], seed)
-        extra["figures"]["embedding_map"] = plot_embedding_map(
-            xy, given[chosen], classes, iss["is_label_issue"].to_numpy()[chosen])
-        data["embedding_map"] = {"method": method, "points": int(len(chosen)), "of": int(len(ok)), "embedding": key}
-        if len(chosen) < len(ok):
-            extra["notes"].append(f"The embedding map shows {len(chosen):,} of {len(ok):,} rows (every flagged row, "
-                                  "plus a random sample of the rest).")
 
-    extra["galleries"] |= check_galleries(iss, summary, modality, gallery_size)
-    data["label_issue_ids_shown"] = [c["id"] for c in extra["galleries"].get("label_issues", [])]
-    flagged_total = int(iss["is_label_issue"].sum())
-    if flagged_total > gallery_size:
-        extra["notes"].append(f"The label-issue gallery shows the {gallery_size} lowest-quality of {flagged_total:,} "
-                              "flagged rows; all are in issues.parquet.")
+def _embedding_map(ws: Workspace, data: dict, extra: dict, iss, manifest: dict, *, max_map_points: int,
+                   seed: int) -> None:
+    """A 2-D map of a sample of rows (every flagged row kept), coloured by given label."""
+    import pandas as pd
 
-    model = _latest_model(ws, items_fp)
-    if model is not None:
-        data["model"] = model
-        if model.get("metrics", {}).get("reliability"):
-            extra["figures"]["reliability"] = plot_reliability(model["metrics"]["reliability"])
-    return data, extra
+    key = manifest.get("stages", {}).get("embed", {}).get("embedding_key")
+    if not key or not ws.embeddings_path(key).exists():
+        return
+    emb_ids, emb = read_embeddings(ws.embeddings_path(key))
+    rows = pd.Index(emb_ids).get_indexer(iss["id"])
+    ok = np.flatnonzero(rows >= 0)
+    rng = np.random.default_rng(seed)
+    flags = iss["is_label_issue"].to_numpy() if "is_label_issue" in iss else np.zeros(len(iss), bool)
+    flagged_idx = ok[flags[ok]]
+    rest = np.setdiff1d(ok, flagged_idx)
+    take = max(0, max_map_points - len(flagged_idx))
+    chosen = np.sort(np.concatenate([flagged_idx[:max_map_points],
+                                     rng.choice(rest, size=min(take, len(rest)), replace=False)]))
+    if len(chosen) < 3:
+        return
+    xy, method = project_2d(emb[rows[chosen]], seed)
+    given = iss["label_id"].to_numpy()
+    extra["figures"]["embedding_map"] = plot_embedding_map(xy, given[chosen], data["classes"], flags[chosen])
+    data["embedding_map"] = {"method": method, "points": int(len(chosen)), "of": int(len(ok)), "embedding": key}
+    if len(chosen) < len(ok):
+        extra["notes"].append(f"The embedding map shows {len(chosen):,} of {len(ok):,} rows (every flagged row, "
+                              "plus a random sample of the rest).")
+
+
+def _task_module(ws: Workspace, data: dict, extra: dict) -> None:
+    """The task's own numbers and figures (labelkit.tasks.<task>.report_data), when it has any."""
+    if data["task"] == "multiclass":
+        return
+    from labelkit.tasks import task_module
+
+    module = task_module(data["task"])
+    if hasattr(module, "report_data"):
+        task_data, figures = module.report_data(ws)
+        data["task_data"] = task_data
+        extra["figures"] |= figures
 
 
 def check_galleries(iss, summary: dict, modality: str, gallery_size: int) -> dict[str, list[dict]]:
@@ -396,8 +456,11 @@ def render_html(data: dict, extra: dict) -> str:
     from markupsafe import Markup
 
     env = Environment(loader=PackageLoader("labelkit.report", "templates"), autoescape=select_autoescape(default=True))
-    env.filters["pct"] = lambda v, d=1: "—" if v is None else f"{100 * v:.{d}f}%"
-    env.filters["num"] = lambda v: "—" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:,.3g}")
+    from jinja2 import Undefined
+
+    missing = lambda v: v is None or isinstance(v, Undefined)  # not measured, or not part of this task
+    env.filters["pct"] = lambda v, d=1: "—" if missing(v) else f"{100 * v:.{d}f}%"
+    env.filters["num"] = lambda v: "—" if missing(v) else (f"{v:,}" if isinstance(v, int) else f"{v:,.3g}")
     figures = {k: Markup(v) if v.startswith("<svg") else v for k, v in extra["figures"].items()}
     css = (Path(__file__).parent / "templates" / "report.css").read_text(encoding="utf-8")
     from labelkit.checks import get_checks

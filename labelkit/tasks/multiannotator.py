@@ -17,8 +17,11 @@ numerically, others alphabetically), so the same annotations always give the sam
 never in training), then runs CROWDLAB (``cleanlab.multiannotator``), which weighs each
 annotator and the probe by how well they agree with the consensus: a consensus label and a
 quality score per item, and a quality per annotator (``annotators.parquet``). An item is flagged
-when its consensus differs from the majority vote or its consensus quality is below 0.5 (the
-consensus is then more likely wrong than right).
+when its consensus differs from the majority vote, or its consensus quality is unusually low for
+the dataset: below Tukey's lower fence, Q1 − 1.5·IQR of the items' consensus quality, and below
+0.5. (CROWDLAB's scores are not calibrated probabilities: on the digits bench they span 0.22–0.83,
+and 0.5 alone flagged 10 % of the rows, 98 % of them with a correct consensus; the fence alone
+flags the single-annotator items of clean data, whose quality is lower but still 0.88.)
 
 References
 ----------
@@ -40,7 +43,8 @@ from labelkit.errors import LabelkitError, check_in_range
 from labelkit.tasks import TASK_LABEL_COL, TaskSpec
 from labelkit.workspace import sort_classes
 
-QUALITY_THRESHOLD = 0.5  # consensus quality below this: the consensus is more likely wrong than right
+QUALITY_FENCE = 1.5  # flag consensus quality below Q1 - QUALITY_FENCE * IQR (Tukey's lower fence) …
+QUALITY_CAP = 0.5  # … and below this
 TIE_BREAK = "the tied class first in class order"
 ANNOTATORS_FILE = "annotators.parquet"
 MAX_REASON_ANNOTATORS = 6
@@ -91,7 +95,7 @@ def get_majority_vote(labels_multiannotator: np.ndarray, n_classes: int) -> tupl
 
 
 def get_consensus(labels_multiannotator: np.ndarray, pred_probs: np.ndarray, *, majority: np.ndarray | None = None,
-                  annotators: Sequence[str] | None = None, quality_threshold: float = QUALITY_THRESHOLD) -> dict:
+                  annotators: Sequence[str] | None = None, quality_threshold: float | None = None) -> dict:
     """Return CROWDLAB's consensus labels, their quality, and each annotator's quality.
 
     Parameters
@@ -105,9 +109,11 @@ def get_consensus(labels_multiannotator: np.ndarray, pred_probs: np.ndarray, *, 
         The given (majority-vote) label per row; computed by :func:`get_majority_vote` if omitted.
     annotators : sequence of str, optional
         Annotator names (default ``"0"``, ``"1"``, …).
-    quality_threshold : float in [0, 1]
+    quality_threshold : float in [0, 1] or None
         A row is flagged when its consensus quality is below this, or its consensus differs
-        from `majority`.
+        from `majority`. None: the lower of 0.5 and Tukey's lower fence of the rows' consensus
+        quality, Q1 − 1.5·IQR (CROWDLAB's scores are not calibrated, so a fixed cut-off alone
+        flags too much on one dataset and nothing on another).
 
     Returns
     -------
@@ -127,7 +133,8 @@ def get_consensus(labels_multiannotator: np.ndarray, pred_probs: np.ndarray, *, 
     import pandas as pd
     from cleanlab.multiannotator import get_label_quality_multiannotator
 
-    check_in_range(quality_threshold, "quality_threshold", "get_consensus", low=0.0, high=1.0)
+    if quality_threshold is not None:
+        check_in_range(quality_threshold, "quality_threshold", "get_consensus", low=0.0, high=1.0)
     matrix = np.asarray(labels_multiannotator)
     if matrix.dtype.kind != "f":
         matrix = np.where(matrix < 0, np.nan, matrix.astype(np.float64))
@@ -171,6 +178,9 @@ def get_consensus(labels_multiannotator: np.ndarray, pred_probs: np.ndarray, *, 
     ann_agree[active] = stats["agreement_with_consensus"].to_numpy(np.float64)
     ann_worst[active] = stats["worst_class"].to_numpy().astype(np.int64)
     changed = consensus != majority
+    if quality_threshold is None:
+        q1, q3 = np.quantile(consensus_quality, [0.25, 0.75]) if n else (0.0, 0.0)
+        quality_threshold = min(QUALITY_CAP, max(0.0, float(q1 - QUALITY_FENCE * (q3 - q1))))
     low = consensus_quality < quality_threshold
     return {
         "consensus_label": consensus, "consensus_quality": consensus_quality,
@@ -261,7 +271,6 @@ def prepare_table(df, source, *, options: dict):
     flat = pa.array(codes.reshape(-1), mask=codes.reshape(-1) < 0)
     values = class_array.take(flat)
     lists = pa.ListArray.from_arrays(pa.array(np.arange(0, n * M + 1, M, dtype=np.int32)), values)
-    out = out.copy()
     out[TASK_LABEL_COL] = class_array.take(pa.array(majority, mask=majority < 0)).to_pandas()
     unlabelled = majority < 0
     errors = None
@@ -279,6 +288,13 @@ def _group_long(df, source: Path, annotator_col: str, options: dict):
     from labelkit.ingest import _cells, detect_column
 
     columns = [str(c) for c in df.columns]
+    if source.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        unread = [c for c in pq.read_schema(source).names if c not in columns]
+        if unread:  # ingest reads an --embedding-col of a Parquet file per file row, before this grouping
+            raise LabelkitError(f"--embedding-col {unread[0]!r} cannot be used with the long layout of a Parquet table "
+                                f"({source}): give one row per item (--annotator-cols), or a CSV/JSONL table.")
     annotator_col = detect_column(columns, "annotator", annotator_col, source, required=True)
     label_col = detect_column(columns, "label", options.get("label_col"), source, required=True)
     id_col = detect_column(columns, "id", options.get("id_col"), source, required=False)
@@ -385,7 +401,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     if not annotators or "annotator_labels" not in pq.read_schema(ws.items_path).names:
         raise LabelkitError(f"{ws.root} has no annotator labels; run `labelkit ingest --annotator-cols …` (or "
                             "--annotator-col) again.")
-    items = ws.read_items_table(columns=["id", "label_id", "content_hash", "error", "annotator_labels"])
+    items = ws.read_items_table()  # every column: the shared checks read text, paths, splits and properties
     ids = _string_array(items.column("id"))
     label_id = items.column("label_id").to_numpy()
     usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & (label_id >= 0)
@@ -447,17 +463,23 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
 
     nn_idx = nn_sim = neighbors_info = None
     if emb is not None and len(emb) > 1:
-        nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=min(k_neighbors, len(emb) - 1), device=device,
-                                                                seed=seed, progress=progress, return_info=True)
+        if engine == "ray":
+            from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
+
+            phase_started = time.perf_counter()
+            nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address, seed=seed)
+            neighbors_info = {"index": "ray", "seconds": {"search": round(time.perf_counter() - phase_started, 3)}}
+        else:
+            nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=k_neighbors, device=device, seed=seed,
+                                                                    progress=progress, return_info=True)
         phase_seconds |= neighbors_info["seconds"]
     label_issues = {"is_label_issue": found["is_issue"], "label_quality": found["consensus_quality"].astype(np.float64),
                     "suggested_label": found["consensus_label"]}
     options_fp = fingerprint(items_fp, "multiannotator", embedding_key, origin, str(pred_probs) if pred_probs else None,
                              n_folds, probe, dup_threshold, k_neighbors, seed, held_record["ids_fingerprint"],
-                             QUALITY_THRESHOLD)
-    items_usable = usable_rows(ws.read_items_table())
+                             QUALITY_FENCE, QUALITY_CAP)
     ctx = CheckContext(ids=usable_ids, labels=majority, classes=classes, task="multiannotator",
-                       modality=manifest.get("modality", "text"), items=items_usable, embeddings=emb,
+                       modality=manifest.get("modality", "text"), items=usable_rows(items), embeddings=emb,
                        embedding_key=embedding_key, pred_probs=probs, folds=folds, label_issues=label_issues,
                        neighbor_idx=nn_idx, neighbor_sims=nn_sim,
                        options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
@@ -512,7 +534,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
                       for k, c in enumerate(classes)},
         "noise_matrix": None, "joint": None,
         "annotators": annotator_records(found, classes),
-        "consensus": {"method": "crowdlab", "quality_threshold": QUALITY_THRESHOLD, "model_weight": found["model_weight"],
+        "consensus": {"method": "crowdlab", "quality_threshold": round(found["quality_threshold"], 6), "model_weight": found["model_weight"],
                       "low_quality_rows": int(found["low_quality"].sum()),
                       "majority_tie_break": TIE_BREAK},
         "probe_accuracy": float((probs.argmax(1) == majority).mean()) if n else None,

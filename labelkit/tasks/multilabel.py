@@ -803,50 +803,52 @@ def plot_cooccurrence(tags: Sequence[str], matrix: np.ndarray):
 
 
 def report_data(ws) -> tuple[dict, dict]:
-    """Return (the multi-label numbers for report.json under ``'multilabel'``, figures): per-tag bars
-    with the suspect tags, and the tag co-occurrence matrix (the most frequent 40 tags)."""
+    """Return (the multi-label numbers the report shows as ``task_data``, figures): per-tag bars with
+    the suspect tags, the tag co-occurrence matrix (the 40 most frequent tags) and how often the
+    probe agrees with each given tag."""
     import pyarrow.parquet as pq
 
-    from labelkit.workspace import require_current
+    from labelkit.workspace import read_probs, require_current
 
     manifest = ws.read_manifest()
     tags = list(manifest["classes"])
     _, _, Y = read_multilabel_items(ws, tags)
-    order = np.argsort(-Y.sum(0), kind="stable")[:MAX_COOCCURRENCE_TAGS]
-    shown = [tags[k] for k in order]
-    matrix = cooccurrence(Y[:, order])
+    frequent = np.argsort(-Y.sum(0), kind="stable")
+    shown = [tags[k] for k in frequent[:MAX_COOCCURRENCE_TAGS]]
+    matrix = cooccurrence(Y[:, frequent[:MAX_COOCCURRENCE_TAGS]])
     data = {"tags": len(tags), "rows": int(len(Y)), "rows_without_labels": int((~Y.any(1)).sum()),
             "mean_labels_per_row": float(Y.sum(1).mean()) if len(Y) else 0.0,
             "cooccurrence": {"tags": shown, "p_column_given_row": np.round(matrix, 4).tolist()},
             "cooccurrence_tags_shown": len(shown)}
     figures = {"multilabel_cooccurrence": plot_cooccurrence(shown, matrix)}
     summary = manifest.get("stages", {}).get("issues")
-    out = {"multilabel": data}
-    if summary is not None and ws.issues_path.exists():
-        require_current(ws, ws.issues_path)
-        per = summary["per_class"]
-        bars = [tags[k] for k in np.argsort(-Y.sum(0), kind="stable")[:60]]
-        figures["multilabel_tags"] = plot_tag_bars(bars, [per[t]["count"] for t in bars],
-                                                   [per[t]["label_issues"] for t in bars],
-                                                   [per[t]["missing_label_issues"] for t in bars])
-        data |= {"probe": (summary.get("probe") or {}).get("chosen"), "health_score": summary.get("multilabel_health_score"),
-                 "suspect_given": summary.get("multilabel_suspect_given"),
-                 "suspect_missing": summary.get("multilabel_suspect_missing"), "flagged": summary.get("label_issues")}
-        if ws.probs_path.exists():
-            require_current(ws, ws.probs_path)
-            from labelkit.workspace import read_probs
-
-            issue_ids = pq.read_table(ws.issues_path, columns=["id"]).column("id").to_pylist()
-            prob_ids, probs = read_probs(ws.probs_path)
-            if prob_ids == issue_ids and probs.shape == Y.shape:
-                predicted = probs >= 0.5
-                given_k = np.maximum(Y.sum(0), 1)
-                # Replaces the multiclass panel (argmax against one label id) with its per-tag meaning.
-                out["ground_truth_correlation"] = {
-                    "agreement_with_given": {"probe": float((predicted == Y).all(1).mean())},
-                    "per_class_agreement": {t: float((predicted & Y)[:, k].sum() / given_k[k]) if Y[:, k].any() else None
-                                            for k, t in enumerate(tags)}}
-    return out, figures
+    if summary is None or not ws.issues_path.exists():
+        return data, figures
+    require_current(ws, ws.issues_path)
+    per = summary["per_class"]
+    bars = [tags[k] for k in frequent[:60]]
+    figures["multilabel_tags"] = plot_tag_bars(bars, [per[t]["count"] for t in bars],
+                                               [per[t]["label_issues"] for t in bars],
+                                               [per[t]["missing_label_issues"] for t in bars])
+    data |= {"probe": (summary.get("probe") or {}).get("chosen"), "health_score": summary.get("multilabel_health_score"),
+             "suspect_given": summary.get("multilabel_suspect_given"),
+             "suspect_missing": summary.get("multilabel_suspect_missing"), "flagged": summary.get("label_issues"),
+             "per_tag": [{"tag": t, **per[t]} for t in bars]}
+    if ws.probs_path.exists():
+        require_current(ws, ws.probs_path)
+        issue_ids = pq.read_table(ws.issues_path, columns=["id"]).column("id").to_pylist()
+        prob_ids, probs = read_probs(ws.probs_path)
+        if prob_ids == issue_ids and probs.shape == Y.shape:
+            predicted = probs >= 0.5
+            # Out of sample: rows whose predicted set equals the given set, and per tag the share
+            # of the rows given it where the probe agrees (probability >= 0.5).
+            data["probe_agreement"] = {
+                "exact_set": float((predicted == Y).all(1).mean()),
+                "per_tag": {t: float((predicted & Y)[:, k].sum() / Y[:, k].sum()) if Y[:, k].any() else None
+                            for k, t in enumerate(tags)}}
+            for row in data["per_tag"]:
+                row["probe_agrees"] = data["probe_agreement"]["per_tag"][row["tag"]]
+    return data, figures
 
 
 # ---------------------------------------------------------------------------------------------

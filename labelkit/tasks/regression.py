@@ -601,8 +601,11 @@ def residual_reason(target: float, prediction: float, z: float, *, reference: np
 
 
 def report_data(ws) -> tuple[dict, dict]:
-    """Return (the regression numbers for report.json under ``'regression'``, figures): a histogram of
-    the out-of-sample residuals with the flagging band, and predicted against given targets."""
+    """Return (the regression numbers for report.json, kept there as ``task_data``; figures).
+
+    The figures are a histogram of the out-of-sample residuals with the flagging band, and the
+    given targets against their predictions (at most 4,000 points, every flagged row among them).
+    """
     import pyarrow.parquet as pq
 
     from labelkit.report import _figure_uri, _mpl
@@ -621,11 +624,11 @@ def report_data(ws) -> tuple[dict, dict]:
     center, scale, z = info.get("residual_center") or 0.0, info.get("residual_scale") or 1.0, info.get("z_threshold")
     band = [center - z * scale, center + z * scale] if z is not None else None
     probe = info.get("probe") or {}
-    data = {"regression": {
+    data = {
         "rows": int(len(y)), "flagged": int(flags.sum()), "residual_mae": summary.get("residual_mae"),
         "residual_r2": summary.get("residual_r2"), "residual_center": center, "residual_scale": scale,
         "z_threshold": z, "flag_band": band, "target": info.get("target"), "probe": probe.get("chosen"),
-        "probe_candidates": probe.get("candidates"), "selection_rows": probe.get("selection_rows")}}
+        "probe_candidates": probe.get("candidates"), "selection_rows": probe.get("selection_rows")}
     plt = _mpl()
     figures = {}
     fig, ax = plt.subplots(figsize=(6.2, 2.4))
