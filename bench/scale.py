@@ -126,6 +126,28 @@ def neighbour_recall(X: np.ndarray, n_queries: int = 1000, k: int = 10) -> tuple
     return float(np.mean([len(set(a) & set(t)) / k for a, t in zip(idx[q], truth)])), info["index"]
 
 
+# `labelkit issues` with every registered check's run() timed, so the bench can name a check that
+# dominates the `checks` phase; the seconds go to <workspace>/check_seconds.json.
+TIMED_ISSUES = """
+import json, sys, time
+from labelkit.checks.base import get_checks
+from labelkit.cli import main
+seconds = {{}}
+for check in get_checks():
+    cls = type(check)
+    def timed(self, ctx, _run=cls.run, _name=check.name):
+        t = time.perf_counter()
+        try:
+            return _run(self, ctx)
+        finally:
+            seconds[_name] = round(time.perf_counter() - t, 3)
+    cls.run = timed
+code = main(["issues", "-w", {ws!r}, "--json"])
+open({out!r}, "w").write(json.dumps(seconds))
+sys.exit(code)
+"""
+
+
 def labelkit_run(n: int, tmp: Path, *, recall: bool) -> dict:
     import pyarrow.parquet as pq
 
@@ -136,7 +158,7 @@ def labelkit_run(n: int, tmp: Path, *, recall: bool) -> dict:
     ingest_s, ingest_rss, code = run(py + ["ingest", str(table), "-w", str(ws), "--embedding-col", "emb", "--json"])
     if code:
         raise SystemExit(f"labelkit ingest failed at {n:,} rows (exit {code})")
-    issues_s, issues_rss, code = run(py + ["issues", "-w", str(ws), "--json"])
+    issues_s, issues_rss, code = run([sys.executable, "-c", TIMED_ISSUES.format(ws=str(ws), out=str(ws / "check_seconds.json"))])
     if code:
         raise SystemExit(f"labelkit issues failed at {n:,} rows (exit {code})")
     record = json.loads((ws / "manifest.json").read_text())["stages"]["issues"]
@@ -154,7 +176,10 @@ def labelkit_run(n: int, tmp: Path, *, recall: bool) -> dict:
     probs_bytes = n * N_CLASSES * 4
     out = {"rows": n, "ingest_s": ingest_s, "issues_s": issues_s, "total_s": ingest_s + issues_s,
            "peak_rss_mb": max(ingest_rss, issues_rss), "budget_mb": (3 * (X.nbytes + probs_bytes) + (1 << 30)) / 2**20,
-           "phases": record.get("phase_seconds", {}), "index": (record.get("neighbors") or {}).get("index"),
+           "phases": record.get("phase_seconds", {}), "load": os.getloadavg()[0],
+           "check_seconds": json.loads((ws / "check_seconds.json").read_text()),
+           "probe": {key: (record.get("probe") or {}).get(key) for key in ("chosen", "max_fold_rows", "fold_train_rows")},
+           "index": (record.get("neighbors") or {}).get("index"),
            "index_params": (record.get("neighbors") or {}).get("params"),
            "cl_path": (record.get("confident_learning") or {}).get("path"),
            "flip_pr": pr(flags, given != y_true),
@@ -206,7 +231,12 @@ def main() -> None:
                   f"flips P/R {r['flip_pr'][0]:.3f}/{r['flip_pr'][1]:.3f}; duplicate pairs P/R "
                   f"{r['dup_precision']:.3f}/{r['dup_recall']:.3f}; index {r['index']} {r['index_params']}; "
                   f"CL {r['cl_path']}" + (f"; recall@10 {r['recall@10']:.4f} ({r['recall_index']})"
-                                           if "recall@10" in r else ""), flush=True)
+                                           if "recall@10" in r else "") + f"; load average {r['load']:.1f}", flush=True)
+            print(f"    probe {r['probe']}; checks by seconds: " + ", ".join(
+                f"{name} {sec:.1f}" for name, sec in sorted(r["check_seconds"].items(), key=lambda t: -t[1])
+                if sec >= 0.05) + " (a check over 10 % of the total: "
+                + (", ".join(name for name, sec in r["check_seconds"].items() if sec > 0.1 * r["total_s"]) or "none")
+                + ")", flush=True)
             for f in tmp.glob("*"):  # free the disk: 1M x 512 is 2 GB per copy
                 subprocess.run(["rm", "-rf", str(f)])
         if len(sizes) > 1:

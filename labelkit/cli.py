@@ -547,7 +547,8 @@ def train(workspace: Path = WorkspaceOpt,
                   highlight=False)
         table = Table("metric", "value", title=f"Held-out: {card['heldout']['rows']} rows", title_justify="left",
                       caption=f"scored against {card['eval_labels']!r} labels", caption_justify="left")
-        for k in ("accuracy", "macro_f1", "nll", "ece", "brier", "mae", "rmse", "r2"):  # classification or regression
+        for k in ("accuracy", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "nll", "ece", "brier", "mae",
+                  "rmse", "r2"):  # classification, multi-label or regression
             if m.get(k) is not None:
                 table.add_row(k, f"{m[k]:.4f}")
         out.print(table)

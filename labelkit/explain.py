@@ -94,7 +94,7 @@ def explain(workspace: Workspace | Path | str, row_id: str, *, k: int = 10,
 
     neighbor_ids, sims = _nearest(ws, items, row_id, k, result)
     issues = _issue_rows(ws.issues_path, [row_id, *neighbor_ids])
-    flag_owner, columns_of = _flag_columns(issues.schema)
+    flag_owner = _flag_columns(issues.schema)
     if "reason" not in issues.schema.names:
         result.warnings.append(f"{ws.issues_path} has no reason column (written by an older labelkit); run "
                                f"`labelkit issues -w {ws.root}` again for the evidence behind each flag.")
@@ -104,7 +104,7 @@ def explain(workspace: Workspace | Path | str, row_id: str, *, k: int = 10,
         result.warnings.append(f"{row_id!r} has no row in {ws.issues_path}: `issues` did not check it.")
     else:
         result.reason = mine.get("reason")
-        result.findings = _findings(mine, flag_owner, columns_of)
+        result.findings = _findings(mine, flag_owner)
         result.suggested_label = mine.get("suggested_label")
         quality = mine.get("label_quality")
         result.label_quality = None if quality is None or np.isnan(quality) else float(quality)
@@ -163,8 +163,8 @@ def _issue_rows(path: Path, ids: list[str]) -> pa.Table:
     return pq.read_table(path, filters=pc.field("id").isin(ids))
 
 
-def _flag_columns(schema: pa.Schema) -> tuple[dict[str, object], dict[str, object]]:
-    """Return ({bool column: the check owning it}, {column: the check declaring it}) for issues.parquet.
+def _flag_columns(schema: pa.Schema) -> dict[str, object]:
+    """Return {bool column of issues.parquet: the registered check declaring it}.
 
     A bool column that no registered check declares (written by another labelkit version) is
     still a flag; its owner is None.
@@ -175,11 +175,10 @@ def _flag_columns(schema: pa.Schema) -> tuple[dict[str, object], dict[str, objec
     for check in get_checks():
         for column in check.columns:
             declared.setdefault(column, check)
-    flags = {f.name: declared.get(f.name) for f in schema if pa.types.is_boolean(f.type)}
-    return flags, declared
+    return {f.name: declared.get(f.name) for f in schema if pa.types.is_boolean(f.type)}
 
 
-def _findings(row: dict, flag_owner: dict, columns_of: dict) -> list[dict]:
+def _findings(row: dict, flag_owner: dict) -> list[dict]:
     """Return one finding per check with a set flag column: its main flag first, then sub-flags."""
     from labelkit.checks import get_checks
 

@@ -73,11 +73,17 @@ def parse_rules(spec: str | list[str] | tuple[str, ...], *, metrics: dict[str, s
                                 "e.g. label_issue_rate>0.05 or accuracy<0.9.")
         metric, op, value = m.groups()
         if not _known_metric(metric, metrics):
-            from labelkit.baseline import METRICS as CHANGE_METRICS
+            from labelkit.baseline import DELTA, METRICS as CHANGE_METRICS
 
-            changes = (f"; with --baseline also METRIC.delta and {', '.join(CHANGE_METRICS)}"
-                       if metrics is METRICS else "")
-            raise LabelkitError(f"Unknown metric {metric!r} in {part.strip()!r}; known: {', '.join(metrics)}{changes}.")
+            import difflib
+
+            known = list(metrics) + (list(CHANGE_METRICS) if metrics is METRICS else [])
+            close = difflib.get_close_matches(metric.removesuffix(DELTA), known, n=3, cutoff=0.6)
+            hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+            where = ("every check's metrics are listed in docs/checks.md (python -m labelkit.checks); with "
+                     "--baseline also METRIC.delta and " + ", ".join(CHANGE_METRICS)) if metrics is METRICS else \
+                "known: " + ", ".join(metrics)
+            raise LabelkitError(f"Unknown metric {metric!r} in {part.strip()!r}; {hint}{where}.")
         rules.append(Rule(metric, op, float(value)))
     return rules
 

@@ -939,9 +939,12 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
     usable_labels = table.column("label").filter(usable)
     errors = table.column("error").drop_null().to_pylist()
     if not len(usable_labels):
-        reasons = _count(errors)
+        # Counted by reason without the row-specific tail, so the message stays one short line;
+        # the first row's own message shows an example.
+        reasons = _count(_reason(e) for e in errors)
         raise LabelkitError(f"{source}: no usable labelled rows ({n} rows; "
-                            + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ").")
+                            + ", ".join(f"{k}: {v}" for k, v in list(reasons.items())[:5])
+                            + (f"; first: {errors[0]}" if errors else "") + ").")
     distinct = pc.unique(usable_labels).to_pylist()
     if task_spec is not None and task_spec.classes is not None:
         classes = task_spec.classes

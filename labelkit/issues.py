@@ -590,7 +590,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         writer.join()
 
     summary = summarize(labels, classes, found, n_rows=items.num_rows)
-    for check in get_checks(checks):
+    # Every registered metric is present: None when its check did not run (the gate says "not measured").
+    for check in get_checks():
         summary |= {metric: None for metric in check.metrics} | (results[check.name].metrics if check.name in results else {})
     judged = found["suggested_label"] >= 0
     summary |= {"origin": origin, "probe": probe_info, "embedding_key": embedding_key, "filter_by": filter_by,

@@ -36,6 +36,14 @@ KNN_K_GRID = (5, 10, 20, 40)
 KNN_SMOOTHING_GRID = (0.01, 0.03, 0.1, 0.3)
 SKLEARN_MAX_ROWS = 20_000
 MAX_SELECTION_ROWS = 20_000
+# Training rows of each model of the final k-fold (a stratified subsample of the fold's training
+# rows above it); every row is still predicted, out of sample. The learning curve of the linear
+# probe on bench/scale.py's data has flattened well before this (docs/scale.md), and without a cap
+# the k-fold's cost grows linearly with n (5 folds x 0.8 n rows) where this keeps it fixed.
+MAX_FOLD_ROWS = 100_000
+# Rows of each class a capped fold keeps at least (all of them when the class is smaller), so a
+# rare class is never thinned below what its probe needs.
+FOLD_MIN_PER_CLASS = 100
 # Two candidates this close (relative log-loss) are averaged as a further candidate.
 AVERAGE_WITHIN = 0.02
 # An expensive candidate is abandoned once its log-loss on the folds done so far is this much
@@ -54,7 +62,9 @@ class ProbeChoice:
     ``cv_log_loss`` maps each candidate's name to its out-of-fold log-loss on the selection rows;
     ``candidates`` adds accuracy and seconds; ``skipped`` says which candidates were abandoned and
     why. ``features`` is the winner's family (standardized, raw, knn, mlp or average), ``C`` its
-    regularisation for a logistic regression (else None).
+    regularisation for a logistic regression (else None). ``max_fold_rows`` is the cap on the
+    training rows of each model of the final k-fold and ``fold_train_rows`` the most rows any of
+    those models trained on (0 when the selection's own folds were final).
     """
 
     engine: str
@@ -68,6 +78,8 @@ class ProbeChoice:
     skipped: dict[str, str] = field(default_factory=dict)
     selection_rows: int = 0
     rows: int = 0
+    max_fold_rows: int | None = None
+    fold_train_rows: int = 0
     holdout_rows: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -508,10 +520,23 @@ def _evaluate_average(search: _Search) -> None:
 # Every row at the chosen setting
 
 
+def _cap_rows(train: np.ndarray, labels: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
+    """Return `train`, or a stratified subsample of it of about `max_rows` rows when it is larger."""
+    if max_rows is None or len(train) <= max_rows:
+        return train
+    return train[_stratified_subsample(labels[train], max_rows, FOLD_MIN_PER_CLASS, seed)]
+
+
 def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int, *, engine: str, device: str,
-                  seed: int, tick: Callable[[], None]) -> np.ndarray:
+                  seed: int, tick: Callable[[], None], max_fold_rows: int | None = None,
+                  trained: list | None = None) -> np.ndarray:
     """Return probabilities for every row: in-fold rows from the model fit on the other folds, held-out
-    rows from the model fit on all non-held-out rows (their labels are never read)."""
+    rows from the model fit on all non-held-out rows (their labels are never read).
+
+    Above `max_fold_rows` training rows a model fits a stratified subsample of them (seeded per
+    fold); the rows it predicts are unchanged. The training-row count of every model is appended
+    to `trained` when given.
+    """
     n = len(X)
     probs = np.zeros((n, n_classes), np.float32)
     train_rows = np.flatnonzero(~holdout)
@@ -519,7 +544,7 @@ def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int
     if setting.family == "average":
         for part in setting.parts:
             probs += _predict_rows(part, X, labels, fold_of, holdout, n_classes, engine=engine, device=device,
-                                   seed=seed, tick=tick)
+                                   seed=seed, tick=tick, max_fold_rows=max_fold_rows, trained=trained)
         return _normalise(probs / len(setting.parts))
     n_folds = int(fold_of[train_rows].max()) + 1
     if setting.family == "knn":
@@ -538,6 +563,9 @@ def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int
     if len(held):
         jobs.append((train_rows, held))
     for j, (train, test) in enumerate(jobs):
+        train = _cap_rows(train, labels, max_fold_rows, seed + j)
+        if trained is not None:
+            trained.append(len(train))
         if engine == "sklearn" and setting.family != "mlp":
             model = _SklearnProbe(seed, setting.family == "standardized")
             probs[test] = model.fit_predict(X[train], labels[train], X[test], setting.C, n_classes)
@@ -553,7 +581,7 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
                             raw_C_grid: Sequence[float] | None = RAW_C_GRID, probe: str = "auto",
                             k_grid: Sequence[int] = KNN_K_GRID, holdout: np.ndarray | None = None,
                             folds: np.ndarray | None = None, max_selection_rows: int = MAX_SELECTION_ROWS,
-                            device: str = "cpu", seed: int = 0,
+                            max_fold_rows: int | None = MAX_FOLD_ROWS, device: str = "cpu", seed: int = 0,
                             progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, ProbeChoice]:
     """Return (pred_probs of shape (n_samples, n_classes) float32, fold per row, the probe chosen).
 
@@ -581,6 +609,11 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
         held-out rows are ignored).
     max_selection_rows : int
         Rows of the stratified subsample on which the candidate and its setting are chosen.
+    max_fold_rows : int or None
+        Most training rows of each model of the final k-fold over all rows (logistic regression,
+        MLP): above it a model fits a stratified subsample of its fold's training rows (every
+        class keeps at least 100 rows, or all it has), and still predicts all its fold's rows, so
+        the k-fold's cost stops growing with n. None: no cap. kNN always searches all rows.
 
     Returns
     -------
@@ -597,6 +630,8 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     check_in_range(n_folds, "n_folds", "get_out_of_sample_probs", low=2, kind="an int")
     check_in_range(max_selection_rows, "max_selection_rows", "get_out_of_sample_probs", low=2 * n_classes,
                    kind="an int")
+    if max_fold_rows is not None:
+        check_in_range(max_fold_rows, "max_fold_rows", "get_out_of_sample_probs", low=2 * n_classes, kind="an int")
     if probe not in PROBES:
         raise LabelkitError(f"The 'probe' parameter of get_out_of_sample_probs must be one of {', '.join(PROBES)}. "
                             f"Got {probe!r} instead.")
@@ -651,6 +686,7 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     _, setting, sel_probs = search.best()
     selection_seconds = time.perf_counter() - started
 
+    trained: list[int] = []
     if len(sel) == n_train:
         # The selection's out-of-fold probabilities are final; only held-out rows need a model.
         probs = sel_probs if len(sel) == n else np.zeros((n, n_classes), np.float32)
@@ -660,7 +696,7 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
                                            engine=full_engine, device=device, seed=seed, tick=tick)
     else:
         probs = _predict_rows(setting, X, labels, fold_of, holdout, n_classes, engine=full_engine,
-                              device=device, seed=seed, tick=tick)
+                              device=device, seed=seed, tick=tick, max_fold_rows=max_fold_rows, trained=trained)
     fold_of[holdout] = -1
     fam = setting.family
     losses = {name: s["log_loss"] for name, s in search.scores.items()}
@@ -668,7 +704,8 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
                          features=fam, C=setting.C, n_folds=search.n_folds, cv_log_loss=losses,
                          cv_accuracy=search.scores[setting.name]["accuracy"], chosen=setting.name,
                          candidates=search.scores, skipped=search.skipped, selection_rows=len(sel), rows=n,
-                         holdout_rows=int(holdout.sum()),
+                         holdout_rows=int(holdout.sum()), max_fold_rows=max_fold_rows,
+                         fold_train_rows=max(trained, default=0),
                          seconds={"selection": round(selection_seconds, 3),
                                   "total": round(time.perf_counter() - started, 3)})
     # The selection rows' out-of-fold probabilities of each family's best setting, for the bench.

@@ -359,6 +359,9 @@ def select(workspace: Workspace | Path | str = "labelkit-out", method: str = "pr
         raise LabelkitError("dsir needs --target TARGET and --k N.")
     name = check_name(method if name is None else name, "select")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
+    if method != "prune" and ws.manifest_path.exists() and ws.read_manifest().get("task") == "regression":
+        # rs2/dsir/smote read class ids, which numeric targets do not have
+        raise LabelkitError(f"select {method} does not support --task regression yet; use select prune.")
     return funcs[method](ws, name=name, **options)
 
 

@@ -329,7 +329,7 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
                                 eval_labels=eval_labels, name=name, head=head, hidden=hidden, max_epochs=max_epochs,
                                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
                                 teachers=teachers, check=check, fail_on=fail_on, config_start=config_start,
-                                device=device, seed=seed, progress=progress)
+                                device=device, seed=seed, progress=progress, heldout_fraction=heldout_fraction)
     if task_ws.manifest_path.exists() and task_ws.read_manifest().get("task") == "multilabel":
         from labelkit.tasks.multilabel import train as multilabel_train  # per-tag sigmoid head, BCE, micro/macro F1
 

@@ -145,3 +145,18 @@ def test_issues_command_says_why_label_issues_were_not_computed(tmp_path, cli):
     code, out, err = cli("issues", "-w", ws)
     assert code == 0 and no_traceback(err), err
     assert "Label issues cannot be computed: the data has one class" in one_line(err)
+
+
+def test_no_usable_rows_error_is_one_short_line_counted_by_reason(tmp_path, cli):
+    """Every image path outside the table's folder: one line with the count, not one entry per row."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    table = tmp_path / "data" / "t.csv"
+    table.parent.mkdir()
+    rows = ["image,label"] + [f"{outside}/img{i:04d}.png,{'ab'[i % 2]}" for i in range(300)]
+    table.write_text("\n".join(rows) + "\n")
+    code, _, err = cli("ingest", table, "-w", tmp_path / "ws")
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(" ".join(lines)) < 400, err
+    assert "300" in err and "image path outside the table's folder: 300" in " ".join(err.split())

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -139,6 +138,13 @@ def test_counts_and_health_match_cleanlab_dataset_functions():
         assert table.loc[(k, True), "Num Examples"] == per_tag["given_suspect"][k]
         assert table.loc[(k, False), "Num Examples"] == per_tag["missing_suspect"][k]
     assert found["is_label_issue"].sum() > 0  # noisy enough that the comparison is not all zeros
+    from cleanlab.multilabel_classification.filter import find_label_issues
+
+    p64 = probs.astype(np.float64)
+    assert (found["is_label_issue"] == find_label_issues(labels, p64)).all()
+    low = find_multilabel_label_issues(Y, probs, filter_by="low_self_confidence")
+    assert (low["is_label_issue"] == find_label_issues(labels, p64, filter_by="low_self_confidence")).all()
+    assert (low["suspect"].any(1) == low["is_label_issue"]).all()  # every flagged row names a tag
 
 
 def test_heldout_rows_never_train_the_probe():
@@ -260,3 +266,37 @@ def test_select_prune_and_train_bce(sample):
     assert m["micro_f1"] > 0.85 and m["macro_f1"] > 0.8 and 0 <= m["hamming_loss"] < 0.05
     with pytest.raises(LabelkitError, match="--loss gce is not supported for multi-label data"):
         train(ws, loss="gce")
+    from labelkit.cli import main
+
+    assert main(["train", "-w", str(ws), "--loss", "bce", "--head", "linear", "--lr", "0.01", "--max-epochs", "30",
+                 "--fail-on", "micro_f1<0.5"]) == 0
+    assert main(["train", "-w", str(ws), "--loss", "bce", "--head", "linear", "--lr", "0.01", "--max-epochs", "30",
+                 "--fail-on", "micro_f1<0.999"]) == 1
+
+
+def test_user_pred_probs_give_the_same_verdicts_and_bad_values_are_refused(sample, tmp_path):
+    from labelkit.ingest import ingest
+    from labelkit.issues import issues
+
+    ws, data, _, _ = sample
+    probs = pq.read_table(ws / "probs.parquet").to_pandas()
+    matrix = np.stack(probs["pred_probs"].to_numpy()).astype(np.float32)
+    np.save(tmp_path / "p.npy", matrix)
+    ingest(data / "items.parquet", tmp_path / "ws", labels_col="tags", embedding_col="embedding")
+    result = issues(tmp_path / "ws", pred_probs=tmp_path / "p.npy")
+    mine = pq.read_table(tmp_path / "ws" / "issues.parquet").to_pandas()
+    theirs = pq.read_table(ws / "issues.parquet").to_pandas()
+    assert result.summary["origin"] == "user" and result.summary["probe"] is None
+    assert (mine["is_label_issue"].to_numpy() == theirs["is_label_issue"].to_numpy()).all()
+    assert pq.read_table(tmp_path / "ws" / "probs.parquet").column("fold").to_pylist() == [-1] * len(mine)
+    # Keyed by id, tag-named columns in another order: the same matrix.
+    tags = json.loads((ws / "manifest.json").read_text())["classes"]
+    table = pd.DataFrame(matrix, columns=tags)[tags[::-1]].assign(id=probs["id"])
+    table.iloc[::-1].to_csv(tmp_path / "p.csv", index=False)
+    issues(tmp_path / "ws", pred_probs=tmp_path / "p.csv")
+    again = pq.read_table(tmp_path / "ws" / "issues.parquet").to_pandas()
+    assert (again["is_label_issue"].to_numpy() == theirs["is_label_issue"].to_numpy()).all()
+    matrix[3, 1] = 1.5
+    np.save(tmp_path / "bad.npy", matrix)
+    with pytest.raises(LabelkitError, match=rf"the row for id '{probs['id'][3]}' has a value that is not a probability"):
+        issues(tmp_path / "ws", pred_probs=tmp_path / "bad.npy")

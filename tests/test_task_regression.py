@@ -73,7 +73,8 @@ def test_ingest_numeric_target_and_errors(tmp_path):
 
 def test_ingest_missing_target_column_is_a_user_error(tmp_path, cli):
     pd.DataFrame({"id": ["a", "b"], "text": ["x", "y"], "price": [1, 2]}).to_csv(tmp_path / "t.csv", index=False)
-    code, out, err = cli("ingest", tmp_path / "t.csv", "--task", "regression", "--label-col", "cost", "-w", tmp_path / "ws")
+    code, out, err = cli("ingest", tmp_path / "t.csv", "--task", "regression", "--label-col", "cost",
+                         "-w", tmp_path / "ws")
     assert code == 2
     assert "Label column 'cost' not found" in " ".join((out + err).split())
 
@@ -279,3 +280,5 @@ def test_prune_then_train(planted, cli):
     assert "mae" in out and "r2" in out
     code, out, err = cli("train", "-w", ws, "--loss", "focal")
     assert code == 2 and "must be one of mse, huber" in " ".join((out + err).split())
+    code, out, err = cli("select", "rs2", "-w", ws)
+    assert code == 2 and "select rs2 does not support --task regression yet" in " ".join((out + err).split())

@@ -45,7 +45,7 @@ class CheckContext:
     task: str = "multiclass"
     modality: str = "image"
     items: Any = None  # pyarrow Table of the usable rows (every items.parquet column)
-    embeddings: np.ndarray | None = None  # (n, d) float32, L2-normalised rows
+    embeddings: np.ndarray | None = None  # (n, d) float32 as stored: labelkit's embedders write unit rows, user vectors may not be
     embedding_key: str | None = None
     pred_probs: np.ndarray | None = None  # (n, K) out of sample
     folds: np.ndarray | None = None

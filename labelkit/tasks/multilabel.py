@@ -508,17 +508,20 @@ def find_multilabel_label_issues(labels: np.ndarray, pred_probs: np.ndarray, *,
     probs = np.clip(np.asarray(pred_probs, np.float64), 0.0, 1.0)
     cl_labels = _cleanlab_labels(Y)
     # n_jobs=1: cleanlab's process pool costs more than it saves on K binary problems of this size.
-    mask = np.asarray(find_label_issues(cl_labels, probs, filter_by=filter_by, n_jobs=1), bool)
-    # The low_* filters rank rows instead of flagging tags; the tags are then named by confident learning.
-    per_tag_filter = "confident_learning" if filter_by.startswith("low_") else filter_by
-    suspect = np.asarray(find_multilabel_issues_per_class(cl_labels, probs, filter_by=per_tag_filter, n_jobs=1),
-                         bool)
     if filter_by.startswith("low_"):
-        suspect &= mask[:, None]
+        # These filters rank rows instead of flagging tags; the tags are then named by confident learning.
+        mask = np.asarray(find_label_issues(cl_labels, probs, filter_by=filter_by, n_jobs=1), bool)
+        suspect = np.asarray(find_multilabel_issues_per_class(cl_labels, probs, filter_by="confident_learning",
+                                                              n_jobs=1), bool) & mask[:, None]
         # A flagged row always names at least one tag: the one its probabilities contradict most.
         none = mask & ~suspect.any(1)
         worst = np.abs(Y[none].astype(np.float64) - probs[none]).argmax(1)
         suspect[np.flatnonzero(none), worst] = True
+    else:
+        # For every other filter cleanlab's find_label_issues is exactly the OR over tags of these
+        # per-tag verdicts (cleanlab.filter._find_label_issues_multilabel): computed once, not twice.
+        suspect = np.asarray(find_multilabel_issues_per_class(cl_labels, probs, filter_by=filter_by, n_jobs=1), bool)
+        mask = suspect.any(1)
     quality = np.asarray(rank.get_label_quality_scores(cl_labels, probs, method=rank_by), np.float64)
     return {"is_label_issue": mask, "label_quality": quality, "suspect": suspect, "suggested": Y ^ suspect,
             "health_score": float(1.0 - mask.mean()) if len(mask) else None,
@@ -539,6 +542,74 @@ def per_tag_counts(Y: np.ndarray, suspect: np.ndarray) -> dict[str, np.ndarray]:
     union = count + missing_bad
     quality = np.where(union > 0, (count - given_bad) / np.maximum(union, 1), 1.0)
     return {"count": count, "given_suspect": given_bad, "missing_suspect": missing_bad, "quality": quality}
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's own probabilities
+
+
+def load_multilabel_pred_probs(path, *, ids: pa.Array, usable: np.ndarray, classes: Sequence[str]) -> np.ndarray:
+    """Return the user's per-tag probabilities for the usable rows, columns in workspace tag order.
+
+    A ``.npy`` matrix, or a CSV/Parquet table with an optional ``id`` column and either a
+    ``pred_probs`` list column or one column per tag (named by the tags, any order; unnamed
+    columns are taken in workspace order). One row per item or per usable item, or keyed by id.
+    Every value must be a finite probability in [0, 1]; rows need not sum to 1.
+    """
+    from pathlib import Path
+
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise LabelkitError(f"--pred-probs {path}: no such file.")
+    row_ids = names = None
+    try:
+        if path.suffix == ".npy":
+            matrix = np.load(path, allow_pickle=False)
+        elif path.suffix in (".csv", ".parquet", ".pq"):
+            df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+            if "id" in df.columns:
+                row_ids = df["id"].astype(str).tolist()
+                df = df.drop(columns="id")
+            if "pred_probs" in df.columns:
+                matrix = np.stack(df["pred_probs"].to_numpy()).astype(np.float64)
+            else:
+                names = [str(c) for c in df.columns]
+                matrix = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+        else:
+            raise LabelkitError(f"--pred-probs {path}: unsupported type {path.suffix!r}; use .npy, .csv or .parquet.")
+    except LabelkitError:
+        raise
+    except Exception as exc:
+        raise LabelkitError(f"Cannot read --pred-probs {path}: {str(exc).splitlines()[0]}") from None
+    matrix = np.asarray(matrix, np.float32)
+    K = len(classes)
+    if matrix.ndim != 2 or matrix.shape[1] != K:
+        raise LabelkitError(f"--pred-probs {path} must be a matrix with one column per tag ({K}: "
+                            f"{', '.join(classes[:8])}{', …' if K > 8 else ''}); got shape {matrix.shape}.")
+    if names is not None and set(names) == set(classes):
+        matrix = matrix[:, [names.index(c) for c in classes]]
+    source_rows = np.flatnonzero(usable)
+    usable_ids = ids.filter(pa.array(usable)) if not usable.all() else ids
+    if row_ids is not None:
+        position = _positions(usable_ids, row_ids)
+        if (position < 0).any():
+            first = int(np.flatnonzero(position < 0)[0])
+            raise LabelkitError(f"--pred-probs {path} has no row for id {usable_ids[first].as_py()!r} "
+                                f"({int((position < 0).sum())} usable items missing).")
+        matrix = matrix[position]
+    elif len(matrix) == len(ids):
+        matrix = matrix[usable]
+    elif len(matrix) != len(source_rows):
+        raise LabelkitError(f"--pred-probs {path} has {len(matrix)} rows; expected {len(ids)} (one per item) or "
+                            f"{len(source_rows)} (one per usable item), or an 'id' column.")
+    bad = ~(np.isfinite(matrix) & (matrix >= 0) & (matrix <= 1)).all(1)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise LabelkitError(f"--pred-probs {path}: the row for id {usable_ids[r].as_py()!r} has a value that is not a "
+                            "probability in [0, 1] (per-tag sigmoid outputs, not logits).")
+    return matrix
 
 
 # ---------------------------------------------------------------------------------------------
@@ -594,9 +665,6 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
 
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
                          n_folds=n_folds, probe=probe, seed=seed)
-    if pred_probs is not None:
-        raise LabelkitError("--pred-probs is not supported for --task multilabel yet; let the one-vs-rest probe "
-                            "compute out-of-sample probabilities from embeddings (labelkit embed, or --embedding-col).")
     if classes_file is not None:
         raise LabelkitError("--classes-file is not used with --task multilabel: the tags found at ingest are the classes.")
     started = time.perf_counter()
@@ -611,21 +679,22 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     usable_ids = usable_rows(ids)
     n = len(usable_ids)
 
-    key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
-    emb_row = positions(usable_ids, emb_ids)
-    missing = np.flatnonzero(emb_row < 0)
-    if len(missing):
-        from labelkit.features import missing_embeddings_error
+    emb = None
+    if pred_probs is None or embedding_key or manifest.get("stages", {}).get("embed"):
+        key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
+        emb_row = positions(usable_ids, emb_ids)
+        missing = np.flatnonzero(emb_row < 0)
+        if len(missing):
+            from labelkit.features import missing_embeddings_error
 
-        raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
-    hashes = usable_rows(_string_array(items.column("content_hash")))
-    require_current_embeddings(ws, key, usable_ids, hashes)
-    in_order = len(emb_row) == len(matrix) and bool((emb_row == np.arange(len(matrix))).all())
-    emb = matrix if in_order else matrix[emb_row]
-    embedding_key = key
-    if dup_threshold is None:
-        dup_threshold = near_duplicate_threshold(key, manifest)
-    device = resolve_device(device)
+            raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
+        require_current_embeddings(ws, key, usable_ids, usable_rows(_string_array(items.column("content_hash"))))
+        in_order = len(emb_row) == len(matrix) and bool((emb_row == np.arange(len(matrix))).all())
+        emb = matrix if in_order else matrix[emb_row]
+        embedding_key = key
+        if dup_threshold is None:
+            dup_threshold = near_duplicate_threshold(key, manifest)
+        device = resolve_device(device)
 
     held, held_record = heldout_mask(ws, usable_ids)
     warnings: list[str] = []
@@ -634,18 +703,24 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     if rare:
         warnings.append(f"{len(rare)} tag(s) have fewer than {n_folds} training rows; their verdicts rest on very "
                         "little evidence: " + ", ".join(rare[:10]) + (", …" if len(rare) > 10 else "") + ".")
-    phase_started = time.perf_counter()
-    probs, folds, choice = get_multilabel_out_of_sample_probs(emb, Y, holdout=held, n_folds=n_folds, probe=probe,
-                                                              device=device, seed=seed,
-                                                              progress=phase_progress(progress, "probe"))
-    phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
-    options_fp = fingerprint(items_fp, "multilabel", embedding_key, "probe", n_folds, probe, filter_by, rank_by,
-                             dup_threshold, k_neighbors, seed, held_record["ids_fingerprint"])
+    if pred_probs is not None:
+        probs = load_multilabel_pred_probs(pred_probs, ids=ids, usable=usable, classes=classes)
+        folds, origin, probe_info = np.full(n, -1, np.int16), "user", None
+    else:
+        phase_started = time.perf_counter()
+        probs, folds, choice = get_multilabel_out_of_sample_probs(emb, Y, holdout=held, n_folds=n_folds, probe=probe,
+                                                                  device=device, seed=seed,
+                                                                  progress=phase_progress(progress, "probe"))
+        phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
+        origin, probe_info = "probe", choice.to_dict()
+    options_fp = fingerprint(items_fp, "multilabel", embedding_key, origin, str(pred_probs) if pred_probs else None,
+                             n_folds, probe, filter_by, rank_by, dup_threshold, k_neighbors, seed,
+                             held_record["ids_fingerprint"])
     probs_table = with_fingerprint(pa.table({
         "id": usable_ids,
         "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), K).cast(pa.list_(pa.float32())),
         "fold": pa.array(folds, pa.int16()),
-        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array(["probe"])),
+        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([origin])),
     }), items_fp, options_fp)
     probs_table = probs_table.replace_schema_metadata(
         probs_table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: held_record["ids_fingerprint"].encode()})
@@ -657,7 +732,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
 
     nn_idx = nn_sim = neighbors_info = None
-    if n > 1:
+    if emb is not None and n > 1:
         if engine == "ray":
             from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
 
@@ -724,7 +799,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     for k, c in enumerate(classes):
         summary["per_class"][c]["mean_label_quality"] = (float(quality_sum[k] / per_tag["count"][k])
                                                         if per_tag["count"][k] else None)
-    summary |= {"origin": "probe", "probe": choice.to_dict(), "embedding_key": embedding_key, "filter_by": filter_by,
+    summary |= {"origin": origin, "probe": probe_info, "embedding_key": embedding_key, "filter_by": filter_by,
                 "rank_by": rank_by, "dup_threshold": dup_threshold, "seconds": round(time.perf_counter() - started, 3),
                 # Out of sample: rows whose predicted tag set (probability >= 0.5) is exactly the given set.
                 "probe_accuracy": float(((probs >= 0.5) == Y).all(1).mean()) if n else None,
@@ -1045,7 +1120,7 @@ def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = N
     data_hash = hashlib.sha256("\n".join(f"{i}\t{np.flatnonzero(Y_train_all[r]).tolist()}"
                                          for i, r in zip(fit_ids, train_rows)).encode()).hexdigest()
     card = {"name": name, "task": "multilabel", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "embedding_key": key, "labels": labels, "subset": subset,
+            "embedding_key": key, "labels": labels, "eval_labels": "label", "subset": subset,
             "loss": {"name": "bce", "params": {}}, "head": {"type": head, "hidden": hidden if head == "mlp" else 0},
             "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
             "training": {"rows": int(len(fit)), "inner_validation_rows": int(len(val)), "epochs": epochs,

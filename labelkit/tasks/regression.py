@@ -719,16 +719,17 @@ def train(ws, *, loss: str = "mse", loss_params: dict | None = None, labels: str
           eval_labels: str = "label", name: str | None = None, head: str = "mlp", hidden: int = 256,
           max_epochs: int = 200, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-4,
           patience: int = 20, teachers: Sequence[str] = (), check: bool = False, fail_on: list[str] | None = None,
-          config_start=".", device: str = "auto", seed: int = 0, progress: Progress | None = None, **_ignored):
+          config_start=".", device: str = "auto", seed: int = 0, progress: Progress | None = None,
+          heldout_fraction: float | None = None):
     """Train a regression head (linear or MLP, one output) with MSE or Huber loss; return a TrainResult.
 
+    Called by :func:`labelkit.train.train` for a regression workspace, with its arguments.
     Targets are standardised by the training rows' mean and std for optimisation; the model card
     records MAE, RMSE and R² on the held-out rows fixed at ingest (in target units). Early stopping
     watches the MSE of an inner 10 % of the training rows. ``loss='ce'`` (the CLI default) means
     MSE here; `loss_params` may set Huber's ``delta`` (in standardised units, default 1.0).
     """
     import hashlib
-    import json  # noqa: F401
     from datetime import datetime, timezone
 
     import torch
@@ -781,6 +782,10 @@ def train(ws, *, loss: str = "mse", loss_params: dict | None = None, labels: str
     X_all = matrix[row[row >= 0]]
     ids = ids_arr.to_pylist()
     held, held_record = heldout_mask(ws, ids_arr)
+    if heldout_fraction is not None and heldout_fraction != held_record.get("fraction"):
+        raise LabelkitError(f"The held-out split of {ws.root} was fixed at ingest ({held_record['rows']} rows, "
+                            f"{held_record['source']}, fraction {held_record.get('fraction')}); 'heldout_fraction' "
+                            f"{heldout_fraction} cannot change it.")
     train_mask = ~held
     if subset is not None:
         sub = read_subset(ws, subset)
