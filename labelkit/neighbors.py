@@ -41,7 +41,8 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
     Exact brute force in row blocks up to `exact_max_rows` rows, so memory is O(block x n)
     whatever n is (1M x 512 needs about 256 MB of scratch besides the embeddings). Above it, an
     approximate FAISS inverted-file index (IVF-Flat, inner product on unit rows): k-means cells of
-    about sqrt(n) rows, each query scans its `n_probes` nearest cells. Similarities of the
+    about sqrt(n) rows, each query scans its `n_probes` nearest cells; queries are searched cell
+    by cell (:func:`cell_order`) so the cells they scan stay in cache. Similarities of the
     returned pairs are exact; only a neighbour may be missed (recall@10 is measured by
     ``bench/scale.py``).
 

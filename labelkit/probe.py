@@ -12,7 +12,8 @@ candidate families, the one with the lowest cross-validated log-loss:
 - the average of the best two when their log-losses are within 2 % of each other.
 
 At scale the choice is made on a stratified subsample (at most ``max_selection_rows`` rows), then
-one k-fold at the chosen setting runs over all rows, minibatched in float32.
+one k-fold at the chosen setting runs over all rows, minibatched in float32; each fold model trains
+on at most ``max_fold_rows`` stratified rows of its training folds and predicts all of its own fold.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ KNN_SMOOTHING_GRID = (0.01, 0.03, 0.1, 0.3)
 SKLEARN_MAX_ROWS = 20_000
 MAX_SELECTION_ROWS = 20_000
 # Training rows of each model of the final k-fold (a stratified subsample of the fold's training
-# rows above it); every row is still predicted, out of sample. The learning curve of the linear
-# probe on bench/scale.py's data has flattened well before this (docs/scale.md), and without a cap
-# the k-fold's cost grows linearly with n (5 folds x 0.8 n rows) where this keeps it fixed.
-MAX_FOLD_ROWS = 100_000
+# rows above it); every row is still predicted, out of sample. A torch fold runs about 400 steps of
+# 4,096 rows but at least 2 epochs, so without a cap its cost grows with n above ~800k training
+# rows; with it, it is fixed. On bench/scale.py's data the linear probe's flip recall went 0.926,
+# 0.923, 0.939, 0.946 at 25k, 50k, 100k, 200k training rows (docs/scale.md): nearly flat by here.
+MAX_FOLD_ROWS = 200_000
 # Rows of each class a capped fold keeps at least (all of them when the class is smaller), so a
 # rare class is never thinned below what its probe needs.
 FOLD_MIN_PER_CLASS = 100

@@ -138,3 +138,18 @@ def test_cli_progress_bar_names_each_phase_and_restarts_its_count():
         assert task.elapsed < 0.25
         update(4, 10, "confident learning")
         assert task.elapsed < 0.25 and task.completed == 4
+
+
+def test_cell_ordered_search_equals_faiss_in_row_order():
+    """Queries are searched cell by cell for cache reuse; each row's result is what a row-order search gives."""
+    from labelkit.neighbors import IVF_PROBES, _drop_self, build_ivf_index, cell_order, default_n_lists
+
+    X, _ = clustered(n=6000)
+    idx, sim, info = find_nearest_neighbors(X, k=8, exact_max_rows=1000, seed=2, return_info=True)
+    index = build_ivf_index(X, default_n_lists(len(X)), seed=2)
+    index.nprobe = IVF_PROBES
+    order = cell_order(index)
+    assert np.array_equal(np.sort(order), np.arange(len(X))) and not np.array_equal(order, np.arange(len(X)))
+    s, i = index.search(X, 9)
+    ref_idx, ref_sim = _drop_self(i, s, np.arange(len(X)), 8)
+    assert np.array_equal(idx, ref_idx) and np.array_equal(sim, np.clip(ref_sim, -1, 1))

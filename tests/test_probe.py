@@ -138,3 +138,37 @@ def test_parameter_errors_name_the_parameter():
         get_out_of_sample_probs(X, y, probe="svm")
     with pytest.raises(LabelkitError, match=r"The 'holdout' parameter .* shape \(30,\)\. Got shape \(3,\) instead\."):
         get_out_of_sample_probs(X, y, holdout=np.ones(3, bool))
+
+
+def test_capped_fold_models_predict_every_row_out_of_sample_and_record_the_cap():
+    """Above max_fold_rows each fold model fits a stratified subsample of its training rows; every row is
+    still predicted by a model that never saw it, and the cap is in the choice."""
+    X, y = blobs(n_per=600, k=3, d=6)
+    y = flip_some(y, np.arange(0, 1800, 17), 3)
+    folds = np.arange(len(y)) % 5
+    kw = dict(n_classes=3, folds=folds, probe="logreg", C_grid=(1.0,), raw_C_grid=None, max_selection_rows=200)
+    p1, f1, c1 = get_out_of_sample_probs(X, y, max_fold_rows=600, **kw)
+    assert c1.max_fold_rows == 600 and 600 <= c1.fold_train_rows <= 603  # 1,440 training rows per fold without it
+    in_fold3 = np.flatnonzero(folds == 3)[:40]
+    p2, _, _ = get_out_of_sample_probs(X, flip_some(y, in_fold3, 3), max_fold_rows=600, **kw)
+    assert np.allclose(p1[in_fold3], p2[in_fold3], atol=1e-6)  # their own labels never trained their model
+    assert not np.allclose(p1[folds != 3], p2[folds != 3], atol=1e-3)
+    p_full, _, c_full = get_out_of_sample_probs(X, y, max_fold_rows=None, **kw)
+    assert c_full.max_fold_rows is None and c_full.fold_train_rows == 1440
+    assert not np.array_equal(p1, p_full)  # the cap did change the models ...
+    clean = np.ones(len(y), bool)
+    clean[np.arange(0, 1800, 17)] = False
+    acc = lambda p: (p.argmax(1) == y)[clean].mean()
+    assert acc(p1) > 0.9 and abs(acc(p1) - acc(p_full)) < 0.02  # ... not what they predict
+
+
+def test_fold_cap_above_the_training_rows_changes_nothing():
+    X, y = blobs(n_per=300, k=3, d=6)
+    kw = dict(n_classes=3, probe="logreg", C_grid=(1.0,), raw_C_grid=None, max_selection_rows=200)
+    p_default, f_default, c_default = get_out_of_sample_probs(X, y, **kw)
+    p_none, f_none, _ = get_out_of_sample_probs(X, y, max_fold_rows=None, **kw)
+    assert np.array_equal(p_default, p_none) and np.array_equal(f_default, f_none)
+    assert c_default.max_fold_rows == 200_000 and c_default.fold_train_rows == 720
+    with pytest.raises(LabelkitError, match=r"^The 'max_fold_rows' parameter of get_out_of_sample_probs must be an "
+                                            r"int in the range \[6, inf\)\. Got 5 instead\.$"):
+        get_out_of_sample_probs(X, y, max_fold_rows=5, **kw)

@@ -510,7 +510,11 @@ def find_multilabel_label_issues(labels: np.ndarray, pred_probs: np.ndarray, *,
     # n_jobs=1: cleanlab's process pool costs more than it saves on K binary problems of this size.
     if filter_by.startswith("low_"):
         # These filters rank rows instead of flagging tags; the tags are then named by confident learning.
-        mask = np.asarray(find_label_issues(cl_labels, probs, filter_by=filter_by, n_jobs=1), bool)
+        import warnings
+
+        with warnings.catch_warnings():  # cleanlab calls its own deprecated multi_label path here
+            warnings.simplefilter("ignore", DeprecationWarning)
+            mask = np.asarray(find_label_issues(cl_labels, probs, filter_by=filter_by, n_jobs=1), bool)
         suspect = np.asarray(find_multilabel_issues_per_class(cl_labels, probs, filter_by="confident_learning",
                                                               n_jobs=1), bool) & mask[:, None]
         # A flagged row always names at least one tag: the one its probabilities contradict most.
