@@ -10,8 +10,9 @@ class, 1 % of rows replaced by a near-copy (cosine ≥ 0.9997) of another row wi
 For each size, each command runs in its own process (peak RSS from wait4); printed: seconds per
 phase (from the manifest's issues record), total seconds, peak RSS against the budget
 3 x (embeddings + probabilities) + 1 GB, precision/recall of the planted flips and duplicate
-pairs, the neighbour index used, and recall@10 of that index against exact search on 1,000
-query rows. Then the growth exponent of total time between the smallest and largest size, and
+pairs, the neighbour index used, recall@10 of that index against exact search on 1,000
+query rows, the probe chosen and its fold cap, the seconds of each check (its run() timed in the
+`issues` process; a check over 10 % of the total is named) and the 1-minute load average. Then the growth exponent of total time between the smallest and largest size, and
 Datalab `find_issues(features=X)` on the same rows at `--datalab-rows` (if it runs past
 `--datalab-timeout` seconds, at 20k and 50k instead, with labelkit at those sizes too).
 Targets: 1M ≤ 600 s on 2 cores, exponent ≤ 1.15, flip and duplicate recall within 0.02 of the
@@ -115,15 +116,36 @@ def pr(flagged: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def neighbour_recall(X: np.ndarray, n_queries: int = 1000, k: int = 10) -> tuple[float, str]:
-    """Recall@k of labelkit's neighbour search (index as chosen for this n) against exact search."""
-    from labelkit.neighbors import find_nearest_neighbors
+    """Recall@k of labelkit's neighbour search (index as chosen for this n) against exact search.
 
-    idx, _, info = find_nearest_neighbors(X, k=k, return_info=True)
+    Above the exact threshold only the query rows are searched, with FAISS, in the cells
+    `find_nearest_neighbors` uses (same k-means sample, seed and probes), whose cell-blocked search
+    returns what FAISS does (tests/test_neighbors.py).
+    """
+    from labelkit.neighbors import (EXACT_MAX_ROWS_CPU, _drop_self, build_ivf_index, default_n_lists,
+                                    default_n_probes, find_nearest_neighbors)
+
     q = np.random.default_rng(1).choice(len(X), min(n_queries, len(X)), replace=False)
-    S = X[q] @ X.T
-    S[np.arange(len(q)), q] = -2
-    truth = np.argpartition(-S, k, axis=1)[:, :k]
-    return float(np.mean([len(set(a) & set(t)) / k for a, t in zip(idx[q], truth)])), info["index"]
+    if len(X) <= EXACT_MAX_ROWS_CPU:
+        idx, _, info = find_nearest_neighbors(X, k=k, return_info=True)
+        idx, name = idx[q], info["index"]
+    else:
+        index = build_ivf_index(X, default_n_lists(len(X)), seed=0)
+        index.nprobe = default_n_probes(len(X))
+        sim, idx = index.search(X[q], k + 1)
+        idx, name = _drop_self(idx, sim, q, k)[0], "faiss.IndexIVFFlat"
+        del index
+    cand_idx, cand_sim = [], []  # each block's top k, then the top k of those: no (queries x n) matrix
+    for s in range(0, len(X), 131072):
+        S = X[q] @ X[s:s + 131072].T
+        mine = (q >= s) & (q < s + len(S[0]))
+        S[np.flatnonzero(mine), q[mine] - s] = -2
+        top = np.argpartition(-S, k - 1, axis=1)[:, :k] if S.shape[1] > k else np.argsort(-S, axis=1)
+        cand_idx.append(top + s)
+        cand_sim.append(np.take_along_axis(S, top, 1))
+    cand_idx, cand_sim = np.concatenate(cand_idx, axis=1), np.concatenate(cand_sim, axis=1)
+    truth = np.take_along_axis(cand_idx, np.argpartition(-cand_sim, k - 1, axis=1)[:, :k], 1)
+    return float(np.mean([len(set(a) & set(t)) / k for a, t in zip(idx, truth)])), name
 
 
 # `labelkit issues` with every registered check's run() timed, so the bench can name a check that

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from labelkit import __version__
+from labelkit.arrays import cell as _cell, cells as _cells
 from labelkit.errors import LabelkitError
 from labelkit.properties import PROPERTY_COLUMNS, image_properties_from_bytes
 from labelkit.workspace import (ITEMS_SCHEMA, Workspace, embedding_array, model_key, read_class_file, sort_classes,
@@ -502,18 +503,6 @@ def detect_column(columns: list[str], role: str, given: str | None, path: Path, 
     return None
 
 
-def _cell(value) -> str | None:
-    """Return a table cell as a string, or None when it is missing (None, NaN, empty)."""
-    if value is None:
-        return None
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value)
-    return text if text.strip() else None
-
-
 def read_table_rows(path: Path, df, cols: dict[str, str | None], *, allow_outside_root: bool,
                     workers: int = 4, map_fn=None, properties: bool = True) -> Iterator[dict]:
     """Yield one item row per table row; image paths resolve relative to the table's folder."""
@@ -713,22 +702,6 @@ def vector_items_table(path: Path, df, cols: dict[str, str | None], embeddings: 
     }
     return pa.table([columns[f.name].cast(f.type) if f.name in columns else pa.nulls(n, f.type)
                      for f in ITEMS_SCHEMA], schema=ITEMS_SCHEMA)
-
-
-def _cells(values) -> pa.Array:
-    """Return a table column as strings, missing cells (None, NaN, blank) as null: `_cell` column-wise."""
-    try:
-        arr = pa.array(values, from_pandas=True)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        arr = None
-    if isinstance(arr, pa.ChunkedArray):  # an Arrow-backed pandas column
-        arr = arr.combine_chunks()
-    if arr is not None and (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
-        arr = arr.cast(pa.string())
-        return pc.if_else(pc.equal(pc.utf8_trim_whitespace(arr), ""), pa.scalar(None, pa.string()), arr)
-    if arr is not None and pa.types.is_integer(arr.type):
-        return arr.cast(pa.string())
-    return pa.array([_cell(v) for v in values], pa.string())  # floats, mixed types: rare, and `_cell` knows them
 
 
 def vector_hashes(matrix: np.ndarray) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from labelkit.arrays import positions as _positions, string_array as _string_array  # noqa: F401  (old names)
 from labelkit.errors import LabelkitError, check_in_range
 from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
 from labelkit.checks.duplicates import find_duplicates  # noqa: F401  (public API)
@@ -35,20 +35,6 @@ Progress = Callable[[int, "int | None"], None]
 
 # ---------------------------------------------------------------------------------------------
 # User-supplied probabilities
-
-
-def _string_array(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
-    """Return `values` as one Arrow string array (no copy when it already is one)."""
-    if isinstance(values, pa.ChunkedArray):
-        return values.combine_chunks()
-    if isinstance(values, pa.Array):
-        return values
-    return pa.array([str(v) for v in values], pa.string())
-
-
-def _positions(values: pa.Array, value_set: Sequence[str]) -> np.ndarray:
-    """Return the index of each value in `value_set`, -1 where it is absent (an Arrow hash lookup)."""
-    return pc.index_in(values, value_set=pa.array(value_set, pa.string())).fill_null(-1).to_numpy().astype(np.int64)
 
 
 def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray, classes: list[str],

@@ -19,6 +19,10 @@ EXACT_MAX_ROWS_CUDA = 4_000_000
 # search time); 4x more cells cut the scan but cost more to train than they saved (50k: 11.5 vs
 # 9.3 CPU-s) and lost recall (0.988 with 8 probes, 0.869 with 4).
 IVF_PROBES = 4
+# ... but with sqrt(n) cells each class spreads over more cells as n grows, and 4 probes lost
+# recall: 0.9705 at 200k rows, 0.9008 at 1M (6 probes: 0.9724). default_n_probes grows the probes
+# as 4 (n / 100k)^0.2: 4 at 100k, 5 at 200k-300k, 6 at 1M.
+IVF_PROBES_EXPONENT = 0.2
 _SEARCH_CHUNK = 16_384
 
 
@@ -33,7 +37,7 @@ def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
 
 def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str = "cpu",
                            max_block_bytes: int = 256 << 20, exact_max_rows: int | None = None,
-                           n_probes: int = IVF_PROBES, n_lists: int | None = None, seed: int = 0, progress=None,
+                           n_probes: int | None = None, n_lists: int | None = None, seed: int = 0, progress=None,
                            return_info: bool = False):
     """Return (indices, cosine similarities), each of shape (n_samples, k), of every row's k nearest
     other rows, most similar first; with ``return_info`` also a dict describing the search.
@@ -41,8 +45,8 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
     Exact brute force in row blocks up to `exact_max_rows` rows, so memory is O(block x n)
     whatever n is (1M x 512 needs about 256 MB of scratch besides the embeddings). Above it, an
     approximate FAISS inverted-file index (IVF-Flat, inner product on unit rows): k-means cells of
-    about sqrt(n) rows, each query scans its `n_probes` nearest cells; queries are searched cell
-    by cell (:func:`cell_order`) so the cells they scan stay in cache. Similarities of the
+    about sqrt(n) rows, each query scans its `n_probes` nearest cells, cell by cell with one matrix
+    product per cell for all the queries that probe it. Similarities of the
     returned pairs are exact; only a neighbour may be missed (recall@10 is measured by
     ``bench/scale.py``).
 
@@ -55,8 +59,8 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
         'cpu' or 'cuda[:N]' for the exact search.
     exact_max_rows : int or None
         Largest n searched exactly; None is 20,000 on CPU and 4,000,000 on CUDA.
-    n_probes : int
-        IVF cells scanned per query (approximate search only).
+    n_probes : int or None
+        IVF cells scanned per query (approximate search only); None is :func:`default_n_probes`.
     n_lists : int or None
         IVF cells (k-means centroids); None is round(sqrt(n)), at least 16.
     seed : int
@@ -77,6 +81,8 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
     n = len(embeddings)
     k = int(min(k, n - 1))
     check_in_range(k, "k", "find_nearest_neighbors", low=1, kind="an int")
+    if n_probes is None:
+        n_probes = default_n_probes(n)
     check_in_range(n_probes, "n_probes", "find_nearest_neighbors", low=1, kind="an int")
     if exact_max_rows is None:
         exact_max_rows = EXACT_MAX_ROWS_CUDA if device.startswith("cuda") else EXACT_MAX_ROWS_CPU
@@ -135,11 +141,17 @@ def default_n_lists(n: int) -> int:
     return int(min(n, np.clip(round(np.sqrt(n)), 16, 65_536)))
 
 
-def build_ivf_index(E: np.ndarray, n_lists: int, *, seed: int = 0, progress=None):
+def default_n_probes(n: int) -> int:
+    """Return the IVF cells each query scans for `n` rows: 4 up to 100k rows, then 4 (n / 100k)^0.2, rounded."""
+    return int(max(IVF_PROBES, round(IVF_PROBES * (n / 100_000) ** IVF_PROBES_EXPONENT)))
+
+
+def build_ivf_index(E: np.ndarray, n_lists: int, *, seed: int = 0, progress=None, add: bool = True):
     """Return a FAISS IVF-Flat inner-product index over the unit rows `E` with `n_lists` cells.
 
     32 rows per cell train k-means as well as all rows would here, at a fraction of the cost; the
-    sample and k-means seeds make the cells, hence every search result, reproducible.
+    sample and k-means seeds make the cells, hence every search result, reproducible. With
+    ``add=False`` the index is only trained: its ``quantizer`` holds the cell centroids.
     """
     import faiss
 
@@ -152,26 +164,11 @@ def build_ivf_index(E: np.ndarray, n_lists: int, *, seed: int = 0, progress=None
     index.cp.niter = 10
     index.cp.min_points_per_centroid = 1
     index.train(E[np.sort(train_rows)])
-    for start in range(0, n, 4 * _SEARCH_CHUNK):
+    for start in range(0, n if add else 0, 4 * _SEARCH_CHUNK):
         index.add(E[start:start + 4 * _SEARCH_CHUNK])
         if progress:
             progress(min(n, start + 4 * _SEARCH_CHUNK), n)
     return index
-
-
-def cell_order(index) -> np.ndarray:
-    """Return every row id of the IVF `index`, cell by cell (each row's own cell is its nearest centroid).
-
-    Queries in this order probe the same few cells one after another, so those cells' rows stay in
-    cache while FAISS scans them: the same results as row order, in 2.5x less time (measured at
-    100k rows on bench/scale.py's data: 14.7 s against 36.2 s for 50k queries, 4 probes of 316
-    cells, under load). Each query's result does not depend on its batch.
-    """
-    import faiss
-
-    lists = index.invlists
-    return np.concatenate([faiss.rev_swig_ptr(lists.get_ids(c), lists.list_size(c)).copy()
-                           for c in range(index.nlist) if lists.list_size(c)]).astype(np.int64)
 
 
 def _ivf(E: np.ndarray, k: int, n_probes: int, n_lists: int | None, seed: int, progress):
@@ -184,24 +181,70 @@ def _ivf(E: np.ndarray, k: int, n_probes: int, n_lists: int | None, seed: int, p
     n_lists = int(min(n, n_lists)) if n_lists is not None else default_n_lists(n)
     n_probes = int(min(n_probes, n_lists))
     t0 = time.perf_counter()
-    index = build_ivf_index(E, n_lists, seed=seed, progress=phase_progress(progress, "index build"))
-    index.nprobe = n_probes
+    index = build_ivf_index(E, n_lists, seed=seed, progress=phase_progress(progress, "index build"), add=False)
     t1 = time.perf_counter()
-    search = phase_progress(progress, "search")
-    order = cell_order(index)
-    idx_out = np.empty((n, k), dtype=np.int64)
-    sim_out = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, _SEARCH_CHUNK):
-        rows = order[start:start + _SEARCH_CHUNK]
-        sim, idx = index.search(E[rows], k + 1)
-        idx_out[rows], sim_out[rows] = _drop_self(idx, sim, rows, k)
-        search(start + len(rows), n)
+    idx_out, sim_out = _cell_blocked_search(E, index.quantizer, k, n_probes, phase_progress(progress, "search"))
     del index
     info = {"index": "faiss.IndexIVFFlat",
             "params": {"metric": "cosine", "n_lists": n_lists, "n_probes": n_probes, "train_rows": min(n, 32 * n_lists),
                        "kmeans_iterations": 10, "faiss": faiss.__version__},
             "seconds": {"index_build": round(t1 - t0, 3), "search": round(time.perf_counter() - t1, 3)}}
     return idx_out, np.clip(sim_out, -1.0, 1.0), info
+
+
+def _cell_blocked_search(E: np.ndarray, quantizer, k: int, n_probes: int, report) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, sims) of each row's k most similar other rows among the rows of its `n_probes`
+    nearest cells, as an IVF-Flat search would, scanned cell by cell with matrix products.
+
+    Each row belongs to its nearest centroid's cell and probes its `n_probes` nearest cells. For
+    each cell, every query probing it is scored against all its rows in one BLAS product (the
+    cell's rows are read once for all its queries, instead of once per query as FAISS's scan
+    does) and keeps its top k there; a row's final top k is taken over its `n_probes` cells.
+    Missing neighbours (fewer than k rows in reach) get the row itself and similarity -1.
+    """
+    import torch
+
+    n, L = len(E), quantizer.ntotal
+    probes = np.empty((n, n_probes), np.int64)
+    for start in range(0, n, 4 * _SEARCH_CHUNK):
+        probes[start:start + 4 * _SEARCH_CHUNK] = quantizer.search(E[start:start + 4 * _SEARCH_CHUNK], n_probes)[1]
+    own = probes[:, 0]
+    members = np.argsort(own, kind="stable")
+    m_start = np.concatenate(([0], np.cumsum(np.bincount(own, minlength=L))))
+    position = np.empty(n, np.int64)  # each row's place among its own cell's rows
+    position[members] = np.arange(n) - m_start[own[members]]
+    pairs = np.argsort(probes.ravel(), kind="stable")  # (row, probe) pairs, cell by cell
+    p_start = np.concatenate(([0], np.cumsum(np.bincount(probes.ravel(), minlength=L))))
+    top_sim = np.full((n * n_probes, k), -np.inf, np.float32)
+    top_idx = np.full((n * n_probes, k), -1, np.int32 if n < 2**31 else np.int64)
+    E_t = torch.from_numpy(E)
+    for c in range(L):
+        rows = members[m_start[c]:m_start[c + 1]]
+        if len(rows) == 0 or p_start[c] == p_start[c + 1]:
+            continue
+        cell = E_t[torch.from_numpy(rows)]
+        kk = min(k, len(rows))
+        step = max(1, (1 << 24) // len(rows))  # at most 64 MB of scores at a time
+        for a in range(p_start[c], p_start[c + 1], step):
+            b = min(p_start[c + 1], a + step)
+            query = pairs[a:b] // n_probes
+            S = E_t[torch.from_numpy(query)] @ cell.T
+            mine = np.flatnonzero(own[query] == c)
+            S[torch.from_numpy(mine), torch.from_numpy(position[query[mine]])] = -np.inf  # never your own neighbour
+            sim, at = torch.topk(S, kk, dim=1)
+            top_sim[a:b, :kk] = sim.numpy()
+            top_idx[a:b, :kk] = rows[at.numpy()]
+        report(int(min(n, p_start[c + 1] // n_probes)), n)
+    all_sim = np.empty_like(top_sim)
+    all_sim[pairs] = top_sim
+    all_idx = np.empty_like(top_idx)
+    all_idx[pairs] = top_idx
+    del top_sim, top_idx
+    sim, at = torch.topk(torch.from_numpy(all_sim.reshape(n, n_probes * k)), k, dim=1)
+    sim, idx = sim.numpy(), np.take_along_axis(all_idx.reshape(n, n_probes * k), at.numpy(), 1).astype(np.int64)
+    missing = ~np.isfinite(sim) | (idx < 0)
+    report(n, n)
+    return np.where(missing, np.arange(n)[:, None], idx), np.where(missing, np.float32(-1.0), sim)
 
 
 def _drop_self(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,12 +22,14 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError, check_in_range
+from labelkit.heads import HEADS, head_class as _head_class, predict_proba  # noqa: F401  (public API)
 # The split is fixed once at ingest (labelkit.splits) and shared with `issues`, so the probe never
 # trains on the rows `train` evaluates on; heldout_split is re-exported for existing callers.
 from labelkit.splits import HELDOUT_SPLITS, heldout_mask, heldout_split, read_heldout_fingerprint  # noqa: F401
 from labelkit.workspace import (Workspace, atomic_path, current_items_fingerprint, read_probs, require_current,
                                 require_current_embeddings, write_json)
 from labelkit.workspace import check_name
+from labelkit.workspace import versions as _versions
 
 TRAIN_METRICS = {
     "accuracy": "held-out accuracy",
@@ -36,7 +38,6 @@ TRAIN_METRICS = {
     "ece": "held-out expected calibration error, 15 equal-width bins",
     "brier": "held-out multi-class Brier score",
 }
-HEADS = ("linear", "mlp")
 Progress = Callable[[int, "int | None"], None]
 
 
@@ -85,44 +86,6 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # The model and the loop
-
-
-def _head_class():
-    import torch
-    from torch import nn
-
-    class Head(nn.Module):
-        """Standardise, then linear, or Linear → ReLU → Linear; `features` / `classifier` split for mixup."""
-
-        def __init__(self, d_in: int, n_classes: int, *, hidden: int = 0, dropout: float = 0.0):
-            super().__init__()
-            self.n_classes, self.hidden = n_classes, hidden
-            self.register_buffer("mean", torch.zeros(d_in))
-            self.register_buffer("scale", torch.ones(d_in))
-            self.body = (nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Dropout(dropout)) if hidden
-                         else nn.Identity())
-            self.classifier = nn.Linear(hidden or d_in, n_classes)
-
-        def features(self, x):
-            return self.body((x - self.mean) / self.scale)
-
-        def forward(self, x):
-            return self.classifier(self.features(x))
-
-    return Head
-
-
-def predict_proba(model, X: np.ndarray, *, device: str = "cpu", batch_size: int = 8192) -> np.ndarray:
-    """Return softmax probabilities of `model` on the rows of `X`."""
-    import torch
-
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(X), batch_size):
-            xb = torch.as_tensor(X[s:s + batch_size], dtype=torch.float32, device=device)
-            out.append(torch.softmax(model(xb).float(), 1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
 
 
 def fit_head(X: np.ndarray, targets: np.ndarray, *, loss, n_classes: int, X_val: np.ndarray, y_val: np.ndarray,
@@ -278,18 +241,6 @@ class TrainResult:
     def to_dict(self) -> dict:
         return {"name": self.name, "model_dir": str(self.model_dir), "card": self.card, "check": self.check,
                 "warnings": self.warnings}
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("labelkit", "torch", "scikit-learn", "cleanlab", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce", loss_params: dict | None = None,

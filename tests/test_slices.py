@@ -96,16 +96,33 @@ def test_number_of_slices_and_pvalues():
     assert p[0] < 1e-12 and p[1] > 0.5 and p[2] > 0.9
 
 
-def test_too_few_rows_is_not_measured_and_bad_option_is_a_user_error():
+def test_too_few_rows_is_not_measured_and_bad_parameters_are_user_errors():
     x, labels, _ = _data(blob_labels="consistent")
     rows = np.random.default_rng(1).choice(len(x), 30, replace=False)
     small = _ctx(x[rows], labels[rows])
     result = WeakSlices().run(small)
     assert result.metrics == {"weak_slices": None, "weak_slice_rows": None, "worst_slice_accuracy": None}
     assert "not searched" in result.warnings[0]
-    with pytest.raises(LabelkitError, match="The 'slice_alpha' parameter of weak_slices must be a number in the "
-                                            r"range \(0, 1\). Got 2 instead."):
-        WeakSlices().run(_ctx(x, labels, slice_alpha=2))
+    # The thresholds are module constants; the pure functions' parameters are checked, 0 included.
+    with pytest.raises(LabelkitError, match="The 'min_gap' parameter of weak_slice_pvalues must be a number in the "
+                                            r"range \[0, 1\]. Got 2 instead."):
+        weak_slice_pvalues(np.array([10]), np.array([50]), 0.9, min_gap=2)
+    with pytest.raises(LabelkitError, match="The 'min_slice_rows' parameter of choose_n_slices must be an int in "
+                                            r"the range \[1, inf\). Got 0 instead."):
+        choose_n_slices(1000, min_slice_rows=0)
+    from labelkit.checks.slices import find_slices
+
+    with pytest.raises(LabelkitError, match="The 'n_slices' parameter of find_slices must be an int in the range"):
+        find_slices(x, 0)
+
+
+def test_same_seed_gives_identical_columns_and_metrics():
+    x, labels, _ = _data(blob_labels="random")
+    ctx = _ctx(x, labels)
+    a, b = WeakSlices().run(ctx), WeakSlices().run(ctx)
+    assert a.metrics == b.metrics and a.details == b.details and a.reasons == b.reasons and a.tables == b.tables
+    for name in ("slice", "in_weak_slice", "slice_accuracy"):
+        np.testing.assert_array_equal(a.columns[name], b.columns[name])
 
 
 def test_registered_for_multiclass_with_embeddings_and_probs():

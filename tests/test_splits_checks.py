@@ -309,11 +309,44 @@ def test_drift_is_label_free_and_out_of_sample():
 
 def test_drift_subsample_predicts_the_rest_out_of_sample():
     X, split = gaussian_splits(n=600, shift=3.0)
-    probs, auc, n_fit, _ = domain_classifier_probs(X.astype(np.float32), split == "test", np.arange(600), max_rows=200)
-    assert n_fit == 200 and not np.isnan(probs).any() and auc > 0.9
+    probs, auc, fit_rows, _ = domain_classifier_probs(X.astype(np.float32), split == "test", np.arange(600),
+                                                      max_rows=200)
+    assert len(fit_rows) == 200 and not np.isnan(probs).any() and auc > 0.9
     from sklearn.metrics import roc_auc_score
 
-    assert roc_auc_score(split == "test", probs) > 0.9  # the 400 rows outside the fit are predicted too
+    rest = np.setdiff1d(np.arange(600), fit_rows)
+    assert len(rest) == 400
+    assert roc_auc_score(split[rest] == "test", probs[rest]) > 0.9  # the 400 rows outside the fit are predicted too
+
+
+def test_drift_penalty_is_chosen_without_the_rows_it_scores():
+    # Nested cross-validation: a row's prediction comes from a model whose fit and penalty saw no
+    # row of its outer fold. Rows sharing a content group share a fold, so blowing up the other
+    # rows of a row's group (×25, which favours a strong penalty) must not move its prediction.
+    X, split = gaussian_splits(n=400, shift=1.0, seed=3)
+    is_other = split == "test"
+    groups = np.arange(400)
+    block = np.flatnonzero(is_other)[:40]
+    groups[block] = block[0]
+    p, _, _, C = domain_classifier_probs(X.astype(np.float32), is_other, groups, seed=0)
+    Y = X.copy()
+    Y[block[1:]] *= 25
+    q, _, _, C_perturbed = domain_classifier_probs(Y.astype(np.float32), is_other, groups, seed=0)
+    assert C != C_perturbed  # the other folds' penalties did move ...
+    assert q[block[0]] == p[block[0]]  # ... but not the one that predicts this row
+
+
+def test_drift_same_seed_gives_identical_columns_and_metrics():
+    X, split = gaussian_splits(n=300, shift=1.0)
+    results = []
+    for _ in range(2):
+        ctx = array_context(X, split)
+        ctx.seed = 5
+        results.append(run_checks(ctx, ["embedding_drift"])[0]["embedding_drift"])
+    a, b = results
+    assert a.metrics == b.metrics and a.details == b.details and a.reasons == b.reasons
+    np.testing.assert_array_equal(a.columns["split_specificity"], b.columns["split_specificity"])
+    np.testing.assert_array_equal(a.columns["is_split_specific"], b.columns["is_split_specific"])
 
 
 # --------------------------------------------------------------------------------------------

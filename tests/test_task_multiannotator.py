@@ -247,14 +247,25 @@ def test_prune_and_train_use_the_consensus(audited, tmp_path):
     iss = pq.read_table(ws / "issues.parquet").to_pandas()
     from labelkit.workspace import Workspace
 
+    from labelkit.splits import heldout_mask
+
     w = Workspace(ws)
-    y = read_labels(w, "label", iss["id"].tolist(), w.classes())
-    assert (np.asarray(w.classes())[y] == iss["suggested_label"].to_numpy()).all()
-    assert (iss["suggested_label"] != iss["given_label"]).sum() > 20  # so the check above tells them apart
+    y = np.asarray(w.classes())[read_labels(w, "label", iss["id"].tolist(), w.classes())]
+    held, _ = heldout_mask(w, iss["id"].tolist())
+    # Training rows learn the consensus; held-out rows are scored against the majority vote, which
+    # no model shaped (their consensus mixes in the probe's prediction from the same embeddings).
+    assert (y[~held] == iss["suggested_label"].to_numpy()[~held]).all()
+    assert (y[held] == iss["given_label"].to_numpy()[held]).all()
+    changed = (iss["suggested_label"] != iss["given_label"]).to_numpy()
+    assert changed[~held].sum() > 20 and changed[held].sum() > 0  # so the checks above tell them apart
     from labelkit.train import train
 
     trained = train(ws, subset="prune", max_epochs=30, device="cpu")
-    assert trained.card["metrics"]["accuracy"] > 0.9  # scored against held-out consensus labels
+    truth = pd.read_csv(SAMPLE / "multiannotator" / "truth.csv").set_index("id")
+    vote_acc = (iss["given_label"].to_numpy()[held] == truth.loc[iss["id"][held], "true_label"].to_numpy()).mean()
+    # Scored against the held-out rows' majority vote, itself right on about 80 % of them (the random
+    # annotator): a model that matched the truth would score vote_acc; this one comes close.
+    assert 0.7 < vote_acc < 0.9 and trained.card["metrics"]["accuracy"] > vote_acc - 0.08
 
 
 def test_long_table_ingests_like_the_wide_one(tmp_path):

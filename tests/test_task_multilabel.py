@@ -300,3 +300,24 @@ def test_user_pred_probs_give_the_same_verdicts_and_bad_values_are_refused(sampl
     np.save(tmp_path / "bad.npy", matrix)
     with pytest.raises(LabelkitError, match=rf"the row for id '{probs['id'][3]}' has a value that is not a probability"):
         issues(tmp_path / "ws", pred_probs=tmp_path / "bad.npy")
+
+
+def test_pred_probs_headers_must_name_the_tags(tmp_path):
+    import pyarrow as pa
+
+    from labelkit.tasks.multilabel import load_multilabel_pred_probs
+
+    tags, ids = ["beach", "city", "night"], pa.array(["a", "b"])
+    values = np.array([[0.9, 0.2, 0.1], [0.1, 0.8, 0.7]])
+    kwargs = {"ids": ids, "usable": np.ones(2, bool), "classes": tags}
+    pd.DataFrame(values, columns=["city", "night", "beach"]).to_csv(tmp_path / "named.csv", index=False)
+    np.testing.assert_allclose(load_multilabel_pred_probs(tmp_path / "named.csv", **kwargs), values[:, [2, 0, 1]])
+    pd.DataFrame(values).to_csv(tmp_path / "numbered.csv", index=False)  # columns 0, 1, 2: workspace order
+    np.testing.assert_allclose(load_multilabel_pred_probs(tmp_path / "numbered.csv", **kwargs), values)
+    pd.DataFrame(values, columns=["beach", "town", "night"]).to_csv(tmp_path / "typo.csv", index=False)
+    with pytest.raises(LabelkitError, match=r"--pred-probs .*typo\.csv: unknown column 'town'; name the columns by "
+                                            r"the workspace's tags \(beach, city, night\)"):
+        load_multilabel_pred_probs(tmp_path / "typo.csv", **kwargs)
+    pd.DataFrame(values[:, :2], columns=["beach", "city"]).assign(score=1.0).to_csv(tmp_path / "x.csv", index=False)
+    with pytest.raises(LabelkitError, match="unknown column 'score'"):
+        load_multilabel_pred_probs(tmp_path / "x.csv", **kwargs)

@@ -84,8 +84,12 @@ class CheckContext:
         if need in ("image", "text"):
             return self.modality == need
         if need == "split":
-            split = self.column("split")
-            return split is not None and len({s for s in split if s is not None}) >= 2
+            import pyarrow.compute as pc
+
+            split = self.arrow_column("split")
+            if split is None or split.type == "null":  # a column of nulls only (no kernel for the null type)
+                return False
+            return pc.count_distinct(split, mode="only_valid").as_py() >= 2
         raise KeyError(need)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
-from labelkit.errors import check_in_range
 
 MIN_RATE = 0.10  # a pair overlaps when P(true = B | given = A) or the reverse is at least this
 MIN_PAIR_ROWS = 5  # … and at least this many rows do
@@ -66,8 +65,9 @@ class ClassOverlap(Check):
     """Overlapping class pairs from the joint of given and true labels (confident learning).
 
     Reads the joint ``issues`` estimated (``ctx.label_issues['joint']``), or estimates it from
-    the labels and out-of-sample probabilities. ``ctx.options['overlap_min_rate']`` overrides
-    the 10 % confusion rate at which a pair overlaps. Per-row columns: none (the finding is
+    the labels and out-of-sample probabilities. A pair overlaps at a confusion rate of at least
+    :data:`MIN_RATE` (10 %, see the module docstring) over at least :data:`MIN_PAIR_ROWS` rows;
+    both are module constants, not run options. Per-row columns: none (the finding is
     about classes, not rows); the table lists example rows of each pair.
 
     References
@@ -91,8 +91,7 @@ class ClassOverlap(Check):
     order = 70
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        min_rate = check_in_range(ctx.options.get("overlap_min_rate", MIN_RATE), "overlap_min_rate",
-                                  "class_overlap", low=0, high=1, low_closed=False)
+        min_rate = MIN_RATE
         result = CheckResult()
         labels = np.asarray(ctx.labels, np.int64)
         probs = np.asarray(ctx.pred_probs)

@@ -12,25 +12,28 @@ from labelkit.checks.split_leakage import split_codes
 MAX_ROWS = 20_000  # rows per domain classifier (train + the other split), drawn at random
 N_FOLDS = 5
 MIN_ROWS = 2 * N_FOLDS  # per side: fewer and the split is not tested
-C_GRID = (0.001, 0.01, 0.1, 1.0)  # inverse L2 penalties tried, on standardised features
+C_GRID = (0.001, 0.01, 0.1, 1.0)  # inverse L2 penalties tried (nested in each fold), on standardised features
 SPECIFIC_ODDS = 9.0  # flag rows the classifier puts at ≥ 9:1 for their own split (P ≥ 0.9)
 
 
 def domain_classifier_probs(embeddings: np.ndarray, is_other: np.ndarray, groups: np.ndarray, *,
                             rows: np.ndarray | None = None, n_folds: int = N_FOLDS, max_rows: int = MAX_ROWS,
-                            seed: int = 0) -> tuple[np.ndarray, float, int, float]:
-    """Return (out-of-sample P(other split) per row, cross-validated ROC AUC, rows fit, chosen C).
+                            seed: int = 0) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """Return (out-of-sample P(other split) per row, cross-validated ROC AUC, the rows fit, typical C).
 
     A logistic regression with balanced class weights, on features standardised within each
-    fold, separates the rows of one split (`is_other`) from train's; its L2 penalty is the value
-    of :data:`C_GRID` with the best held-out balanced log-loss. At most `max_rows` rows (the
-    smaller side whole, up to half of them) are fit, with `n_folds`-fold cross-validation; folds are drawn by `groups`
-    (content hash codes), so identical rows never sit on both sides of a fold. Every fitted row
-    gets the prediction of the fold model that left it out and the AUC is computed over those;
-    a row outside the subsample gets the mean prediction of the fold models, none of which saw
-    it. The classifier sees embeddings only, never labels. Balanced weights make the odds
-    ``p / (1 - p)`` an estimate of the density ratio ``q_other(x) / q_train(x)``, free of the
-    splits' sizes, so ``p = 0.5`` means the row is as typical of either split.
+    fold, separates the rows of one split (`is_other`) from train's. At most `max_rows` rows (the
+    smaller side whole, up to half of them) are fit, with `n_folds`-fold cross-validation; folds
+    are drawn by `groups` (content hash codes), so identical rows never sit on both sides of a
+    fold. The L2 penalty is chosen inside each outer fold (nested cross-validation): the value of
+    :data:`C_GRID` with the best balanced log-loss on one of the fold's training folds, fit on the
+    others; the outer fold's model is then refit on all its training folds at that penalty. The
+    reported AUC is computed over the outer predictions, so neither the fit nor the penalty ever
+    saw the rows it is scored on. A row outside the subsample gets the mean prediction of the
+    fold models, none of which saw it. The classifier sees embeddings only, never labels.
+    Balanced weights make the odds ``p / (1 - p)`` an estimate of the density ratio
+    ``q_other(x) / q_train(x)``, free of the splits' sizes, so ``p = 0.5`` means the row is as
+    typical of either split.
 
     Parameters
     ----------
@@ -43,6 +46,16 @@ def domain_classifier_probs(embeddings: np.ndarray, is_other: np.ndarray, groups
         The rows of `embeddings` that `is_other` and `groups` describe (default: all), so that
         two splits of a large matrix are compared without copying it.
 
+    Returns
+    -------
+    probs : ndarray of float32, shape (n_samples,)
+    auc : float
+        NaN when the outer predictions hold one side only.
+    fit_rows : ndarray of int, shape (n_fit,)
+        The positions (into `is_other`) of the subsample the folds were drawn from.
+    C : float
+        The penalty chosen by most outer folds (the stronger one on a tie).
+
     References
     ----------
     Lopez-Paz, D. & Oquab, M. (2017). Revisiting classifier two-sample tests. ICLR.
@@ -50,6 +63,8 @@ def domain_classifier_probs(embeddings: np.ndarray, is_other: np.ndarray, groups
     methods for detecting dataset shift. NeurIPS.
     Bickel, S., Brückner, M. & Scheffer, T. (2009). Discriminative learning under covariate
     shift. JMLR 10, 2137–2155.
+    Varma, S. & Simon, R. (2006). Bias in error estimation when using cross-validation for model
+    selection. BMC Bioinformatics 7, 91.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
@@ -76,47 +91,57 @@ def domain_classifier_probs(embeddings: np.ndarray, is_other: np.ndarray, groups
     X = embeddings[rows[fit_rows]]
     # Balanced weights: each side weighs half, whatever the split sizes.
     weight = np.where(y, 0.5 / max(y.sum(), 1), 0.5 / max((~y).sum(), 1)) * len(y)
-    oof = np.full((len(C_GRID), len(fit_rows)), np.nan, np.float64)
-    models = []  # per fold: (mean, scale, [(coef, intercept) per C])
+
+    def fit(train_mask, C, model=None):
+        # Standardised features: unit-norm embeddings have coordinates of ~1/sqrt(d), at which the
+        # penalty would be meaningless; the scaling is fit on the training rows only.
+        scaler = StandardScaler().fit(X[train_mask])
+        model = model or LogisticRegression(class_weight="balanced", warm_start=True, max_iter=300)
+        return scaler, model.set_params(C=C).fit(scaler.transform(X[train_mask]), y[train_mask])
+
+    oof = np.full(len(fit_rows), np.nan, np.float64)
+    models, chosen = [], []  # per fold: (mean, scale, coef, intercept); the C it chose
     for f in range(n_folds):
         test = fold == f
         train_part = ~test
         if not test.any() or len(np.unique(y[train_part])) < 2:
             continue
-        # Standardised features: unit-norm embeddings have coordinates of ~1/sqrt(d), at which the
-        # penalty would be meaningless; the scaling is fit on the fold's training rows only.
-        scaler = StandardScaler().fit(X[train_part])
-        X_train, X_test = scaler.transform(X[train_part]), scaler.transform(X[test])
-        model = LogisticRegression(class_weight="balanced", warm_start=True, max_iter=300)
-        fitted = []
-        for c, C in enumerate(C_GRID):  # weakest penalty last, each fit starting from the previous
-            model.set_params(C=C).fit(X_train, y[train_part])
-            oof[c, test] = model.predict_proba(X_test)[:, 1]
-            fitted.append((model.coef_[0].copy(), float(model.intercept_[0])))
-        models.append((scaler.mean_, scaler.scale_, fitted))
-    scored = ~np.isnan(oof[0])
-    # The penalty with the best held-out (balanced) log-loss: a proper scoring rule, so the chosen
-    # probabilities are the best calibrated; with no drift that is the strongest penalty, p ≈ 0.5.
-    clipped = np.clip(oof[:, scored], 1e-7, 1 - 1e-7)
-    loss = -(weight[scored] * np.where(y[scored], np.log(clipped), np.log1p(-clipped))).sum(1)
-    best = int(np.argmin(loss))
+        # The penalty, chosen inside the training folds: fit on all but the next fold, scored on
+        # it by balanced log-loss (a proper scoring rule, so the chosen probabilities are the best
+        # calibrated; with no drift that is the strongest penalty, p ≈ 0.5). Without both sides
+        # on both parts of that split, the strongest penalty.
+        inner_val = fold == (f + 1) % n_folds
+        inner_train = train_part & ~inner_val
+        best = 0
+        if len(np.unique(y[inner_train])) == 2 and len(np.unique(y[inner_val])) == 2:
+            loss, model = [], None
+            for C in C_GRID:  # weakest penalty last, each fit starting from the previous
+                scaler, model = fit(inner_train, C, model)
+                p = np.clip(model.predict_proba(scaler.transform(X[inner_val]))[:, 1], 1e-7, 1 - 1e-7)
+                yv = y[inner_val]
+                loss.append(-(weight[inner_val] * np.where(yv, np.log(p), np.log1p(-p))).sum())
+            best = int(np.argmin(loss))
+        scaler, model = fit(train_part, C_GRID[best])
+        oof[test] = model.predict_proba(scaler.transform(X[test]))[:, 1]
+        models.append((scaler.mean_, scaler.scale_, model.coef_[0].copy(), float(model.intercept_[0])))
+        chosen.append(best)
     probs = np.full(n, np.nan, np.float32)
-    probs[fit_rows] = oof[best]
+    probs[fit_rows] = oof
     rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
     if len(rest) and models:
         # Standardisation folded into the weights: w / scale, b - mean · w / scale (no scaled copy).
-        linear = [((fitted[best][0] / scale).astype(np.float32),
-                   fitted[best][1] - float(mean @ (fitted[best][0] / scale))) for mean, scale, fitted in models]
+        linear = [((coef / scale).astype(np.float32), intercept - float(mean @ (coef / scale)))
+                  for mean, scale, coef, intercept in models]
         total = np.zeros(len(rest), np.float64)
         for start in range(0, len(rest), 65536):  # bounded scratch whatever the split size
             chunk = embeddings[rows[rest[start:start + 65536]]]
             for w, b in linear:
                 total[start:start + len(chunk)] += 1 / (1 + np.exp(-(chunk @ w + b)))
         probs[rest] = total / len(models)
-    oof = oof[best]
     scored = ~np.isnan(oof)
     auc = float(roc_auc_score(y[scored], oof[scored])) if len(np.unique(y[scored])) == 2 else float("nan")
-    return probs, auc, len(fit_rows), float(C_GRID[best])
+    typical = int(np.argmax(np.bincount(chosen, minlength=len(C_GRID)))) if chosen else 0
+    return probs, auc, fit_rows, float(C_GRID[typical])
 
 
 @register
@@ -163,10 +188,10 @@ class EmbeddingDrift(Check):
             if min(is_other.sum(), (~is_other).sum()) < MIN_ROWS:
                 warnings.append(f"Split {names[s]!r} has fewer than {MIN_ROWS} rows (or train does): no drift test.")
                 continue
-            p, auc, n_fit, C = domain_classifier_probs(emb, is_other, groups[idx], rows=idx, seed=ctx.seed)
+            p, auc, fit_rows, C = domain_classifier_probs(emb, is_other, groups[idx], rows=idx, seed=ctx.seed)
             specificity[idx[is_other]] = p[is_other]
             train_spec = np.minimum(train_spec, 1 - p[~is_other])
-            aucs[s], used[s], chosen[s] = auc, n_fit, C
+            aucs[s], used[s], chosen[s] = auc, len(fit_rows), C
         if aucs:
             specificity[is_train] = train_spec
         flagged = np.nan_to_num(specificity, nan=0.0) >= SPECIFIC_ODDS / (1 + SPECIFIC_ODDS)

@@ -86,8 +86,8 @@ class ImageProperties(Check):
         thresholds = {**P.THRESHOLDS, "odd_size": size_threshold}
         gray = scores["grayscale"] == 0
         mostly_gray = bool(gray.sum() * 2 > np.isfinite(scores["grayscale"]).sum() > 0)
-        if mostly_gray:  # a grayscale dataset (scans, X-rays, MNIST): its odd ones out are the colour images
-            thresholds["grayscale"] = 0.0
+        if mostly_gray:  # a grayscale dataset (scans, X-rays, MNIST): grayscale is its norm, not an issue, so
+            thresholds["grayscale"] = 0.0  # no row is flagged grayscale (scores are 0 or 1, none is below 0)
         flags = {t: np.asarray(scores[t] < thresholds[t]) for t in P.ISSUE_TYPES}  # NaN compares False
 
         columns: dict[str, np.ndarray] = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from labelkit.checks._task_common import annotator_records
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
 
 
@@ -81,8 +82,6 @@ class AnnotatorConsensus(Check):
         probs = ctx.pred_probs
         for row in np.flatnonzero(flags):  # a loop over flagged rows only
             result.reasons[int(row)] = self._reason(int(row), found, matrix, probs, classes, names)
-        from labelkit.tasks.multiannotator import annotator_records
-
         records = annotator_records(found, list(ctx.classes))
         result.tables.append({
             "title": "Annotators, lowest CROWDLAB quality first",

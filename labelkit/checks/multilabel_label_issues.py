@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from labelkit.checks._task_common import display_labels, tag_lists
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
 
 MAX_TAGS_IN_REASON = 3
@@ -48,8 +49,6 @@ class MultilabelLabelIssues(Check):
     order = 10
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        from labelkit.tasks.multilabel import display_labels, tag_lists
-
         info = ctx.extra["multilabel"]
         tags, Y, found = info["tags"], np.asarray(info["labels"], bool), info["found"]
         flags = np.asarray(found["is_label_issue"], bool)

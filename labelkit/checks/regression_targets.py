@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from labelkit.checks._task_common import residual_reasons
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
 
 
@@ -37,8 +38,6 @@ class RegressionTargets(Check):
     order = 10
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        from labelkit.tasks.regression import residual_reason
-
         r = ctx.extra["regression"]
         y = np.asarray(r["targets"], np.float64)
         pred = np.asarray(r["predictions"], np.float64)
@@ -48,7 +47,8 @@ class RegressionTargets(Check):
         metrics = {"residual_mae": float(np.mean(np.abs(err))) if len(y) else None,
                    "residual_r2": float(1.0 - np.mean(err ** 2) / var) if len(y) and var > 0 else None}
         rows = np.flatnonzero(flags)
-        reasons = {int(i): residual_reason(y[i], pred[i], r["residual_z"][i], reference=y) for i in rows}
+        lines = residual_reasons(y[rows], pred[rows], np.asarray(r["residual_z"])[rows], reference=y)
+        reasons = dict(zip(rows.tolist(), lines))  # the numbers formatted once for all flagged rows
         worst = rows[np.argsort(r["label_quality"][rows], kind="stable")][:20]
         table = {"title": "Targets furthest from their prediction",
                  "columns": ["id", "target", "predicted", "residual", "robust z"],

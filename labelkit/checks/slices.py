@@ -33,6 +33,8 @@ def choose_n_slices(n_samples: int, *, min_slice_rows: int = MIN_SLICE_ROWS) -> 
     and never so many that the average slice has fewer than `min_slice_rows` rows, the size
     below which no slice is tested.
     """
+    check_in_range(n_samples, "n_samples", "choose_n_slices", low=0, kind="an int")
+    check_in_range(min_slice_rows, "min_slice_rows", "choose_n_slices", low=1, kind="an int")
     k = int(np.clip(round(np.sqrt(n_samples / 2)), MIN_SLICES, MAX_SLICES))
     return max(1, min(k, n_samples // max(1, min_slice_rows)))
 
@@ -63,6 +65,7 @@ def find_slices(embeddings: np.ndarray, n_slices: int, *, max_fit_rows: int = MA
 
     n = len(embeddings)
     check_in_range(n_slices, "n_slices", "find_slices", low=1, high=max(1, n), kind="an int")
+    check_in_range(max_fit_rows, "max_fit_rows", "find_slices", low=1, kind="an int")
     if n_slices == 1:
         return np.zeros(n, np.int32)
     rng = np.random.default_rng(seed)
@@ -104,6 +107,8 @@ def weak_slice_pvalues(correct: np.ndarray, size: np.ndarray, overall_accuracy: 
     """
     from scipy.stats import binom
 
+    check_in_range(overall_accuracy, "overall_accuracy", "weak_slice_pvalues", low=0, high=1)
+    check_in_range(min_gap, "min_gap", "weak_slice_pvalues", low=0, high=1)
     p0 = float(np.clip(overall_accuracy - min_gap, 0.0, 1.0))
     if p0 <= 0.0:  # no slice can be significantly below an accuracy of zero
         return np.ones(len(size))
@@ -129,11 +134,12 @@ class WeakSlices(Check):
     """Weak slices: k-means clusters of the embeddings whose out-of-sample accuracy is far below the dataset's.
 
     Accuracy is the probe's argmax against the given label, on the shared out-of-sample
-    probabilities. Slices of at least ``slice_min_rows`` rows (default 20) are tested with the
-    one-sided binomial test of :func:`weak_slice_pvalues` (the slice's accuracy is at least the
-    dataset's minus ``slice_min_gap``, default 0.10) at level ``slice_alpha`` (default 0.05)
-    divided by the number of slices tested (Bonferroni). Those ``ctx.options`` keys, and
-    ``n_slices`` (default :func:`choose_n_slices`), override the defaults.
+    probabilities. The rows are cut into :func:`choose_n_slices` slices (:func:`find_slices`);
+    slices of at least :data:`MIN_SLICE_ROWS` rows (20) are tested with the one-sided binomial
+    test of :func:`weak_slice_pvalues` (the slice's accuracy is at least the dataset's minus
+    :data:`MIN_GAP`, 0.10) at level :data:`ALPHA` (0.05) divided by the number of slices tested
+    (Bonferroni). These are module constants, not run options; the pure functions take them as
+    keyword parameters for library use.
 
     References
     ----------
@@ -165,18 +171,13 @@ class WeakSlices(Check):
     order = 60
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        opts = ctx.options
-        alpha = check_in_range(opts.get("slice_alpha", ALPHA), "slice_alpha", "weak_slices", low=0, high=1,
-                               low_closed=False, high_closed=False)
-        min_gap = check_in_range(opts.get("slice_min_gap", MIN_GAP), "slice_min_gap", "weak_slices", low=0, high=1)
-        min_rows = check_in_range(opts.get("slice_min_rows", MIN_SLICE_ROWS), "slice_min_rows", "weak_slices",
-                                  low=1, kind="an int")
+        alpha, min_gap, min_rows = ALPHA, MIN_GAP, MIN_SLICE_ROWS
         n, K = ctx.n, len(ctx.classes)
         labels = np.asarray(ctx.labels, np.int64)
         pred = np.asarray(ctx.pred_probs).argmax(1)
         correct = pred == labels
         overall = float(correct.mean()) if n else float("nan")
-        n_slices = opts.get("n_slices") or choose_n_slices(n, min_slice_rows=min_rows)
+        n_slices = choose_n_slices(n, min_slice_rows=min_rows)
         result = CheckResult()
         if n_slices < 2:
             result.columns = {"slice": np.zeros(n, np.int32), "in_weak_slice": np.zeros(n, bool),

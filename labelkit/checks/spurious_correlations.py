@@ -222,7 +222,10 @@ class SpuriousCorrelations(Check):
         K = len(ctx.classes)
         labels = np.asarray(ctx.labels, np.int64)
         rng = np.random.default_rng(ctx.seed)
-        sample = np.sort(rng.choice(ctx.n, MAX_ROWS, replace=False)) if ctx.n > MAX_ROWS else np.arange(ctx.n)
+        # The classifiers learn labels: held-out rows (kept away from every model) are not fit.
+        held = ctx.options.get("heldout")
+        fit = np.flatnonzero(~np.asarray(held, bool)) if held is not None else np.arange(ctx.n)
+        sample = np.sort(rng.choice(fit, MAX_ROWS, replace=False)) if len(fit) > MAX_ROWS else fit
         z_crit = float(norm.isf(ALPHA / (len(props) * max(K, 1))))
         class_rows = np.bincount(labels, minlength=K)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from labelkit import baseline
+from labelkit.plots import figure_uri, mpl
 from labelkit.workspace import (Workspace, atomic_path, current_items_fingerprint, is_current, read_embeddings,
                                 read_probs, require_current, write_json)
 
@@ -42,28 +43,7 @@ class ReportResult:
 # Figures
 
 
-def _figure_uri(fig, fmt: str = "svg") -> str:
-    """Return a matplotlib figure as an inline SVG string or a PNG data URI, and close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, bbox_inches="tight", dpi=110 if fmt == "png" else None, metadata={"Date": None})
-    plt.close(fig)
-    if fmt == "svg":
-        svg = buf.getvalue().decode("utf-8")
-        return svg[svg.index("<svg"):]  # drop the XML prolog and doctype
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _mpl():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"text.parse_math": False, "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False, "svg.fonttype": "none", "font.family": "DejaVu Sans"})
-    return plt
+_figure_uri, _mpl = figure_uri, mpl  # the shared plotting helpers (labelkit.plots), old names kept
 
 
 def plot_class_counts(classes: list[str], counts: list[int], issues: list[int]):

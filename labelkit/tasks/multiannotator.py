@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labelkit.checks._task_common import annotator_records
 from labelkit.errors import LabelkitError, check_in_range
 from labelkit.tasks import TASK_LABEL_COL, TaskSpec
 from labelkit.workspace import sort_classes
@@ -196,7 +197,7 @@ def get_consensus(labels_multiannotator: np.ndarray, pred_probs: np.ndarray, *, 
 
 def annotator_matrix(annotator_labels: pa.Array | pa.ChunkedArray, classes: Sequence[str], n_annotators: int) -> np.ndarray:
     """Return the (n, M) float32 class-index matrix (NaN = not labelled) of an ``annotator_labels`` column."""
-    from labelkit.issues import _positions
+    from labelkit.arrays import positions as _positions
 
     lists = annotator_labels.combine_chunks() if isinstance(annotator_labels, pa.ChunkedArray) else annotator_labels
     n = len(lists)
@@ -227,7 +228,7 @@ def prepare_table(df, source, *, options: dict):
     layout with ``options['annotator_col']`` (plus ``label_col`` and ``id_col``, detected by
     their usual names when not given).
     """
-    from labelkit.ingest import _cells
+    from labelkit.arrays import cells as _cells
 
     source = Path(source)
     wide, long_col = options.get("annotator_cols"), options.get("annotator_col")
@@ -264,7 +265,7 @@ def prepare_table(df, source, *, options: dict):
         distinct.update(v for v in pc.unique(col).to_pylist() if v is not None)
     classes = sort_classes(distinct)
     class_array = pa.array(classes, pa.string())
-    from labelkit.issues import _positions
+    from labelkit.arrays import positions as _positions
 
     codes = np.stack([_positions(col, classes) for col in cells], 1) if M else np.zeros((n, 0), np.int64)
     majority, tie = get_majority_vote(codes, len(classes))
@@ -285,7 +286,8 @@ def prepare_table(df, source, *, options: dict):
 
 def _group_long(df, source: Path, annotator_col: str, options: dict):
     """Return (one row per item, the annotators' label columns (Arrow strings, one per annotator), annotators)."""
-    from labelkit.ingest import _cells, detect_column
+    from labelkit.arrays import cells as _cells
+    from labelkit.ingest import detect_column
 
     columns = [str(c) for c in df.columns]
     if source.suffix.lower() in (".parquet", ".pq"):
@@ -378,8 +380,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
     from labelkit.engines import check_engine
     from labelkit.features import load_workspace_embeddings, near_duplicate_threshold, resolve_device
-    from labelkit.issues import (IssuesResult, _positions, _string_array, check_issues_options, load_pred_probs,
-                                 probe_classes)
+    from labelkit.arrays import positions as _positions, string_array as _string_array
+    from labelkit.issues import IssuesResult, check_issues_options, load_pred_probs, probe_classes
     from labelkit.neighbors import find_nearest_neighbors, phase_progress
     from labelkit.probe import get_out_of_sample_probs
     from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
@@ -574,41 +576,37 @@ def annotator_table(found: dict) -> pa.Table:
     })
 
 
-def annotator_records(found: dict, classes: Sequence[str]) -> list[dict]:
-    """Return one JSON-able record per annotator, lowest quality first (annotators without labels last)."""
-    quality = found["annotator_quality"]
-    order = np.lexsort((np.arange(len(quality)), np.where(np.isnan(quality), np.inf, quality)))
-    rnd = lambda x: None if np.isnan(x) else round(float(x), 4)
-    return [{"annotator": found["annotators"][a], "items_labelled": int(found["annotator_items"][a]),
-             "agreement_with_consensus": rnd(found["annotator_agreement_with_consensus"][a]),
-             "quality": rnd(quality[a]),
-             "worst_class": classes[found["annotator_worst_class"][a]] if found["annotator_worst_class"][a] >= 0 else None}
-            for a in order]
-
-
 # ---------------------------------------------------------------------------------------------
 # train, report
 
 
 def read_consensus_labels(ws, ids: Sequence[str], classes: Sequence[str]) -> np.ndarray:
-    """Return the CROWDLAB consensus class id of each of `ids` (-1 where issues.parquet has none).
+    """Return the label ``train`` uses for each of `ids`: the CROWDLAB consensus, the majority vote where held out.
 
-    What ``train`` learns on multi-annotator data instead of the majority vote; needs a current
-    ``labelkit issues`` run.
+    What ``train`` learns on multi-annotator data instead of the majority vote, and what it
+    scores held-out rows against (-1 where issues.parquet has none); needs a current ``labelkit
+    issues`` run. Held-out rows get the majority vote of their annotators: their consensus mixes
+    in the probe's prediction from the same embeddings the trained model sees, so scoring against
+    it would credit the model for agreeing with a model. The majority vote uses no model.
     """
     import pyarrow.parquet as pq
 
-    from labelkit.issues import _positions
+    from labelkit.arrays import positions as _positions
+    from labelkit.splits import heldout_mask
     from labelkit.workspace import require_current
 
     if not ws.issues_path.exists():
         raise LabelkitError(f"Training on multi-annotator data uses the CROWDLAB consensus labels; run "
                             f"`labelkit issues -w {ws.root}` first.")
     require_current(ws, ws.issues_path)
-    table = pq.read_table(ws.issues_path, columns=["id", "suggested_label"])
-    row = _positions(pa.array(list(ids), pa.string()), table.column("id").combine_chunks())
-    label = _positions(table.column("suggested_label").combine_chunks(), list(classes))
-    return np.where(row >= 0, label[np.maximum(row, 0)], -1).astype(np.int64)
+    table = pq.read_table(ws.issues_path, columns=["id", "given_label", "suggested_label"])
+    ids = pa.array(list(ids), pa.string())
+    row = _positions(ids, table.column("id").combine_chunks())
+    held, _ = heldout_mask(ws, ids)
+    consensus = _positions(table.column("suggested_label").combine_chunks(), list(classes))
+    majority = _positions(table.column("given_label").combine_chunks(), list(classes))
+    at = np.maximum(row, 0)
+    return np.where(row < 0, -1, np.where(held, majority[at], consensus[at])).astype(np.int64)
 
 
 def report_data(ws) -> tuple[dict, dict]:
@@ -617,7 +615,7 @@ def report_data(ws) -> tuple[dict, dict]:
     records = summary.get("annotators")
     if not records:
         return {}, {}
-    from labelkit.report import _figure_uri, _mpl
+    from labelkit.plots import figure_uri as _figure_uri, mpl as _mpl
 
     plt = _mpl()
     rated = [r for r in records if r["quality"] is not None]

@@ -26,11 +26,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labelkit.checks._task_common import (DISPLAY_SEP, NO_LABELS, display_labels, rows_from_pairs,  # noqa: F401
+                                          tag_lists)
 from labelkit.errors import LabelkitError, check_in_range
 from labelkit.tasks import TASK_LABEL_COL, TaskSpec
 
-NO_LABELS = "(no labels)"  # the display label of a row without tags
-DISPLAY_SEP = "; "
 LABELS_COLUMN = "labels"  # items column: list<string>, the row's tags in class order
 LABELS_CANDIDATES = ("labels", "tags", "label", "categories")
 KNN_K_GRID = (5, 10, 20, 40)
@@ -111,19 +111,12 @@ def _positions(values: pa.Array, value_set: Sequence[str]) -> np.ndarray:
         zero_copy_only=False).astype(np.int64)
 
 
-def rows_from_pairs(n: int, rows: np.ndarray, class_ids: np.ndarray, classes: Sequence[str]) -> pa.ListArray:
-    """Return a list<string> per row from (row, class id) pairs: each tag once, in class order."""
-    K = max(1, len(classes))
-    key = np.unique(np.asarray(rows, np.int64) * K + np.asarray(class_ids, np.int64))
-    r, c = key // K, key % K
-    offsets = np.searchsorted(r, np.arange(n + 1)).astype(np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(list(classes), pa.string()).take(pa.array(c)))
-
-
-def display_labels(lists: pa.ListArray) -> pa.Array:
-    """Return each row's display label: its tags joined by "; ", or "(no labels)"."""
-    joined = pc.binary_join(lists, DISPLAY_SEP)
-    return pc.if_else(pc.equal(pc.list_value_length(lists), 0), pa.scalar(NO_LABELS), joined)
+def lists_from_display(display: pa.Array) -> pa.ListArray:
+    """Return the tag lists of display labels (inverse of :func:`display_labels`): "a; b" → [a, b],
+    "(no labels)" → [] (Arrow kernels, no Python loop over rows)."""
+    list_type = pa.list_(pa.string())
+    return pc.if_else(pc.equal(display, NO_LABELS), pa.scalar([], list_type),
+                      pc.split_pattern(display, DISPLAY_SEP)).cast(list_type)
 
 
 def multi_hot(lists: pa.ListArray | pa.ChunkedArray, classes: Sequence[str]) -> np.ndarray:
@@ -136,12 +129,6 @@ def multi_hot(lists: pa.ListArray | pa.ChunkedArray, classes: Sequence[str]) -> 
     cid = _positions(lists.flatten(), classes)
     Y[parents[cid >= 0], cid[cid >= 0]] = True
     return Y
-
-
-def tag_lists(Y: np.ndarray, classes: Sequence[str]) -> pa.ListArray:
-    """Return the list<string> column of a multi-hot matrix (inverse of :func:`multi_hot`)."""
-    rows, cid = np.nonzero(Y)
-    return rows_from_pairs(len(Y), rows, cid, classes)
 
 
 def prepare_table(df, source, *, options: dict):
@@ -557,7 +544,8 @@ def load_multilabel_pred_probs(path, *, ids: pa.Array, usable: np.ndarray, class
 
     A ``.npy`` matrix, or a CSV/Parquet table with an optional ``id`` column and either a
     ``pred_probs`` list column or one column per tag (named by the tags, any order; unnamed
-    columns are taken in workspace order). One row per item or per usable item, or keyed by id.
+    columns, or columns numbered 0..K-1, are taken in workspace order; any other header is an error
+    naming the first unknown column). One row per item or per usable item, or keyed by id.
     Every value must be a finite probability in [0, 1]; rows need not sum to 1.
     """
     from pathlib import Path
@@ -589,6 +577,13 @@ def load_multilabel_pred_probs(path, *, ids: pa.Array, usable: np.ndarray, class
         raise LabelkitError(f"Cannot read --pred-probs {path}: {str(exc).splitlines()[0]}") from None
     matrix = np.asarray(matrix, np.float32)
     K = len(classes)
+    if (names is not None and set(names) != set(classes) and names != [str(k) for k in range(len(names))]
+            and not all(n.startswith("Unnamed: ") for n in names)):
+        # Named columns must be the tags: a header that is not is never read in workspace order.
+        unknown = next((n for n in names if n not in classes), None)
+        what = f"unknown column {unknown!r}" if unknown is not None else f"{len(names)} columns for {K} tags"
+        raise LabelkitError(f"--pred-probs {path}: {what}; name the columns by the workspace's tags "
+                            f"({', '.join(classes[:8])}{', …' if K > 8 else ''}), or number them 0..{K - 1}.")
     if matrix.ndim != 2 or matrix.shape[1] != K:
         raise LabelkitError(f"--pred-probs {path} must be a matrix with one column per tag ({K}: "
                             f"{', '.join(classes[:8])}{', …' if K > 8 else ''}); got shape {matrix.shape}.")
@@ -660,8 +655,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     """
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
     from labelkit.features import load_workspace_embeddings, near_duplicate_threshold, resolve_device
-    from labelkit.issues import (IssuesResult, _Background, _positions as positions, _string_array,
-                                 check_issues_options)
+    from labelkit.arrays import positions, string_array as _string_array
+    from labelkit.issues import IssuesResult, _Background, check_issues_options
     from labelkit.neighbors import find_nearest_neighbors, phase_progress
     from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
     from labelkit.workspace import (current_items_fingerprint, fingerprint, require_current_embeddings,
@@ -842,7 +837,7 @@ def cooccurrence(Y: np.ndarray) -> np.ndarray:
 
 def plot_tag_bars(tags: Sequence[str], counts, given_suspect, missing_suspect):
     """Return an SVG of rows per tag, with the suspect given tags (red) and suspect missing tags (orange)."""
-    from labelkit.report import _figure_uri, _mpl
+    from labelkit.plots import figure_uri as _figure_uri, mpl as _mpl
 
     plt = _mpl()
     fig, ax = plt.subplots(figsize=(6.2, 0.28 * len(tags) + 0.9))
@@ -858,7 +853,7 @@ def plot_tag_bars(tags: Sequence[str], counts, given_suspect, missing_suspect):
 
 def plot_cooccurrence(tags: Sequence[str], matrix: np.ndarray):
     """Return an SVG heat map of P(column tag | row tag)."""
-    from labelkit.report import _figure_uri, _mpl
+    from labelkit.plots import figure_uri as _figure_uri, mpl as _mpl
 
     plt = _mpl()
     K = len(tags)
@@ -887,7 +882,7 @@ def report_data(ws) -> tuple[dict, dict]:
     probe agrees with each given tag."""
     import pyarrow.parquet as pq
 
-    from labelkit.workspace import read_probs, require_current
+    from labelkit.workspace import require_current
 
     manifest = ws.read_manifest()
     tags = list(manifest["classes"])
@@ -915,9 +910,13 @@ def report_data(ws) -> tuple[dict, dict]:
              "per_tag": [{"tag": t, **per[t]} for t in bars]}
     if ws.probs_path.exists():
         require_current(ws, ws.probs_path)
-        issue_ids = pq.read_table(ws.issues_path, columns=["id"]).column("id").to_pylist()
-        prob_ids, probs = read_probs(ws.probs_path)
-        if prob_ids == issue_ids and probs.shape == Y.shape:
+        issue_ids = pq.read_table(ws.issues_path, columns=["id"]).column("id").combine_chunks()
+        prob_table = pq.read_table(ws.probs_path, columns=["id", "pred_probs"])
+        same_rows = prob_table.column("id").combine_chunks().equals(issue_ids)  # Arrow compare, no Python ids
+        if same_rows and len(issue_ids):
+            flat = prob_table.column("pred_probs").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            probs = flat.astype(np.float32, copy=False).reshape(len(issue_ids), -1)
+        if same_rows and len(issue_ids) and probs.shape == Y.shape:
             predicted = probs >= 0.5
             # Out of sample: rows whose predicted set equals the given set, and per tag the share
             # of the rows given it where the probe agrees (probability >= 0.5).
@@ -940,20 +939,23 @@ def select_prune(ws, issues_df, keep: np.ndarray, *, name: str, drop: Sequence[s
     As the multiclass prune; ``label`` is the display label ("a; b") and ``labels`` the tag list,
     and the class counts are per tag (a row counts once for each of its tags).
     """
+    from labelkit.arrays import empty_lists
     from labelkit.selection import SelectResult
     from labelkit.workspace import current_items_fingerprint, with_fingerprint, write_table
 
     tags = ws.classes()
-    given = pa.array(issues_df["given_labels"].tolist(), pa.list_(pa.string())) if "given_labels" in issues_df \
-        else pa.array([[] if v == NO_LABELS else v.split(DISPLAY_SEP) for v in issues_df["given_label"]],
-                      pa.list_(pa.string()))
+    list_type = pa.list_(pa.string())
+    if "given_labels" in issues_df:
+        given = pa.array(issues_df["given_labels"], list_type, from_pandas=True)
+    else:
+        given = lists_from_display(pa.array(issues_df["given_label"], pa.string(), from_pandas=True))
     Y = multi_hot(given, tags)
     mask = pa.array(np.asarray(keep, bool))
-    kept_ids, kept_lists = pa.array(issues_df["id"].tolist(), pa.string()).filter(mask), given.filter(mask)
+    kept_ids, kept_lists = pa.array(issues_df["id"], pa.string(), from_pandas=True).filter(mask), given.filter(mask)
     n = len(kept_ids)
     table = pa.table({"id": kept_ids, "label": display_labels(kept_lists),
                       "synthetic": pa.array(np.zeros(n, bool)),
-                      "parent_ids": pa.array([[] for _ in range(n)], pa.list_(pa.string())),
+                      "parent_ids": empty_lists(n),
                       "epoch": pa.nulls(n, pa.int32()), LABELS_COLUMN: kept_lists})
     items_fp = current_items_fingerprint(ws)
     path = write_table(with_fingerprint(table, items_fp), ws.subset_path(name))
@@ -978,6 +980,23 @@ TRAIN_METRICS = {"micro_f1": "held-out micro-averaged F1 over every (row, tag) d
                  "subset_accuracy": "held-out rows whose predicted tag set equals the given set",
                  "hamming_loss": "held-out share of wrong (row, tag) decisions",
                  "bce": "held-out mean binary cross-entropy per (row, tag)"}
+
+
+def training_lines(ids: pa.Array, Y: np.ndarray) -> bytes:
+    """Return the bytes the training-data hash is taken of: ``"<id>\\t[<tag ids>]"`` per row, joined by newlines.
+
+    Built with Arrow string kernels (no Python loop over rows); equal to
+    ``"\\n".join(f"{i}\\t{np.flatnonzero(y).tolist()}" for i, y in zip(ids, Y)).encode()``.
+    """
+    rows, cid = np.nonzero(Y)
+    offsets = np.searchsorted(rows, np.arange(len(Y) + 1)).astype(np.int32)
+    tag_ids = pa.ListArray.from_arrays(pa.array(offsets), pa.array(cid.astype(np.int64)).cast(pa.string()))
+    lines = pc.binary_join_element_wise(ids.cast(pa.string()), pc.binary_join_element_wise(
+        "[", pc.binary_join(tag_ids, ", "), "]", ""), "\t")
+    if not len(lines):
+        return b""
+    whole = pa.LargeListArray.from_arrays(pa.array([0, len(lines)], pa.int64()), lines.cast(pa.large_string()))
+    return pc.binary_join(whole, pa.scalar("\n", pa.large_string()))[0].as_py().encode()
 
 
 def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: float = 0.5) -> dict:
@@ -1012,7 +1031,8 @@ def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = N
     from labelkit import gate
     from labelkit.features import load_workspace_embeddings, resolve_device
     from labelkit.splits import heldout_mask, heldout_split
-    from labelkit.train import TrainResult, _versions, read_subset
+    from labelkit.train import TrainResult, read_subset
+    from labelkit.workspace import versions as _versions
     from labelkit.workspace import (atomic_path, current_items_fingerprint, require_current,
                                     require_current_embeddings, write_json)
 
@@ -1046,7 +1066,7 @@ def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = N
     ids = items.column("id").combine_chunks().filter(pa.array(usable))
     key, emb_ids, matrix = load_workspace_embeddings(ws)
     require_current_embeddings(ws, key, ids, items.column("content_hash").combine_chunks().filter(pa.array(usable)))
-    from labelkit.issues import _positions as positions
+    from labelkit.arrays import positions
 
     rows = positions(ids, emb_ids)
     if (rows < 0).any():
@@ -1061,7 +1081,7 @@ def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = N
         import pyarrow.parquet as pq
 
         iss = pq.read_table(ws.issues_path, columns=["id", "suggested_labels"])
-        at = positions(iss.column("id").combine_chunks(), ids.to_pylist())
+        at = positions(iss.column("id").combine_chunks(), ids)
         Y_train_all = Y_all.copy()
         sug = multi_hot(iss.column("suggested_labels"), tags)
         Y_train_all[at[at >= 0]] = sug[at >= 0]
@@ -1073,7 +1093,8 @@ def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = N
     if len(train_rows) < 10:
         raise LabelkitError(f"Only {len(train_rows)} training rows remain (held-out split"
                             + (f", subset {subset!r}" if subset else "") + "); nothing to train on.")
-    inner = heldout_split(ids.take(pa.array(train_rows)).to_pylist(), np.zeros(len(train_rows), np.int64),
+    fit_ids = ids.take(pa.array(train_rows)).to_pylist()  # the training rows' ids only (the split hashes each)
+    inner = heldout_split(fit_ids, np.zeros(len(train_rows), np.int64),
                           fraction=0.1, salt="inner")
     fit, val = train_rows[~inner], train_rows[inner]
     torch.manual_seed(seed)
@@ -1120,9 +1141,7 @@ def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = N
     with atomic_path(out_dir / "model.pt") as tmp:
         torch.save({"state_dict": model.state_dict(), "d_in": d, "n_classes": K, "hidden": hidden if head == "mlp" else 0,
                     "classes": tags, "embedding_key": key, "task": "multilabel", "output": "sigmoid"}, tmp)
-    fit_ids = ids.take(pa.array(train_rows)).to_pylist()
-    data_hash = hashlib.sha256("\n".join(f"{i}\t{np.flatnonzero(Y_train_all[r]).tolist()}"
-                                         for i, r in zip(fit_ids, train_rows)).encode()).hexdigest()
+    data_hash = hashlib.sha256(training_lines(ids.take(pa.array(train_rows)), Y_train_all[train_rows])).hexdigest()
     card = {"name": name, "task": "multilabel", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "embedding_key": key, "labels": labels, "eval_labels": "label", "subset": subset,
             "loss": {"name": "bce", "params": {}}, "head": {"type": head, "hidden": hidden if head == "mlp" else 0},

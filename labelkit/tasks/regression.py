@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from labelkit.checks._task_common import format_numbers, residual_reason, residual_reasons  # noqa: F401  (public API)
 from labelkit.errors import LabelkitError, check_in_range
 from labelkit.tasks import TASK_LABEL_COL, TaskSpec
 
@@ -58,19 +59,6 @@ def _target_column(columns: list[str], given: str | None, source) -> str:
             return lower[name]
     raise LabelkitError(f"No target column found in {source} (looked for {', '.join(TARGET_COLUMNS)}); pass "
                         f"--label-col. Available columns: {', '.join(map(str, columns))}.")
-
-
-def format_numbers(values: np.ndarray, reference: np.ndarray | None = None) -> pa.Array:
-    """Return `values` as short strings (nulls where not finite), rounded to about 5 significant digits
-    of the largest magnitude in `reference` (default: `values`)."""
-    values = np.asarray(values, np.float64)
-    ref = np.abs(np.asarray(values if reference is None else reference, np.float64))
-    ref = ref[np.isfinite(ref)]
-    top = float(ref.max()) if len(ref) else 1.0
-    decimals = int(np.clip(4 - math.floor(math.log10(top)) if top > 0 else 4, 0, 12))
-    finite = np.isfinite(values)
-    rounded = np.round(np.where(finite, values, 0.0), decimals) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return pa.array(rounded, pa.float64(), mask=~finite).cast(pa.string())
 
 
 def prepare_table(df, source, *, options: dict):
@@ -440,7 +428,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
     from labelkit.engines import check_engine
     from labelkit.features import load_workspace_embeddings, near_duplicate_threshold, resolve_device
-    from labelkit.issues import IssuesResult, _positions, _string_array, check_issues_options
+    from labelkit.arrays import positions as _positions, string_array as _string_array
+    from labelkit.issues import IssuesResult, check_issues_options
     from labelkit.neighbors import find_nearest_neighbors, phase_progress
     from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
     from labelkit.workspace import (current_items_fingerprint, fingerprint, require_current_embeddings,
@@ -589,13 +578,6 @@ def top_issues(ids, y: np.ndarray, predictions: np.ndarray, found: dict, limit: 
              "residual": round(float(found["residual"][i]), 6)} for i, g, p in zip(flagged, given, pred)]
 
 
-def residual_reason(target: float, prediction: float, z: float, *, reference: np.ndarray | None = None) -> str:
-    """Return the one-line evidence for a flagged target."""
-    t, p = format_numbers(np.array([target, prediction]), reference=reference).to_pylist()
-    return (f"target {t}; probe predicts {p} out of sample (residual {target - prediction:+.4g}, "
-            f"{abs(z):.1f} robust σ)")
-
-
 # ---------------------------------------------------------------------------------------------
 # report
 
@@ -608,7 +590,7 @@ def report_data(ws) -> tuple[dict, dict]:
     """
     import pyarrow.parquet as pq
 
-    from labelkit.report import _figure_uri, _mpl
+    from labelkit.plots import figure_uri as _figure_uri, mpl as _mpl
     from labelkit.workspace import require_current
 
     summary = ws.read_manifest().get("stages", {}).get("issues")
@@ -667,15 +649,16 @@ def select_prune(ws, issues_df, keep: np.ndarray, *, name: str, drop: Sequence[s
     As the multiclass prune, without class counts: the record holds the rows and the target's
     mean before and after (``class_counts_*`` are empty).
     """
+    from labelkit.arrays import empty_lists
     from labelkit.selection import SelectResult
     from labelkit.workspace import current_items_fingerprint, with_fingerprint, write_table
 
     kept = issues_df[keep]
     n = len(kept)
-    table = pa.table({"id": pa.array(kept["id"].tolist(), pa.string()),
-                      "label": pa.array(kept["given_label"].tolist(), pa.string()),
+    table = pa.table({"id": pa.array(kept["id"], pa.string(), from_pandas=True),
+                      "label": pa.array(kept["given_label"], pa.string(), from_pandas=True),
                       "synthetic": pa.array(np.zeros(n, bool)),
-                      "parent_ids": pa.array([[] for _ in range(n)], pa.list_(pa.string())),
+                      "parent_ids": empty_lists(n),
                       "epoch": pa.nulls(n, pa.int32())})
     items_fp = current_items_fingerprint(ws)
     path = write_table(with_fingerprint(table, items_fp), ws.subset_path(name))
@@ -737,7 +720,9 @@ def train(ws, *, loss: str = "mse", loss_params: dict | None = None, labels: str
     from labelkit import gate
     from labelkit.features import load_workspace_embeddings, resolve_device
     from labelkit.splits import heldout_mask, heldout_split
-    from labelkit.train import HEADS, TrainResult, _head_class, _versions, read_subset
+    from labelkit.heads import HEADS, head_class as _head_class
+    from labelkit.train import TrainResult, read_subset
+    from labelkit.workspace import versions as _versions
     from labelkit.workspace import atomic_path, current_items_fingerprint, require_current_embeddings, write_json
 
     started = time.perf_counter()
@@ -774,13 +759,12 @@ def train(ws, *, loss: str = "mse", loss_params: dict | None = None, labels: str
                                items.column("content_hash").combine_chunks())
     target = items.column("target").to_numpy(zero_copy_only=False).astype(np.float64)
     usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & np.isfinite(target)
-    from labelkit.issues import _positions, _string_array
+    from labelkit.arrays import positions as _positions, string_array as _string_array
 
     ids_arr = _string_array(items.column("id")).filter(pa.array(usable))
     row = _positions(ids_arr, emb_ids)
     ids_arr, y_all = ids_arr.filter(pa.array(row >= 0)), target[usable][row >= 0]
     X_all = matrix[row[row >= 0]]
-    ids = ids_arr.to_pylist()
     held, held_record = heldout_mask(ws, ids_arr)
     if heldout_fraction is not None and heldout_fraction != held_record.get("fraction"):
         raise LabelkitError(f"The held-out split of {ws.root} was fixed at ingest ({held_record['rows']} rows, "
@@ -796,7 +780,8 @@ def train(ws, *, loss: str = "mse", loss_params: dict | None = None, labels: str
     if len(train_rows) < 10:
         raise LabelkitError(f"Only {len(train_rows)} training rows remain (held-out split"
                             + (f", subset {subset!r}" if subset else "") + "); nothing to train on.")
-    inner = heldout_split([ids[r] for r in train_rows], np.zeros(len(train_rows), np.int64), fraction=0.1,
+    train_ids = ids_arr.take(pa.array(train_rows)).to_pylist()  # the training rows' ids only, for the hashes
+    inner = heldout_split(train_ids, np.zeros(len(train_rows), np.int64), fraction=0.1,
                           salt="inner")
     fit_rows, val_rows = train_rows[~inner], train_rows[inner]
     mu, sd = float(y_all[fit_rows].mean()), float(y_all[fit_rows].std()) or 1.0
@@ -858,7 +843,8 @@ def train(ws, *, loss: str = "mse", loss_params: dict | None = None, labels: str
             "classes": [], "embedding_key": key, "task": "regression", "target_mean": mu, "target_std": sd}
     with atomic_path(out_dir / "model.pt") as tmp:
         torch.save(ckpt, tmp)
-    data_hash = hashlib.sha256("\n".join(f"{ids[r]}\t{y_all[r]!r}" for r in train_rows).encode()).hexdigest()
+    data_hash = hashlib.sha256("\n".join(f"{i}\t{t!r}" for i, t in zip(train_ids, y_all[train_rows]))
+                               .encode()).hexdigest()
     card = {
         "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "task": "regression",
         "embedding_key": key, "labels": labels, "eval_labels": eval_labels, "subset": subset,
