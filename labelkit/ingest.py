@@ -917,7 +917,7 @@ def ingest(source: Path | str, workspace: Workspace | Path | str = "labelkit-out
         reasons = _count(_reason(e) for e in errors)
         raise LabelkitError(f"{source}: no usable labelled rows ({n} rows; "
                             + ", ".join(f"{k}: {v}" for k, v in list(reasons.items())[:5])
-                            + (f"; first: {errors[0]}" if errors else "") + ").")
+                            + (f"; first: {errors[0]}" if errors and errors[0] != _reason(errors[0]) else "") + ").")
     distinct = pc.unique(usable_labels).to_pylist()
     if task_spec is not None and task_spec.classes is not None:
         classes = task_spec.classes

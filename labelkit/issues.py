@@ -474,7 +474,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     else:
         train_counts = np.bincount(labels[~held], minlength=K)
         included = probe_classes(labels[~held], K, n_folds)
-        excluded = {classes[k]: int(train_counts[k]) for k in np.flatnonzero(present & ~included)}
+        wants_probs = any("probs" in check.needs for check in get_checks(checks))
+        excluded = {classes[k]: int(train_counts[k]) for k in np.flatnonzero(present & ~included)} if wants_probs else {}
         if excluded:
             warnings.append(f"{len(excluded)} class(es) have fewer than {n_folds} training rows for the {n_folds}-fold "
                             "probe and get no label-issue verdict: "
@@ -482,7 +483,9 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
                             + (", …" if len(excluded) > 10 else "") + ".")
         probs = folds = None
         origin, probe_info = "probe", None
-        if included.sum() >= 2:
+        if not wants_probs:  # the probe is the costliest step: skipped when no check asked for needs it
+            not_measured = "no check that needs probabilities was selected (--checks)"
+        elif included.sum() >= 2:
             # Rows of left-out classes are predicted like held-out rows: by a model that never saw them.
             phase_started = time.perf_counter()
             probs, folds, choice = get_out_of_sample_probs(emb, labels, holdout=held | ~included[labels], n_classes=K,
@@ -490,7 +493,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
                                                            progress=phase_progress(progress, "probe"))
             probe_info = choice.to_dict()
             phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
-    if included.sum() < 2:
+    if not_measured is None and included.sum() < 2:
         not_measured = ("the data has one class" if present.sum() < 2 else
                         f"{'no class' if not included.any() else 'only one class'} has at least {n_folds} "
                         "training rows")

@@ -99,3 +99,13 @@ def test_label_issue_reason_states_the_evidence(digits_ws):
         assert f"labelled '{row['given_label']}'" in row["reason"]
         assert f"probe says '{row['suggested_label']}'" in row["reason"] and "out of sample" in row["reason"]
         assert "nearest rows are" in row["reason"]
+
+
+def test_checks_that_need_no_probabilities_skip_the_probe(digits_copy):
+    from labelkit.issues import issues
+
+    result = issues(digits_copy, checks=["duplicates", "outliers"])
+    assert "probe" not in result.summary["phase_seconds"] and result.summary["probe"] is None
+    assert result.summary["label_issues"] is None and result.summary["outliers"] is not None
+    assert not (digits_copy / "probs.parquet").exists()  # the earlier run's probabilities are not left behind
+    assert "label_issues" not in result.summary["checks"]
