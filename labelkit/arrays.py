@@ -56,6 +56,13 @@ def cells(values) -> pa.Array:
     return pa.array([cell(v) for v in values], pa.string())  # floats, mixed types: rare, and `cell` knows them
 
 
+def empty_issue_columns(n: int) -> dict:
+    """Return the issues-table columns every reader may rely on, empty for `n` rows (their check did not run)."""
+    return {"is_label_issue": np.zeros(n, bool), "label_quality": pa.nulls(n, pa.float32()),
+            "suggested_label": pa.nulls(n, pa.string()), "outlier_score": np.full(n, np.nan, np.float32),
+            "is_outlier": np.zeros(n, bool)}
+
+
 def empty_lists(n: int, value_type: pa.DataType = pa.string()) -> pa.ListArray:
     """Return `n` empty lists (e.g. the ``parent_ids`` of rows that are not synthetic) without a Python loop."""
     return pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, np.int32)), pa.array([], value_type))

@@ -38,6 +38,28 @@ def load_workspace_embeddings(ws: Workspace, key: str | None = None) -> tuple[st
     return key, table.column("id").to_pylist(), embedding_matrix(table.column("embedding"))
 
 
+def load_usable_embeddings(ws: Workspace, usable_ids, content_hashes, embedding_key: str | None = None
+                           ) -> tuple[str, np.ndarray]:
+    """Return (key, matrix) of the workspace's embeddings for `usable_ids`, rows in that order.
+
+    Raises the user error of :func:`missing_embeddings_error` when a usable row has no embedding,
+    and :func:`labelkit.workspace.require_current_embeddings`'s when the table is stale for
+    `content_hashes` (one per usable row). No copy when the table is already in usable-row order.
+    """
+    from labelkit.arrays import positions
+    from labelkit.workspace import require_current_embeddings
+
+    key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
+    emb_row = positions(usable_ids, emb_ids)
+    missing = np.flatnonzero(emb_row < 0)
+    if len(missing):
+        raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
+    require_current_embeddings(ws, key, usable_ids, content_hashes)
+    # No 2 GB copy at 1M x 512 when the table is already in items order.
+    in_order = len(emb_row) == len(matrix) and bool((emb_row == np.arange(len(matrix))).all())
+    return key, (matrix if in_order else matrix[emb_row])
+
+
 def embed_errors_path(embeddings_path: Path) -> Path:
     """Return the table of rows that failed to embed beside an embedding table (``<key>.errors.parquet``)."""
     return embeddings_path.with_name(f"{embeddings_path.stem}.errors.parquet")

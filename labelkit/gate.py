@@ -133,6 +133,23 @@ def resolve_rules(cli_rules: list[str] | None, *, config_start: Path | str = "."
     return parse_rules(list(default), metrics=metrics), "default"
 
 
+def resolve_check_rules(check: bool, fail_on: list[str] | None, *, config_start: Path | str = ".",
+                        metrics: dict[str, str], example: str, section: str = "train"
+                        ) -> tuple[list[Rule] | None, str | None]:
+    """Return (rules, where they came from) for a verb's ``--check``/``--fail-on``; (None, None) without either.
+
+    There is no default: a check without rules on the command line or in the config is a user
+    error, whose message suggests ``--fail-on`` `example` (e.g. ``'accuracy<0.9'``).
+    """
+    if not (check or fail_on):
+        return None, None
+    rules, source = resolve_rules(fail_on, config_start=config_start, section=section, metrics=metrics, default=())
+    if not rules:
+        raise LabelkitError(f"--check needs thresholds: pass --fail-on {example!r} or set "
+                            f"[tool.labelkit.{section}] fail_on = [...] in pyproject.toml.")
+    return rules, source
+
+
 def evaluate(rules: list[Rule], summary: dict) -> dict:
     """Return the verdict: {'passed': bool, 'results': [{rule, metric, value, failed, verdict}]}.
 

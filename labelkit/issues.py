@@ -17,15 +17,17 @@ import numpy as np
 import pyarrow as pa
 
 from labelkit.arrays import positions as _positions, string_array as _string_array  # noqa: F401  (old names)
+from labelkit.arrays import empty_issue_columns
 from labelkit.errors import LabelkitError, check_in_range
 from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
 from labelkit.checks.duplicates import find_duplicates  # noqa: F401  (public API)
 from labelkit.features import near_duplicate_threshold  # noqa: F401  (public API)
 from labelkit.neighbors import find_nearest_neighbors, get_outlier_scores, phase_progress  # noqa: F401  (public API)
+from labelkit.neighbors import search_neighbors
 from labelkit.probe import ProbeChoice, get_out_of_sample_probs  # noqa: F401  (public API)
 from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
 from labelkit.workspace import (Workspace, current_items_fingerprint, fingerprint, read_class_file,
-                                require_current_embeddings, with_fingerprint, write_table)
+                                with_fingerprint, write_issues_table, write_table)
 
 FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
              "low_normalized_margin", "low_self_confidence")
@@ -45,32 +47,10 @@ def load_pred_probs(path: Path | str, *, ids: Sequence[str], usable: np.ndarray,
     (one row per item, or one per usable item). Raises a user error naming the row for values
     that are not finite, negative, or rows that do not sum to 1 (tolerance 1e-3).
     """
-    import pandas as pd
+    from labelkit.predfile import read_pred_probs_file
 
     path = Path(path)
-    if not path.is_file():
-        raise LabelkitError(f"--pred-probs {path}: no such file.")
-    row_ids, col_names = None, None
-    try:
-        if path.suffix == ".npy":
-            matrix = np.load(path, allow_pickle=False, mmap_mode="r")  # no copy: measured faster than reading whole
-        elif path.suffix in (".csv", ".parquet", ".pq"):
-            df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-            if "id" in df.columns:
-                row_ids = df["id"].astype(str).tolist()
-                df = df.drop(columns="id")
-            if "pred_probs" in df.columns:
-                matrix = np.stack(df["pred_probs"].to_numpy()).astype(np.float64)
-            else:
-                col_names = [str(c) for c in df.columns]
-                matrix = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-        else:
-            raise LabelkitError(f"--pred-probs {path}: unsupported type {path.suffix!r}; use .npy, .csv or .parquet.")
-    except LabelkitError:
-        raise
-    except Exception as exc:
-        raise LabelkitError(f"Cannot read --pred-probs {path}: {str(exc).splitlines()[0]}") from None
-    matrix = np.asarray(matrix, dtype=np.float32)
+    matrix, row_ids, col_names = read_pred_probs_file(path, mmap=True)
     if matrix.ndim != 2:
         raise LabelkitError(f"--pred-probs {path} must be a 2-D matrix (rows × classes); got shape {matrix.shape}.")
     K = len(classes)
@@ -408,7 +388,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     ``python -m labelkit.checks`` or docs/checks.md).
     """
     from labelkit.engines import check_engine
-    from labelkit.features import load_workspace_embeddings, resolve_device
+    from labelkit.features import load_usable_embeddings, resolve_device
 
     check_engine(engine, "issues")
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
@@ -444,20 +424,10 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     emb = None
     if embedding_key or pred_probs is None or manifest.get("stages", {}).get("embed"):
         if pred_probs is None or manifest.get("stages", {}).get("embed"):
-            key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
-            emb_row = _positions(usable_ids, emb_ids)
-            missing = np.flatnonzero(emb_row < 0)
-            if len(missing):
-                from labelkit.features import missing_embeddings_error
-
-                raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
-            require_current_embeddings(ws, key, usable_ids, usable_rows(_string_array(items.column("content_hash"))))
-            # No 2 GB copy at 1M x 512 when the table is already in items order.
-            in_order = len(emb_row) == len(matrix) and bool((emb_row == np.arange(len(matrix))).all())
-            emb = matrix if in_order else matrix[emb_row]
-            embedding_key = key
+            embedding_key, emb = load_usable_embeddings(
+                ws, usable_ids, usable_rows(_string_array(items.column("content_hash"))), embedding_key)
             if dup_threshold is None:
-                dup_threshold = near_duplicate_threshold(key, manifest)
+                dup_threshold = near_duplicate_threshold(embedding_key, manifest)
             device = resolve_device(device)  # torch is only needed when there are embeddings
 
     # The probe never trains on the held-out rows fixed at ingest (labelkit.splits), so its
@@ -533,15 +503,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
 
     nn_idx = nn_sim = None
     if with_neighbors:
-        if engine == "ray":
-            from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
-
-            phase_started = time.perf_counter()
-            nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address, seed=seed)
-            neighbors_info = {"index": "ray", "seconds": {"search": round(time.perf_counter() - phase_started, 3)}}
-        else:
-            nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=k_neighbors, device=device, seed=seed,
-                                                                    progress=progress, return_info=True)
+        nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine, ray_address=ray_address,
+                                                          device=device, seed=seed, progress=progress)
         phase_seconds |= neighbors_info["seconds"]
 
     # The checks (labelkit.checks) over the shared inputs computed above, in registry order.
@@ -564,17 +527,12 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     class_array = pa.array(classes, pa.string())
     columns = {"id": usable_ids, "given_label": class_array.take(pa.array(labels))}
     # Columns every reader may rely on, present (empty) when their check could not run.
-    columns |= {"is_label_issue": np.zeros(n, bool), "label_quality": pa.nulls(n, pa.float32()),
-                "suggested_label": pa.nulls(n, pa.string()), "outlier_score": np.full(n, np.nan, np.float32),
-                "is_outlier": np.zeros(n, bool)}
+    columns |= empty_issue_columns(n)
     for result in results.values():
         columns |= result.columns
     columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-    issues_table = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
-                             for name, values in columns.items()})
     # Dictionary pages only where values repeat (not for unique ids): half the time, smaller file.
-    write_table(with_fingerprint(issues_table, items_fp, options_fp), ws.issues_path, row_group_size=65536,
-                use_dictionary=["given_label", "suggested_label"], write_statistics=["id"])
+    write_issues_table(ws, columns, items_fp, options_fp)
     if writer is not None:
         writer.join()
 

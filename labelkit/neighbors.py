@@ -99,6 +99,24 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
     return (idx, sim, info) if return_info else (idx, sim)
 
 
+def search_neighbors(embeddings: np.ndarray, *, k: int, engine: str = "local", ray_address: str | None = None,
+                     device: str = "cpu", seed: int = 0, progress=None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Return (neighbor_idx, neighbor_sims, info) of :func:`find_nearest_neighbors`, or of the Ray engine's
+    sharded search over the cluster at `ray_address` when ``engine == 'ray'``.
+
+    ``info["seconds"]`` holds the search phases' seconds (``{"search": ...}`` for Ray).
+    """
+    if engine == "ray":
+        import time
+
+        from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
+
+        started = time.perf_counter()
+        nn_idx, nn_sim = ray_neighbors(embeddings, k=k, address=ray_address, seed=seed)
+        return nn_idx, nn_sim, {"index": "ray", "seconds": {"search": round(time.perf_counter() - started, 3)}}
+    return find_nearest_neighbors(embeddings, k=k, device=device, seed=seed, progress=progress, return_info=True)
+
+
 def phase_progress(progress, phase: str):
     """Return a (done, total) callback that also names the phase when `progress` takes a third argument."""
     if progress is None:
@@ -217,7 +235,9 @@ def _cell_blocked_search(E: np.ndarray, quantizer, k: int, n_probes: int, report
     p_start = np.concatenate(([0], np.cumsum(np.bincount(probes.ravel(), minlength=L))))
     top_sim = np.full((n * n_probes, k), -np.inf, np.float32)
     top_idx = np.full((n * n_probes, k), -1, np.int32 if n < 2**31 else np.int64)
-    E_t = torch.from_numpy(E)
+    with warnings.catch_warnings():  # a read-only (Arrow-backed) matrix is only read here
+        warnings.simplefilter("ignore", UserWarning)
+        E_t = torch.from_numpy(E)
     for c in range(L):
         rows = members[m_start[c]:m_start[c + 1]]
         if len(rows) == 0 or p_start[c] == p_start[c + 1]:

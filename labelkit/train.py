@@ -289,13 +289,8 @@ def train(workspace: Workspace | Path | str = "labelkit-out", *, loss: str = "ce
                                 patience=patience, check=check, fail_on=fail_on, config_start=config_start,
                                 device=device, seed=seed, progress=progress, teachers=teachers,
                                 eval_labels=eval_labels, loss_params=loss_params)
-    rules = None
-    if check or fail_on:
-        rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start, section="train",
-                                                 metrics=TRAIN_METRICS, default=())
-        if not rules:
-            raise LabelkitError("--check needs thresholds: pass --fail-on 'accuracy<0.9' or set "
-                                "[tool.labelkit.train] fail_on = [...] in pyproject.toml.")
+    rules, rules_source = gate.resolve_check_rules(check, fail_on, config_start=config_start, metrics=TRAIN_METRICS,
+                                                   example="accuracy<0.9")
     if loss not in LOSSES:
         raise LabelkitError(f"Unknown loss {loss!r}; known: {', '.join(sorted(LOSSES))}.")
 

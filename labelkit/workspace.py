@@ -367,6 +367,20 @@ def with_fingerprint(table: pa.Table, items_fp: str, fp: str | None = None) -> p
     return table.replace_schema_metadata(meta)
 
 
+def write_issues_table(ws: "Workspace", columns: dict, items_fp: str, options_fp: str | None, *,
+                       use_dictionary: list[str] | bool = ("given_label", "suggested_label")) -> Path:
+    """Write ``issues.parquet`` from per-row `columns` (Arrow arrays or anything ``pa.array`` takes).
+
+    The table carries the items and options fingerprints, row groups of 65536 rows, statistics for
+    ``id`` only, and dictionary pages for `use_dictionary` (the repeated label columns by default).
+    """
+    table = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
+                      for name, values in columns.items()})
+    return write_table(with_fingerprint(table, items_fp, options_fp), ws.issues_path, row_group_size=65536,
+                       use_dictionary=list(use_dictionary) if isinstance(use_dictionary, tuple) else use_dictionary,
+                       write_statistics=["id"])
+
+
 def read_fingerprints(path: Path | str) -> tuple[str | None, str | None]:
     """Return (items fingerprint, input fingerprint) stored in a Parquet file's footer (None if absent)."""
     meta = pq.read_schema(path).metadata or {}

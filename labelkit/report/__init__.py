@@ -47,37 +47,16 @@ _figure_uri, _mpl = figure_uri, mpl  # the shared plotting helpers (labelkit.plo
 
 
 def plot_class_counts(classes: list[str], counts: list[int], issues: list[int]):
-    plt = _mpl()
-    fig, ax = plt.subplots(figsize=(6.2, 0.28 * len(classes) + 0.8))
-    y = np.arange(len(classes))[::-1]
-    ax.barh(y, counts, color="#94a3b8", label="rows")
-    ax.barh(y, issues, color="#dc2626", label="label issues")
-    ax.set_yticks(y, [str(c)[:28] for c in classes])
-    ax.set_xlabel("rows")
-    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
-    return _figure_uri(fig)
+    from labelkit.plots import plot_hbars
+
+    return plot_hbars(classes, [(counts, "#94a3b8", "rows"), (issues, "#dc2626", "label issues")])
 
 
 def plot_noise_matrix(classes: list[str], noise: np.ndarray):
-    plt = _mpl()
-    K = len(classes)
-    size = min(7.0, 1.6 + 0.42 * K)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(noise, cmap="Reds", vmin=0, vmax=1)
-    names = [str(c)[:14] for c in classes]
-    ax.set_xticks(range(K), names, rotation=45 if K > 6 else 0, ha="right" if K > 6 else "center")
-    ax.set_yticks(range(K), names)
-    ax.set_xlabel("true label (estimated)")
-    ax.set_ylabel("given label")
-    if K <= 15:
-        for i in range(K):
-            for j in range(K):
-                v = noise[i, j]
-                if v >= 0.005:
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if v > 0.5 else "#111827")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="P(given | true)")
-    return _figure_uri(fig)
+    from labelkit.plots import plot_heatmap
+
+    return plot_heatmap(classes, noise, cmap="Reds", xlabel="true label (estimated)", ylabel="given label",
+                        colorbar="P(given | true)")
 
 
 def plot_embedding_map(xy: np.ndarray, labels: np.ndarray, classes: list[str], flagged: np.ndarray):

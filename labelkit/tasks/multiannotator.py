@@ -379,14 +379,14 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     """
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
     from labelkit.engines import check_engine
-    from labelkit.features import load_workspace_embeddings, near_duplicate_threshold, resolve_device
-    from labelkit.arrays import positions as _positions, string_array as _string_array
+    from labelkit.features import load_usable_embeddings, near_duplicate_threshold, resolve_device
+    from labelkit.arrays import string_array as _string_array
     from labelkit.issues import IssuesResult, check_issues_options, load_pred_probs, probe_classes
-    from labelkit.neighbors import find_nearest_neighbors, phase_progress
+    from labelkit.neighbors import phase_progress, search_neighbors
     from labelkit.probe import get_out_of_sample_probs
     from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
-    from labelkit.workspace import (current_items_fingerprint, fingerprint, require_current_embeddings,
-                                    with_fingerprint, write_table)
+    from labelkit.workspace import (current_items_fingerprint, fingerprint, with_fingerprint, write_issues_table,
+                                    write_table)
 
     check_engine(engine, "issues")
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
@@ -415,19 +415,10 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
 
     emb = None
     if pred_probs is None or manifest.get("stages", {}).get("embed"):
-        key, emb_ids, emb_matrix = load_workspace_embeddings(ws, embedding_key)
-        emb_row = _positions(usable_ids, emb_ids)
-        missing = np.flatnonzero(emb_row < 0)
-        if len(missing):
-            from labelkit.features import missing_embeddings_error
-
-            raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
-        require_current_embeddings(ws, key, usable_ids, usable_rows(_string_array(items.column("content_hash"))))
-        in_order = len(emb_row) == len(emb_matrix) and bool((emb_row == np.arange(len(emb_matrix))).all())
-        emb = emb_matrix if in_order else emb_matrix[emb_row]
-        embedding_key = key
+        embedding_key, emb = load_usable_embeddings(
+            ws, usable_ids, usable_rows(_string_array(items.column("content_hash"))), embedding_key)
         if dup_threshold is None:
-            dup_threshold = near_duplicate_threshold(key, manifest)
+            dup_threshold = near_duplicate_threshold(embedding_key, manifest)
         device = resolve_device(device)
 
     held, held_record = heldout_mask(ws, usable_ids)
@@ -465,15 +456,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
 
     nn_idx = nn_sim = neighbors_info = None
     if emb is not None and len(emb) > 1:
-        if engine == "ray":
-            from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
-
-            phase_started = time.perf_counter()
-            nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address, seed=seed)
-            neighbors_info = {"index": "ray", "seconds": {"search": round(time.perf_counter() - phase_started, 3)}}
-        else:
-            nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=k_neighbors, device=device, seed=seed,
-                                                                    progress=progress, return_info=True)
+        nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine, ray_address=ray_address,
+                                                          device=device, seed=seed, progress=progress)
         phase_seconds |= neighbors_info["seconds"]
     label_issues = {"is_label_issue": found["is_issue"], "label_quality": found["consensus_quality"].astype(np.float64),
                     "suggested_label": found["consensus_label"]}
@@ -515,10 +499,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     for result in results.values():
         columns |= result.columns
     columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-    issues_table = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
-                             for name, values in columns.items()})
-    write_table(with_fingerprint(issues_table, items_fp, options_fp), ws.issues_path, row_group_size=65536,
-                use_dictionary=["given_label", "suggested_label"], write_statistics=["id"])
+    write_issues_table(ws, columns, items_fp, options_fp)
     write_table(with_fingerprint(annotator_table(found), items_fp, options_fp), annotators_path(ws))
 
     flags = found["is_issue"]

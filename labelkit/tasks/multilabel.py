@@ -342,15 +342,12 @@ def get_multilabel_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarra
     """
     Y = np.asarray(labels, bool)
     n, K = Y.shape
-    check_in_range(n_folds, "n_folds", "get_multilabel_out_of_sample_probs", low=2, kind="an int")
-    check_in_range(max_selection_rows, "max_selection_rows", "get_multilabel_out_of_sample_probs", low=2 * n_folds,
-                   kind="an int")
-    holdout = np.zeros(n, bool) if holdout is None else np.asarray(holdout, bool)
-    train = np.flatnonzero(~holdout)
-    if len(train) < 2 * n_folds:
-        raise LabelkitError(f"Only {len(train)} rows are not held out; a {n_folds}-fold one-vs-rest probe needs at "
-                            f"least {2 * n_folds}.")
-    X = np.asarray(embeddings, np.float32)
+    from labelkit.tasks._common import probe_training_rows
+
+    holdout, train, X = probe_training_rows(embeddings, holdout, n, n_folds=n_folds,
+                                            max_selection_rows=max_selection_rows,
+                                            caller="get_multilabel_out_of_sample_probs", rows_word="rows",
+                                            probe_name=f"a {n_folds}-fold one-vs-rest probe")
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     fold_of = np.full(n, -1, np.int16)
@@ -485,12 +482,11 @@ def find_multilabel_label_issues(labels: np.ndarray, pred_probs: np.ndarray, *,
     from cleanlab.multilabel_classification import rank
     from cleanlab.multilabel_classification.filter import find_label_issues, find_multilabel_issues_per_class
 
-    if filter_by not in FILTER_BY:
-        raise LabelkitError(f"The 'filter_by' parameter of find_multilabel_label_issues must be one of "
-                            f"{', '.join(FILTER_BY)}. Got {filter_by!r} instead.")
-    if rank_by not in RANK_BY:
-        raise LabelkitError(f"The 'rank_by' parameter of find_multilabel_label_issues must be one of "
-                            f"{', '.join(RANK_BY)}. Got {rank_by!r} instead.")
+    from labelkit.errors import parameter_error
+
+    for name, value, allowed in (("filter_by", filter_by, FILTER_BY), ("rank_by", rank_by, RANK_BY)):
+        if value not in allowed:
+            raise parameter_error(name, "find_multilabel_label_issues", f"one of {', '.join(allowed)}", value)
     Y = np.asarray(labels, bool)
     probs = np.clip(np.asarray(pred_probs, np.float64), 0.0, 1.0)
     cl_labels = _cleanlab_labels(Y)
@@ -550,32 +546,10 @@ def load_multilabel_pred_probs(path, *, ids: pa.Array, usable: np.ndarray, class
     """
     from pathlib import Path
 
-    import pandas as pd
+    from labelkit.predfile import read_pred_probs_file
 
     path = Path(path)
-    if not path.is_file():
-        raise LabelkitError(f"--pred-probs {path}: no such file.")
-    row_ids = names = None
-    try:
-        if path.suffix == ".npy":
-            matrix = np.load(path, allow_pickle=False)
-        elif path.suffix in (".csv", ".parquet", ".pq"):
-            df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
-            if "id" in df.columns:
-                row_ids = df["id"].astype(str).tolist()
-                df = df.drop(columns="id")
-            if "pred_probs" in df.columns:
-                matrix = np.stack(df["pred_probs"].to_numpy()).astype(np.float64)
-            else:
-                names = [str(c) for c in df.columns]
-                matrix = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-        else:
-            raise LabelkitError(f"--pred-probs {path}: unsupported type {path.suffix!r}; use .npy, .csv or .parquet.")
-    except LabelkitError:
-        raise
-    except Exception as exc:
-        raise LabelkitError(f"Cannot read --pred-probs {path}: {str(exc).splitlines()[0]}") from None
-    matrix = np.asarray(matrix, np.float32)
+    matrix, row_ids, names = read_pred_probs_file(path)
     K = len(classes)
     if (names is not None and set(names) != set(classes) and names != [str(k) for k in range(len(names))]
             and not all(n.startswith("Unnamed: ") for n in names)):
@@ -654,13 +628,13 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     multi-label check's per-row tag lists (``suspect_labels``, …) and the other checks' columns.
     """
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
-    from labelkit.features import load_workspace_embeddings, near_duplicate_threshold, resolve_device
-    from labelkit.arrays import positions, string_array as _string_array
+    from labelkit.features import load_usable_embeddings, near_duplicate_threshold, resolve_device
+    from labelkit.arrays import empty_issue_columns, string_array as _string_array
     from labelkit.issues import IssuesResult, _Background, check_issues_options
-    from labelkit.neighbors import find_nearest_neighbors, phase_progress
+    from labelkit.neighbors import phase_progress, search_neighbors
     from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
-    from labelkit.workspace import (current_items_fingerprint, fingerprint, require_current_embeddings,
-                                    with_fingerprint, write_table)
+    from labelkit.workspace import (current_items_fingerprint, fingerprint, with_fingerprint, write_issues_table,
+                                    write_table)
 
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
                          n_folds=n_folds, probe=probe, seed=seed)
@@ -680,19 +654,10 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
 
     emb = None
     if pred_probs is None or embedding_key or manifest.get("stages", {}).get("embed"):
-        key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
-        emb_row = positions(usable_ids, emb_ids)
-        missing = np.flatnonzero(emb_row < 0)
-        if len(missing):
-            from labelkit.features import missing_embeddings_error
-
-            raise missing_embeddings_error(ws, key, len(missing), usable_ids[int(missing[0])].as_py())
-        require_current_embeddings(ws, key, usable_ids, usable_rows(_string_array(items.column("content_hash"))))
-        in_order = len(emb_row) == len(matrix) and bool((emb_row == np.arange(len(matrix))).all())
-        emb = matrix if in_order else matrix[emb_row]
-        embedding_key = key
+        embedding_key, emb = load_usable_embeddings(
+            ws, usable_ids, usable_rows(_string_array(items.column("content_hash"))), embedding_key)
         if dup_threshold is None:
-            dup_threshold = near_duplicate_threshold(key, manifest)
+            dup_threshold = near_duplicate_threshold(embedding_key, manifest)
         device = resolve_device(device)
 
     held, held_record = heldout_mask(ws, usable_ids)
@@ -732,15 +697,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
 
     nn_idx = nn_sim = neighbors_info = None
     if emb is not None and n > 1:
-        if engine == "ray":
-            from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
-
-            phase_started = time.perf_counter()
-            nn_idx, nn_sim = ray_neighbors(emb, k=k_neighbors, address=ray_address, seed=seed)
-            neighbors_info = {"index": "ray", "seconds": {"search": round(time.perf_counter() - phase_started, 3)}}
-        else:
-            nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(emb, k=k_neighbors, device=device, seed=seed,
-                                                                    progress=progress, return_info=True)
+        nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine, ray_address=ray_address,
+                                                          device=device, seed=seed, progress=progress)
         phase_seconds |= neighbors_info["seconds"]
 
     set_codes, set_names = label_set_codes(Y, classes)
@@ -761,16 +719,11 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
 
     given_lists = tag_lists(Y, classes)
     columns = {"id": usable_ids, "given_label": display_labels(given_lists), "given_labels": given_lists}
-    columns |= {"is_label_issue": np.zeros(n, bool), "label_quality": pa.nulls(n, pa.float32()),
-                "suggested_label": pa.nulls(n, pa.string()), "outlier_score": np.full(n, np.nan, np.float32),
-                "is_outlier": np.zeros(n, bool)}
+    columns |= empty_issue_columns(n)
     for result in results.values():
         columns |= result.columns
     columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-    issues_table = pa.table({name: values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
-                             for name, values in columns.items()})
-    write_table(with_fingerprint(issues_table, items_fp, options_fp), ws.issues_path, row_group_size=65536,
-                use_dictionary=["given_label", "suggested_label"], write_statistics=["id"])
+    write_issues_table(ws, columns, items_fp, options_fp)
     writer.join()
 
     flags = found["is_label_issue"]
@@ -837,43 +790,18 @@ def cooccurrence(Y: np.ndarray) -> np.ndarray:
 
 def plot_tag_bars(tags: Sequence[str], counts, given_suspect, missing_suspect):
     """Return an SVG of rows per tag, with the suspect given tags (red) and suspect missing tags (orange)."""
-    from labelkit.plots import figure_uri as _figure_uri, mpl as _mpl
+    from labelkit.plots import plot_hbars
 
-    plt = _mpl()
-    fig, ax = plt.subplots(figsize=(6.2, 0.28 * len(tags) + 0.9))
-    y = np.arange(len(tags))[::-1]
-    ax.barh(y, counts, color="#94a3b8", label="rows with the tag")
-    ax.barh(y, given_suspect, color="#dc2626", label="given but suspect")
-    ax.barh(y, missing_suspect, left=counts, color="#f59e0b", label="missing but suspect")
-    ax.set_yticks(y, [str(t)[:28] for t in tags])
-    ax.set_xlabel("rows")
-    ax.legend(frameon=False, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
-    return _figure_uri(fig)
+    return plot_hbars(tags, [(counts, "#94a3b8", "rows with the tag"), (given_suspect, "#dc2626", "given but suspect"),
+                             (missing_suspect, "#f59e0b", "missing but suspect", counts)], pad=0.9)
 
 
 def plot_cooccurrence(tags: Sequence[str], matrix: np.ndarray):
     """Return an SVG heat map of P(column tag | row tag)."""
-    from labelkit.plots import figure_uri as _figure_uri, mpl as _mpl
+    from labelkit.plots import plot_heatmap
 
-    plt = _mpl()
-    K = len(tags)
-    size = min(7.0, 1.6 + 0.42 * K)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
-    names = [str(t)[:14] for t in tags]
-    ax.set_xticks(range(K), names, rotation=45 if K > 6 else 0, ha="right" if K > 6 else "center")
-    ax.set_yticks(range(K), names)
-    ax.set_xlabel("also tagged")
-    ax.set_ylabel("rows tagged")
-    if K <= 15:
-        for i in range(K):
-            for j in range(K):
-                v = matrix[i, j]
-                if v >= 0.005:
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                            color="white" if v > 0.5 else "#111827")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="P(column tag | row tag)")
-    return _figure_uri(fig)
+    return plot_heatmap(tags, matrix, cmap="Blues", xlabel="also tagged", ylabel="rows tagged",
+                        colorbar="P(column tag | row tag)")
 
 
 def report_data(ws) -> tuple[dict, dict]:
@@ -1051,13 +979,8 @@ def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = N
     if head not in ("linear", "mlp"):
         raise LabelkitError(f"The 'head' parameter of train must be one of linear, mlp. Got {head!r} instead.")
     check_in_range(max_epochs, "max_epochs", "train", low=1, kind="an int")
-    rules = None
-    if check or fail_on:
-        rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start, section="train",
-                                                 metrics=TRAIN_METRICS, default=())
-        if not rules:
-            raise LabelkitError("--check needs thresholds: pass --fail-on 'micro_f1<0.9' or set "
-                                "[tool.labelkit.train] fail_on = [...] in pyproject.toml.")
+    rules, rules_source = gate.resolve_check_rules(check, fail_on, config_start=config_start, metrics=TRAIN_METRICS,
+                                                   example="micro_f1<0.9")
     started = time.perf_counter()
     tags = ws.classes()
     K = len(tags)

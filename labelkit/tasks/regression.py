@@ -124,21 +124,6 @@ class RegressionProbeChoice:
         return dict(self.__dict__)
 
 
-def _standardise(X: np.ndarray, rows: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Return per-feature mean and std (1 where 0) of X[rows], accumulated in float64 chunks."""
-    s = np.zeros(X.shape[1], np.float64)
-    ss = np.zeros(X.shape[1], np.float64)
-    for start in range(0, len(rows), chunk):
-        block = X[rows[start:start + chunk]].astype(np.float64)
-        s += block.sum(0)
-        ss += np.square(block).sum(0)
-    n = max(1, len(rows))
-    mean = s / n
-    std = np.sqrt(np.maximum(ss / n - mean ** 2, 0.0))
-    std[std < 1e-12] = 1.0
-    return mean, std
-
-
 def _ridge_predictions(X: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups: int, fits_on: np.ndarray,
                        alphas: Sequence[float], chunk: int = 65536) -> np.ndarray:
     """Return ridge predictions of shape (n_rows, len(alphas)): the rows of group g from the model fit
@@ -150,8 +135,10 @@ def _ridge_predictions(X: np.ndarray, y: np.ndarray, group: np.ndarray, n_groups
     """
     n, d = X.shape
     train_rows = np.flatnonzero(fits_on)
-    mean, std = _standardise(X, train_rows, chunk)
-    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+    # probe's private helper, on purpose: the same float64-accumulated mean and std (1 where 0), as float32
+    from labelkit.probe import _moments
+
+    mean32, std32 = _moments(X, train_rows, chunk)
     G = np.zeros((n_groups, d, d))
     sx = np.zeros((n_groups, d))
     sxy = np.zeros((n_groups, d))
@@ -279,16 +266,13 @@ def get_out_of_sample_predictions(embeddings: np.ndarray, targets: np.ndarray, *
     if probe not in PROBE_FAMILIES:
         raise LabelkitError(f"The 'probe' parameter of issues must be one of {', '.join(PROBE_FAMILIES)} for "
                             f"--task regression ('logreg' is ridge regression). Got {probe!r} instead.")
-    check_in_range(n_folds, "n_folds", "get_out_of_sample_predictions", low=2, kind="an int")
-    check_in_range(max_selection_rows, "max_selection_rows", "get_out_of_sample_predictions", low=2 * n_folds,
-                   kind="an int")
+    from labelkit.tasks._common import probe_training_rows
+
+    holdout, train_rows, X = probe_training_rows(embeddings, holdout, n, n_folds=n_folds,
+                                                 max_selection_rows=max_selection_rows,
+                                                 caller="get_out_of_sample_predictions", rows_word="usable rows",
+                                                 probe_name=f"the {n_folds}-fold regression probe")
     families = PROBE_FAMILIES[probe]
-    holdout = np.zeros(n, bool) if holdout is None else np.asarray(holdout, bool)
-    train_rows = np.flatnonzero(~holdout)
-    if len(train_rows) < 2 * n_folds:
-        raise LabelkitError(f"Only {len(train_rows)} usable rows are not held out; the {n_folds}-fold regression "
-                            f"probe needs at least {2 * n_folds}.")
-    X = np.asarray(embeddings, np.float32)
     started = time.perf_counter()
     rng = np.random.default_rng(seed)
     # Folds of the non-held-out rows; held-out rows form one more group, fit on every training row.
@@ -427,13 +411,13 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     """
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
     from labelkit.engines import check_engine
-    from labelkit.features import load_workspace_embeddings, near_duplicate_threshold, resolve_device
-    from labelkit.arrays import positions as _positions, string_array as _string_array
+    from labelkit.features import load_usable_embeddings, near_duplicate_threshold, resolve_device
+    from labelkit.arrays import string_array as _string_array
     from labelkit.issues import IssuesResult, check_issues_options
     from labelkit.neighbors import find_nearest_neighbors, phase_progress
     from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
-    from labelkit.workspace import (current_items_fingerprint, fingerprint, require_current_embeddings,
-                                    with_fingerprint, write_table)
+    from labelkit.workspace import (current_items_fingerprint, fingerprint, with_fingerprint, write_issues_table,
+                                    write_table)
 
     check_engine(engine, "issues")
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
@@ -456,16 +440,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     y = target[usable]
     n = len(y)
 
-    key, emb_ids, matrix = load_workspace_embeddings(ws, embedding_key)
-    emb_row = _positions(ids, emb_ids)
-    missing = np.flatnonzero(emb_row < 0)
-    if len(missing):
-        from labelkit.features import missing_embeddings_error
-
-        raise missing_embeddings_error(ws, key, len(missing), ids[int(missing[0])].as_py())
-    require_current_embeddings(ws, key, ids, _string_array(items_usable.column("content_hash")))
-    in_order = len(emb_row) == len(matrix) and bool((emb_row == np.arange(len(matrix))).all())
-    emb = matrix if in_order else matrix[emb_row]
+    key, emb = load_usable_embeddings(ws, ids, _string_array(items_usable.column("content_hash")), embedding_key)
     if dup_threshold is None:
         dup_threshold = near_duplicate_threshold(key, manifest)
     device = resolve_device(device)
@@ -526,8 +501,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
             if name not in columns or name in ("outlier_score", "is_outlier"):
                 columns[name] = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
     columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-    write_table(with_fingerprint(pa.table(columns), items_fp, options_fp), ws.issues_path, row_group_size=65536,
-                use_dictionary=False, write_statistics=["id"])
+    write_issues_table(ws, columns, items_fp, options_fp, use_dictionary=False)
     probs_table = with_fingerprint(pa.table({
         "id": ids, "prediction": pa.array(predictions, pa.float64()), "fold": pa.array(folds, pa.int16()),
         "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array(["probe"]))}),
@@ -744,13 +718,8 @@ def train(ws, *, loss: str = "mse", loss_params: dict | None = None, labels: str
     if loss == "huber":
         check_in_range(delta, "delta", "train", low=0, low_closed=False)
     check_in_range(max_epochs, "max_epochs", "train", low=1, kind="an int")
-    rules = rules_source = None
-    if check or fail_on:
-        rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start, section="train",
-                                                 metrics=TRAIN_METRICS, default=())
-        if not rules:
-            raise LabelkitError("--check needs thresholds: pass --fail-on 'r2<0.8' or set "
-                                "[tool.labelkit.train] fail_on = [...] in pyproject.toml.")
+    rules, rules_source = gate.resolve_check_rules(check, fail_on, config_start=config_start, metrics=TRAIN_METRICS,
+                                                   example="r2<0.8")
     device = resolve_device(device)
     key, emb_ids, matrix = load_workspace_embeddings(ws)
     items_fp = current_items_fingerprint(ws)
