@@ -144,7 +144,11 @@ def test_neighbors_ray_above_the_exact_limit_use_the_local_ivf_index(ray_cluster
     assert info["index"] == "faiss.IndexIVFFlat"
     ridx, rsim = ray_neighbors(E, k=5, exact_max_rows=1000, seed=3)
     assert not np.array_equal(ridx, exact)  # approximate: it did not fall back to exact search
-    assert np.array_equal(idx, ridx) and np.array_equal(sim, rsim)
+    # Same cells and probes; the local engine scores each cell by one BLAS product, FAISS by its own
+    # kernel, so similarities agree to float32 rounding and neighbours up to near-ties.
+    assert np.allclose(sim, rsim, atol=1e-5)
+    same = (np.sort(idx, 1) == np.sort(ridx, 1)).all(1)
+    assert same.mean() >= 0.995, same.mean()
 
 
 @pytest.mark.slow

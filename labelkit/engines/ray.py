@@ -282,7 +282,7 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str 
     k = int(min(k, n - 1))
     check_in_range(k, "k", "find_nearest_neighbors", low=1, kind="an int")
     exact_max_rows = neighbors.EXACT_MAX_ROWS_CPU if exact_max_rows is None else exact_max_rows
-    n_probes = neighbors.IVF_PROBES if n_probes is None else n_probes
+    n_probes = neighbors.default_n_probes(len(embeddings)) if n_probes is None else n_probes  # as the local engine
     check_in_range(n_probes, "n_probes", "find_nearest_neighbors", low=1, kind="an int")
     cpus, _ = cluster_cpus_gpus(ray)
     if n <= exact_max_rows:
