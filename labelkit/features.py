@@ -60,6 +60,20 @@ def load_usable_embeddings(ws: Workspace, usable_ids, content_hashes, embedding_
     return key, (matrix if in_order else matrix[emb_row])
 
 
+def load_embedding_inputs(ws: Workspace, manifest: dict, usable_ids, content_hashes, *,
+                          embedding_key: str | None, dup_threshold: float | None, device: str):
+    """Return (key, matrix, dup_threshold, device): what every `issues` run needs from the embeddings.
+
+    The matrix is :func:`load_usable_embeddings`'s; `dup_threshold` defaults to the embedder's own
+    (:func:`near_duplicate_threshold`); `device` is resolved only here, since torch is only needed
+    when there are embeddings.
+    """
+    key, matrix = load_usable_embeddings(ws, usable_ids, content_hashes, embedding_key)
+    if dup_threshold is None:
+        dup_threshold = near_duplicate_threshold(key, manifest)
+    return key, matrix, dup_threshold, resolve_device(device)
+
+
 def embed_errors_path(embeddings_path: Path) -> Path:
     """Return the table of rows that failed to embed beside an embedding table (``<key>.errors.parquet``)."""
     return embeddings_path.with_name(f"{embeddings_path.stem}.errors.parquet")

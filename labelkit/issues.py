@@ -388,7 +388,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     ``python -m labelkit.checks`` or docs/checks.md).
     """
     from labelkit.engines import check_engine
-    from labelkit.features import load_usable_embeddings, resolve_device
+    from labelkit.features import load_embedding_inputs
 
     check_engine(engine, "issues")
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
@@ -424,11 +424,9 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     emb = None
     if embedding_key or pred_probs is None or manifest.get("stages", {}).get("embed"):
         if pred_probs is None or manifest.get("stages", {}).get("embed"):
-            embedding_key, emb = load_usable_embeddings(
-                ws, usable_ids, usable_rows(_string_array(items.column("content_hash"))), embedding_key)
-            if dup_threshold is None:
-                dup_threshold = near_duplicate_threshold(embedding_key, manifest)
-            device = resolve_device(device)  # torch is only needed when there are embeddings
+            embedding_key, emb, dup_threshold, device = load_embedding_inputs(
+                ws, manifest, usable_ids, usable_rows(_string_array(items.column("content_hash"))),
+                embedding_key=embedding_key, dup_threshold=dup_threshold, device=device)
 
     # The probe never trains on the held-out rows fixed at ingest (labelkit.splits), so its
     # probabilities can feed pruning, relabel votes and distillation without leaking them.

@@ -628,7 +628,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     multi-label check's per-row tag lists (``suspect_labels``, …) and the other checks' columns.
     """
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
-    from labelkit.features import load_usable_embeddings, near_duplicate_threshold, resolve_device
+    from labelkit.features import load_embedding_inputs
     from labelkit.arrays import empty_issue_columns, string_array as _string_array
     from labelkit.issues import IssuesResult, _Background, check_issues_options
     from labelkit.neighbors import phase_progress, search_neighbors
@@ -654,11 +654,9 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
 
     emb = None
     if pred_probs is None or embedding_key or manifest.get("stages", {}).get("embed"):
-        embedding_key, emb = load_usable_embeddings(
-            ws, usable_ids, usable_rows(_string_array(items.column("content_hash"))), embedding_key)
-        if dup_threshold is None:
-            dup_threshold = near_duplicate_threshold(embedding_key, manifest)
-        device = resolve_device(device)
+        embedding_key, emb, dup_threshold, device = load_embedding_inputs(
+            ws, manifest, usable_ids, usable_rows(_string_array(items.column("content_hash"))),
+            embedding_key=embedding_key, dup_threshold=dup_threshold, device=device)
 
     held, held_record = heldout_mask(ws, usable_ids)
     warnings: list[str] = []

@@ -411,7 +411,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     """
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
     from labelkit.engines import check_engine
-    from labelkit.features import load_usable_embeddings, near_duplicate_threshold, resolve_device
+    from labelkit.features import load_embedding_inputs
     from labelkit.arrays import string_array as _string_array
     from labelkit.issues import IssuesResult, check_issues_options
     from labelkit.neighbors import find_nearest_neighbors, phase_progress
@@ -440,10 +440,9 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     y = target[usable]
     n = len(y)
 
-    key, emb = load_usable_embeddings(ws, ids, _string_array(items_usable.column("content_hash")), embedding_key)
-    if dup_threshold is None:
-        dup_threshold = near_duplicate_threshold(key, manifest)
-    device = resolve_device(device)
+    key, emb, dup_threshold, device = load_embedding_inputs(
+        ws, manifest, ids, _string_array(items_usable.column("content_hash")),
+        embedding_key=embedding_key, dup_threshold=dup_threshold, device=device)
 
     held, held_record = heldout_mask(ws, ids)
     families = PROBE_FAMILIES[probe]
