@@ -25,9 +25,9 @@ from labelkit.features import near_duplicate_threshold  # noqa: F401  (public AP
 from labelkit.neighbors import find_nearest_neighbors, get_outlier_scores, phase_progress  # noqa: F401  (public API)
 from labelkit.neighbors import search_neighbors
 from labelkit.probe import ProbeChoice, get_out_of_sample_probs  # noqa: F401  (public API)
-from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
-from labelkit.workspace import (Workspace, current_items_fingerprint, fingerprint, read_class_file,
-                                with_fingerprint, write_issues_table, write_table)
+from labelkit.splits import heldout_mask
+from labelkit.workspace import (build_probs_table, Workspace, current_items_fingerprint, fingerprint, read_class_file,
+                                write_issues_table, write_table)
 
 FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
              "low_normalized_margin", "low_self_confidence")
@@ -474,15 +474,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     writer = None
     if probs is not None:
         # probs.parquet is written on a thread while cleanlab runs: Arrow's writer releases the GIL.
-        probs_table = with_fingerprint(pa.table({
-            "id": usable_ids,
-            "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32, copy=False).reshape(-1)),
-                                                            K).cast(pa.list_(pa.float32())),
-            "fold": pa.array(folds, pa.int16()),
-            "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(usable_ids), np.int8)), pa.array([origin])),
-        }), items_fp, options_fp)
-        probs_table = probs_table.replace_schema_metadata(
-            probs_table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: held_record["ids_fingerprint"].encode()})
+        probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
+                                        heldout_fp=held_record["ids_fingerprint"])
         writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
                              use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
     elif ws.probs_path.exists():

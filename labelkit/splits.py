@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from labelkit.workspace import Workspace, fingerprint, items_fingerprint, with_fingerprint, write_table
+from labelkit.workspace import (HELDOUT_FINGERPRINT_KEY, Workspace, fingerprint, items_fingerprint,  # noqa: F401  (key re-exported)
+                                with_fingerprint, write_table)
 
 HELDOUT_SPLITS = ("test", "val", "valid", "validation", "dev", "holdout")
 HELDOUT_FRACTION = 0.2
@@ -119,7 +120,6 @@ def heldout_mask(ws: Workspace, ids: pa.Array | Sequence[str]) -> tuple[np.ndarr
     return pc.is_in(ids, value_set=held).to_numpy(zero_copy_only=False).astype(bool), record
 
 
-HELDOUT_FINGERPRINT_KEY = b"labelkit.heldout_fingerprint"
 
 
 def read_heldout_fingerprint(path) -> str | None:

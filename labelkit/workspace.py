@@ -381,6 +381,27 @@ def write_issues_table(ws: "Workspace", columns: dict, items_fp: str, options_fp
                        write_statistics=["id"])
 
 
+HELDOUT_FINGERPRINT_KEY = b"labelkit.heldout_fingerprint"  # which held-out split the probabilities respect
+
+
+def build_probs_table(ids, probs: np.ndarray, folds: np.ndarray, origin: str, *, items_fp: str, options_fp: str,
+                      heldout_fp: str) -> pa.Table:
+    """Return the ``probs.parquet`` table: id, pred_probs (float32 lists), fold, origin, fingerprints.
+
+    `heldout_fp` (the held-out ids' fingerprint, see labelkit.splits) goes into the footer, so
+    ``train`` can refuse probabilities computed with another split.
+    """
+    K = probs.shape[1]
+    table = with_fingerprint(pa.table({
+        "id": ids,
+        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.astype(np.float32, copy=False).reshape(-1)),
+                                                        K).cast(pa.list_(pa.float32())),
+        "fold": pa.array(folds, pa.int16()),
+        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(ids), np.int8)), pa.array([origin])),
+    }), items_fp, options_fp)
+    return table.replace_schema_metadata(table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: heldout_fp.encode()})
+
+
 def read_fingerprints(path: Path | str) -> tuple[str | None, str | None]:
     """Return (items fingerprint, input fingerprint) stored in a Parquet file's footer (None if absent)."""
     meta = pq.read_schema(path).metadata or {}

@@ -384,8 +384,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     from labelkit.issues import IssuesResult, check_issues_options, load_pred_probs, probe_classes
     from labelkit.neighbors import phase_progress, search_neighbors
     from labelkit.probe import get_out_of_sample_probs
-    from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
-    from labelkit.workspace import (current_items_fingerprint, fingerprint, with_fingerprint, write_issues_table,
+    from labelkit.splits import heldout_mask
+    from labelkit.workspace import (build_probs_table, current_items_fingerprint, fingerprint, with_fingerprint, write_issues_table,
                                     write_table)
 
     check_engine(engine, "issues")
@@ -474,14 +474,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     results, skipped = run_checks(ctx, checks)
     phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
 
-    probs_table = with_fingerprint(pa.table({
-        "id": usable_ids,
-        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), K).cast(pa.list_(pa.float32())),
-        "fold": pa.array(folds, pa.int16()),
-        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([origin])),
-    }), items_fp, options_fp)
-    probs_table = probs_table.replace_schema_metadata(
-        probs_table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: held_record["ids_fingerprint"].encode()})
+    probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
+                                    heldout_fp=held_record["ids_fingerprint"])
     write_table(probs_table, ws.probs_path, row_group_size=65536, compression="none")
 
     class_array = pa.array(classes, pa.string())

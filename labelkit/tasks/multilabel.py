@@ -632,8 +632,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     from labelkit.arrays import empty_issue_columns, string_array as _string_array
     from labelkit.issues import IssuesResult, _Background, check_issues_options
     from labelkit.neighbors import phase_progress, search_neighbors
-    from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
-    from labelkit.workspace import (current_items_fingerprint, fingerprint, with_fingerprint, write_issues_table,
+    from labelkit.splits import heldout_mask
+    from labelkit.workspace import (build_probs_table, current_items_fingerprint, fingerprint, write_issues_table,
                                     write_table)
 
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
@@ -678,14 +678,8 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     options_fp = fingerprint(items_fp, "multilabel", embedding_key, origin, str(pred_probs) if pred_probs else None,
                              n_folds, probe, filter_by, rank_by, dup_threshold, k_neighbors, seed,
                              held_record["ids_fingerprint"])
-    probs_table = with_fingerprint(pa.table({
-        "id": usable_ids,
-        "pred_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), K).cast(pa.list_(pa.float32())),
-        "fold": pa.array(folds, pa.int16()),
-        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array([origin])),
-    }), items_fp, options_fp)
-    probs_table = probs_table.replace_schema_metadata(
-        probs_table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: held_record["ids_fingerprint"].encode()})
+    probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
+                                    heldout_fp=held_record["ids_fingerprint"])
     writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
                          use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
 
