@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -529,15 +529,55 @@ def _cap_rows(train: np.ndarray, labels: np.ndarray, max_rows: int | None, seed:
     return train[_stratified_subsample(labels[train], max_rows, FOLD_MIN_PER_CLASS, seed)]
 
 
+@dataclass(frozen=True)
+class FoldJob:
+    """One model of the final k-fold (or the held-out rows' model): fit rows `train`, predict rows `test`.
+
+    Plain data (index arrays, a setting, a few scalars), so a job pickles cheaply and a
+    :data:`FoldMap` can run it anywhere that holds the embedding matrix and the labels.
+    """
+
+    train: np.ndarray
+    test: np.ndarray
+    setting: _Setting
+    n_classes: int
+    engine: str  # 'sklearn' | 'torch' (logistic regression); the MLP is always torch
+    device: str
+    seed: int
+
+
+def fit_fold(X: np.ndarray, labels: np.ndarray, job: FoldJob) -> np.ndarray:
+    """Return float32 probabilities, shape (len(job.test), n_classes), of rows `job.test` from a model fit on
+    rows `job.train` at `job.setting` (labels of test rows are not read)."""
+    if job.engine == "sklearn" and job.setting.family != "mlp":
+        model = _SklearnProbe(job.seed, job.setting.family == "standardized")
+        probs = model.fit_predict(X[job.train], labels[job.train], X[job.test], job.setting.C, job.n_classes)
+    else:
+        probs = _torch_fit_predict(X, labels, job.train, job.test, job.n_classes, setting=job.setting,
+                                   seed=job.seed, device=job.device)
+    return _normalise(probs)
+
+
+FoldMap = Callable[[Callable, np.ndarray, np.ndarray, "list[FoldJob]"], Iterable[np.ndarray]]
+"""``fold_map(fit_fold, X, labels, jobs)``: one result per job, in job order (the local default runs them
+one after the other in this process; ``labelkit.engines.ray`` runs them as tasks)."""
+
+
+def serial_fold_map(fit: Callable, X: np.ndarray, labels: np.ndarray, jobs: "list[FoldJob]") -> Iterator[np.ndarray]:
+    """Run `jobs` one after the other in this process."""
+    for job in jobs:
+        yield fit(X, labels, job)
+
+
 def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int, *, engine: str, device: str,
                   seed: int, tick: Callable[[], None], max_fold_rows: int | None = None,
-                  trained: list | None = None) -> np.ndarray:
+                  trained: list | None = None, fold_map: FoldMap | None = None) -> np.ndarray:
     """Return probabilities for every row: in-fold rows from the model fit on the other folds, held-out
     rows from the model fit on all non-held-out rows (their labels are never read).
 
     Above `max_fold_rows` training rows a model fits a stratified subsample of them (seeded per
     fold); the rows it predicts are unchanged. The training-row count of every model is appended
-    to `trained` when given.
+    to `trained` when given. The models are fit through `fold_map` (default: one after the other).
     """
     n = len(X)
     probs = np.zeros((n, n_classes), np.float32)
@@ -546,7 +586,8 @@ def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int
     if setting.family == "average":
         for part in setting.parts:
             probs += _predict_rows(part, X, labels, fold_of, holdout, n_classes, engine=engine, device=device,
-                                   seed=seed, tick=tick, max_fold_rows=max_fold_rows, trained=trained)
+                                   seed=seed, tick=tick, max_fold_rows=max_fold_rows, trained=trained,
+                                   fold_map=fold_map)
         return _normalise(probs / len(setting.parts))
     n_folds = int(fold_of[train_rows].max()) + 1
     if setting.family == "knn":
@@ -561,19 +602,18 @@ def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int
         prior = priors[np.where(holdout, n_folds, fold_of)]
         tick()
         return _normalise(_knn_probs(counts, used, prior, setting.smoothing))
-    jobs = [(train_rows[fold_of[train_rows] != f], train_rows[fold_of[train_rows] == f]) for f in range(n_folds)]
+    pairs = [(train_rows[fold_of[train_rows] != f], train_rows[fold_of[train_rows] == f]) for f in range(n_folds)]
     if len(held):
-        jobs.append((train_rows, held))
-    for j, (train, test) in enumerate(jobs):
+        pairs.append((train_rows, held))
+    jobs = []
+    for j, (train, test) in enumerate(pairs):
         train = _cap_rows(train, labels, max_fold_rows, seed + j)
         if trained is not None:
             trained.append(len(train))
-        if engine == "sklearn" and setting.family != "mlp":
-            model = _SklearnProbe(seed, setting.family == "standardized")
-            probs[test] = model.fit_predict(X[train], labels[train], X[test], setting.C, n_classes)
-        else:
-            probs[test] = _torch_fit_predict(X, labels, train, test, n_classes, setting=setting,
-                                             seed=seed + (j if setting.family == "mlp" else 0), device=device)
+        jobs.append(FoldJob(train, test, setting, n_classes, engine, device,
+                            seed + (j if setting.family == "mlp" else 0)))
+    for job, out in zip(jobs, (fold_map or serial_fold_map)(fit_fold, X, labels, jobs)):
+        probs[job.test] = out
         tick()
     return _normalise(probs)
 
@@ -584,7 +624,8 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
                             k_grid: Sequence[int] = KNN_K_GRID, holdout: np.ndarray | None = None,
                             folds: np.ndarray | None = None, max_selection_rows: int = MAX_SELECTION_ROWS,
                             max_fold_rows: int | None = MAX_FOLD_ROWS, device: str = "cpu", seed: int = 0,
-                            progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, ProbeChoice]:
+                            progress: Progress | None = None,
+                            fold_map: FoldMap | None = None) -> tuple[np.ndarray, np.ndarray, ProbeChoice]:
     """Return (pred_probs of shape (n_samples, n_classes) float32, fold per row, the probe chosen).
 
     Candidates (see the module docstring) run through the same stratified folds of a selection
@@ -616,6 +657,11 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
         MLP): above it a model fits a stratified subsample of its fold's training rows (every
         class keeps at least 100 rows, or all it has), and still predicts all its fold's rows, so
         the k-fold's cost stops growing with n. None: no cap. kNN always searches all rows.
+    fold_map : callable, optional
+        Runs the models of the final k-fold and the held-out model: ``fold_map(fit_fold, X, labels,
+        jobs)`` returns one probability block per :class:`FoldJob`, in order. None: one after the
+        other in this process; ``labelkit.engines.ray`` provides one that runs them as Ray tasks.
+        The selection's candidates always run here (their walk is sequential: warm starts, abandoning).
 
     Returns
     -------
@@ -695,10 +741,11 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
         if len(sel) < n:
             probs[sel] = sel_probs
             probs[holdout] = _predict_held(setting, X, labels, train_rows, np.flatnonzero(holdout), n_classes,
-                                           engine=full_engine, device=device, seed=seed, tick=tick)
+                                           engine=full_engine, device=device, seed=seed, tick=tick, fold_map=fold_map)
     else:
         probs = _predict_rows(setting, X, labels, fold_of, holdout, n_classes, engine=full_engine,
-                              device=device, seed=seed, tick=tick, max_fold_rows=max_fold_rows, trained=trained)
+                              device=device, seed=seed, tick=tick, max_fold_rows=max_fold_rows, trained=trained,
+                              fold_map=fold_map)
     fold_of[holdout] = -1
     fam = setting.family
     losses = {name: s["log_loss"] for name, s in search.scores.items()}
@@ -716,11 +763,12 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
 
 
 def _predict_held(setting: _Setting, X, labels, train_rows, held, n_classes: int, *, engine: str, device: str,
-                  seed: int, tick: Callable[[], None]) -> np.ndarray:
+                  seed: int, tick: Callable[[], None], fold_map: FoldMap | None = None) -> np.ndarray:
     """Return probabilities for held-out rows from a model fit on all training rows at `setting`."""
     if setting.family == "average":
         return _normalise(sum(_predict_held(p, X, labels, train_rows, held, n_classes, engine=engine, device=device,
-                                            seed=seed, tick=tick) for p in setting.parts) / len(setting.parts))
+                                            seed=seed, tick=tick, fold_map=fold_map)
+                              for p in setting.parts) / len(setting.parts))
     if setting.family == "knn":
         mask = np.ones(len(X), bool)
         mask[train_rows] = False
@@ -728,9 +776,5 @@ def _predict_held(setting: _Setting, X, labels, train_rows, held, n_classes: int
         return _predict_rows(setting, X, labels, fold_of, mask, n_classes, engine=engine, device=device, seed=seed,
                              tick=tick)[held]
     tick()
-    if engine == "sklearn" and setting.family != "mlp":
-        return _normalise(_SklearnProbe(seed, setting.family == "standardized").fit_predict(
-            X[train_rows], labels[train_rows], X[held], setting.C, n_classes))
-    return _normalise(_torch_fit_predict(X, labels, train_rows, held, n_classes, setting=setting, seed=seed,
-                                         device=device))
-
+    job = FoldJob(train_rows, held, setting, n_classes, engine, device, seed)
+    return next(iter((fold_map or serial_fold_map)(fit_fold, X, labels, [job])))
