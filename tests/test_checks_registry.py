@@ -1,6 +1,7 @@
 """The check registry drives issues, the report, the gate, the docs and --help (labelkit.checks)."""
 
 import json
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -51,6 +52,7 @@ def planted_check():
         score = "seven_score"
 
         def run(self, ctx):
+            time.sleep(0.2)  # its seconds are recorded in the summary
             flags = np.array([i.endswith("7.png") for i in ctx.ids.to_pylist()])
             return CheckResult(columns={"is_seven": flags, "seven_score": (~flags).astype(np.float32)},
                                metrics={"ends_in_seven_rows": int(flags.sum())},
@@ -73,6 +75,7 @@ def test_a_new_check_reaches_issues_report_gate_and_reasons(planted_check, digit
     assert table.loc[~sevens & ~table["is_duplicate"], "reason"].isna().all()
     # Only the named checks ran: the label-issue columns are there (readers rely on them) but empty.
     assert set(summary["checks"]) == {"ends_in_seven", "duplicates"} and not table["is_label_issue"].any()
+    assert summary["checks"]["ends_in_seven"]["seconds"] >= 0.2
 
     assert cli("report", "-w", digits_copy)[0] == 0
     html = (digits_copy / "report.html").read_text()

@@ -14,6 +14,7 @@ class per issue type, a per-row frame and a summary.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -103,6 +104,7 @@ class CheckResult:
     details : JSON-able extras kept in the summary under the check's name (e.g. per-property scores).
     tables : report tables, each ``{"title", "columns": [...], "rows": [[...], ...]}``.
     warnings : messages for the user (printed by the CLI, kept in the manifest).
+    seconds : wall time of the check's :meth:`Check.run`, set by :func:`run_checks`.
     """
 
     columns: dict[str, np.ndarray] = field(default_factory=dict)
@@ -111,6 +113,7 @@ class CheckResult:
     details: dict = field(default_factory=dict)
     tables: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 class Check:
@@ -188,7 +191,9 @@ def run_checks(ctx: CheckContext, names=None) -> tuple[dict[str, CheckResult], d
         if why is not None:
             skipped[check.name] = why
             continue
+        started = time.perf_counter()
         result = check.run(ctx)
+        result.seconds = round(time.perf_counter() - started, 3)
         unknown = set(result.columns) - set(check.columns)
         if unknown:
             raise RuntimeError(f"Check {check.name!r} returned undeclared columns {sorted(unknown)}.")
@@ -214,7 +219,7 @@ def checks_summary(results: dict[str, CheckResult], skipped: dict[str, str]) -> 
             flags = r.columns.get(check.flag) if check.flag else None
             out[check.name] = {"title": check.title, "metrics": r.metrics, "details": r.details, "tables": r.tables,
                                "flagged": int(np.asarray(flags, bool).sum()) if flags is not None else None,
-                               "warnings": r.warnings}
+                               "warnings": r.warnings, "seconds": r.seconds}
         elif check.name in skipped:
             out[check.name] = {"title": check.title, "skipped": skipped[check.name]}
     return out
