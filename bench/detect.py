@@ -4,7 +4,8 @@ Protocol of the confident-learning paper (Northcutt et al., JAIR 2021, section 5
 digits: noisy labels drawn from a random noise matrix with a given trace (noise rate 10/20/40 %)
 and fraction of zero off-diagonal entries (sparsity 0 and 0.4), seeded. Also the two sample sets
 against their answer keys (sample_data/digits through the pixel embedder; sample_data/text through
-TF-IDF + 100-component SVD, since no text model can be downloaded here). The 20 Newsgroups set is
+MiniLM, the text embedder labelkit ships offline, and through TF-IDF + 100-component SVD, a second
+geometry for the same labels). The 20 Newsgroups set is
 not available offline (sklearn fetches it from the network), so it has no row.
 
 Per row and method: F1 of the flagged set and precision@k of the ranking (k = number of true
@@ -127,6 +128,24 @@ def sample_text_row():
     return "sample text (TF-IDF SVD)", X, labels, df["id"].isin(planted).to_numpy()
 
 
+def sample_text_minilm_row():
+    """The sample text set as `labelkit audit` embeds it: MiniLM (the packaged offline weights)."""
+    import pandas as pd
+
+    from labelkit.embed import MINILM, embed
+    from labelkit.ingest import ingest
+    from labelkit.workspace import Workspace, read_embeddings
+
+    ws = Path(tempfile.mkdtemp()) / "ws"
+    ingest(ROOT / "sample_data" / "text" / "reviews.csv", ws)
+    embed(ws, model=MINILM)
+    items = Workspace(ws).read_items()
+    _, X = read_embeddings(Workspace(ws).embeddings_path(MINILM))
+    planted = set(pd.read_csv(ROOT / "sample_data" / "text" / "flipped.csv")["id"])
+    truth = np.array([i in planted for i in items["id"]])
+    return "sample text (MiniLM)", X, items["label_id"].to_numpy(), truth
+
+
 def neighbour_quality(X: np.ndarray, noisy: np.ndarray, quality: np.ndarray, k: int = 10) -> np.ndarray:
     """Return the mean of cleanlab's self-confidence and the fraction of the row's k nearest neighbours
     (cosine) that carry its label: the ranking tried as `--rank-by` with neighbour evidence."""
@@ -138,7 +157,7 @@ def neighbour_quality(X: np.ndarray, noisy: np.ndarray, quality: np.ndarray, k: 
 
 
 def quality_table() -> bool:
-    rows = [sample_digits_row(), sample_text_row(), *synthetic_rows()]
+    rows = [sample_digits_row(), sample_text_minilm_row(), sample_text_row(), *synthetic_rows()]
     print("| data | errors | " + " | ".join(f"{m} F1 / P@k" for m in SINGLES.values())
           + " | chosen | chosen F1 / P@k | Datalab F1 / P@k | P@k self-conf → +neighbours | s labelkit / Datalab |")
     print("|---|---:|" + "---|" * (len(SINGLES) + 5))
