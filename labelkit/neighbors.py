@@ -48,7 +48,9 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
     about sqrt(n) rows, each query scans its `n_probes` nearest cells, cell by cell with one matrix
     product per cell for all the queries that probe it. Similarities of the
     returned pairs are exact; only a neighbour may be missed (recall@10 is measured by
-    ``bench/scale.py``).
+    ``bench/scale.py``). A slot with no neighbour (fewer than k rows within the probed cells)
+    holds the row's own index and similarity -1, so the indices are always safe to index with;
+    :func:`search_neighbors` turns those into -1 for the checks.
 
     Parameters
     ----------
@@ -100,11 +102,15 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, device: str =
 
 
 def search_neighbors(embeddings: np.ndarray, *, k: int, engine: str = "local", ray_address: str | None = None,
-                     device: str = "cpu", seed: int = 0, progress=None) -> tuple[np.ndarray, np.ndarray, dict]:
+                     device: str = "cpu", seed: int = 0, progress=None,
+                     **local_options) -> tuple[np.ndarray, np.ndarray, dict]:
     """Return (neighbor_idx, neighbor_sims, info) of :func:`find_nearest_neighbors`, or of the Ray engine's
-    sharded search over the cluster at `ray_address` when ``engine == 'ray'``.
+    sharded search over the cluster at `ray_address` when ``engine == 'ray'``. `local_options`
+    (``exact_max_rows``, ``n_probes``, ``n_lists``) go to the local search.
 
-    ``info["seconds"]`` holds the search phases' seconds (``{"search": ...}`` for Ray).
+    ``info["seconds"]`` holds the search phases' seconds (``{"search": ...}`` for Ray). Unlike
+    :func:`find_nearest_neighbors`, a slot with no neighbour holds index -1 (similarity -1), as
+    :class:`labelkit.checks.base.CheckContext` documents.
     """
     if engine == "ray":
         import time
@@ -113,8 +119,14 @@ def search_neighbors(embeddings: np.ndarray, *, k: int, engine: str = "local", r
 
         started = time.perf_counter()
         nn_idx, nn_sim = ray_neighbors(embeddings, k=k, address=ray_address, seed=seed)
-        return nn_idx, nn_sim, {"index": "ray", "seconds": {"search": round(time.perf_counter() - started, 3)}}
-    return find_nearest_neighbors(embeddings, k=k, device=device, seed=seed, progress=progress, return_info=True)
+        info = {"index": "ray", "seconds": {"search": round(time.perf_counter() - started, 3)}}
+    else:
+        nn_idx, nn_sim, info = find_nearest_neighbors(embeddings, k=k, device=device, seed=seed, progress=progress,
+                                                      return_info=True, **local_options)
+    missing = nn_idx == np.arange(len(nn_idx))[:, None]
+    if missing.any():
+        nn_idx, nn_sim = np.where(missing, -1, nn_idx), np.where(missing, np.float32(-1.0), nn_sim)
+    return nn_idx, nn_sim, info
 
 
 def phase_progress(progress, phase: str):
@@ -281,13 +293,25 @@ def _drop_self(idx: np.ndarray, sim: np.ndarray, rows: np.ndarray, k: int) -> tu
     return np.where(missing, rows[:, None], idx), sim
 
 
-def get_outlier_scores(neighbor_sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mean_neighbor_similarity(neighbor_sims: np.ndarray, neighbor_idx: np.ndarray | None = None) -> np.ndarray:
+    """Return each row's mean cosine similarity over its found neighbours (slots with index -1 are not
+    neighbours); a row with none found gets the lowest mean of any row."""
+    if neighbor_idx is None or (neighbor_idx >= 0).all():
+        return neighbor_sims.mean(1)
+    valid = neighbor_idx >= 0
+    used = valid.sum(1)
+    mean = np.where(valid, neighbor_sims, 0.0).sum(1) / np.maximum(used, 1)
+    return np.where(used > 0, mean, mean[used > 0].min() if (used > 0).any() else -1.0).astype(neighbor_sims.dtype)
+
+
+def get_outlier_scores(neighbor_sims: np.ndarray, neighbor_idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (outlier_score in (0, 1], lower is more atypical; is_outlier mask).
 
-    The score is exp(-d / median(d)) of d, the mean cosine distance to the k nearest neighbours;
-    a row is flagged when d is beyond Tukey's far-out fence, Q3 + 3·IQR.
+    The score is exp(-d / median(d)) of d, the mean cosine distance to the k nearest neighbours
+    (those found: slots with index -1 in `neighbor_idx` are left out); a row is flagged when d is
+    beyond Tukey's far-out fence, Q3 + 3·IQR.
     """
-    d = np.maximum(1.0 - neighbor_sims.mean(1), 0.0)
+    d = np.maximum(1.0 - mean_neighbor_similarity(neighbor_sims, neighbor_idx), 0.0)
     scale = float(np.median(d)) or 1e-12
     q1, q3 = np.percentile(d, [25, 75])
     return np.exp(-d / scale), d > q3 + 3 * (q3 - q1)

@@ -164,3 +164,24 @@ def test_default_probes_grow_slowly_with_n():
     from labelkit.neighbors import default_n_probes
 
     assert [default_n_probes(n) for n in (20_000, 100_000, 200_000, 300_000, 1_000_000)] == [4, 4, 5, 5, 6]
+
+
+def test_checks_get_minus_one_for_missing_neighbours_and_outliers_ignore_them():
+    """More neighbours asked than the probed cells hold: the approximate search pads with the row itself;
+    the checks' neighbours (search_neighbors) say -1 there, and the outlier score is the mean over the
+    neighbours found, so padded rows are not flagged for it."""
+    from labelkit.neighbors import get_outlier_scores, search_neighbors
+
+    rng = np.random.default_rng(0)
+    E = rng.standard_normal((3000, 16)).astype(np.float32)
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    raw, _ = find_nearest_neighbors(E, k=200, exact_max_rows=10)
+    padded = (raw == np.arange(len(E))[:, None]).any(1)
+    assert padded.any()  # the setting really leaves slots empty
+    idx, sims, _ = search_neighbors(E, k=200, exact_max_rows=10)
+    assert not (idx == np.arange(len(E))[:, None]).any()
+    assert ((idx == -1) == (raw == np.arange(len(E))[:, None])).all()
+    _, flagged = get_outlier_scores(sims, idx)
+    _, flagged_padded_as_far = get_outlier_scores(sims)  # counting the -1 slots as neighbours
+    assert flagged_padded_as_far[padded].sum() > 0
+    assert flagged[padded].sum() < flagged_padded_as_far[padded].sum()

@@ -51,7 +51,7 @@ class CheckContext:
     pred_probs: np.ndarray | None = None  # (n, K) out of sample
     folds: np.ndarray | None = None
     label_issues: dict | None = None  # labelkit.issues.find_label_issues output, expanded to all rows
-    neighbor_idx: np.ndarray | None = None  # (n, k) most similar first, -1 where missing; self excluded
+    neighbor_idx: np.ndarray | None = None  # (n, k) most similar first, -1 where missing (search_neighbors); self excluded
     neighbor_sims: np.ndarray | None = None  # (n, k) cosine similarity
     options: dict = field(default_factory=dict)  # the run's options: dup_threshold, seed, n_folds, …
     extra: dict = field(default_factory=dict)  # task-specific inputs (e.g. the annotator label matrix)

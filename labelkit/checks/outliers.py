@@ -23,11 +23,11 @@ class Outliers(Check):
     order = 30
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        from labelkit.neighbors import get_outlier_scores
+        from labelkit.neighbors import get_outlier_scores, mean_neighbor_similarity
 
-        score, flags = get_outlier_scores(ctx.neighbor_sims)
+        score, flags = get_outlier_scores(ctx.neighbor_sims, ctx.neighbor_idx)
         rows = np.flatnonzero(flags)
-        mean_sim = ctx.neighbor_sims.mean(1)
+        mean_sim = mean_neighbor_similarity(ctx.neighbor_sims, ctx.neighbor_idx)
         typical = float(np.median(mean_sim)) if ctx.n else 0.0
         k = ctx.neighbor_sims.shape[1]
         reasons = {int(r): f"far from every other row: mean cosine to its {k} nearest rows is {mean_sim[r]:.3f} "
