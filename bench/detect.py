@@ -21,7 +21,11 @@ errors). Methods on the same features:
 
 `--timing` also measures `labelkit audit` on a 5,000-image PNG folder (sklearn digits upscaled to
 32×32 with shifts and noise, 10 % seeded flips) against a cleanlab user's script: load the PNGs,
-`Datalab.find_issues(features=pixels)`.
+`Datalab.find_issues(features=pixels)`. It prints where each one's seconds go: for the audit, process
+start and imports (the wall time outside the audit function), then each stage's seconds and the
+`issues` phases, from the manifest (`stages.audit.seconds`, `stages.issues.phase_seconds`); for the
+script, imports, reading the PNGs and `find_issues`. The load average is printed beside them,
+since both are CPU-bound on shared cores.
 
     python bench/detect.py            # quality table
     python bench/detect.py --timing   # the image-folder timing only
@@ -220,7 +224,9 @@ def write_image_folder(root: Path, n: int = 5000, noise: float = 0.1, seed: int 
 
 
 USER_SCRIPT = """
-import sys, time, numpy as np
+import time
+t0 = time.perf_counter()
+import sys, numpy as np
 from pathlib import Path
 from PIL import Image
 from cleanlab import Datalab
@@ -228,11 +234,35 @@ t = time.perf_counter()
 paths = sorted(Path(sys.argv[1]).glob("*/*.png"))
 X = np.stack([np.asarray(Image.open(p), dtype=np.float32).ravel() / 255 for p in paths])
 labels = [p.parent.name for p in paths]
+t1 = time.perf_counter()
 lab = Datalab(data={"label": labels}, label_name="label", verbosity=0)
 lab.find_issues(features=X)
 flags = lab.get_issues("label")["is_label_issue"].to_numpy()
+t2 = time.perf_counter()
 print("\\n".join(f"{p.parent.name}/{p.name}" for p, f in zip(paths, flags) if f))
+print(f"imports {t - t0:.1f} s, read PNGs {t1 - t:.1f} s, find_issues {t2 - t1:.1f} s", file=sys.stderr)
 """
+
+
+def stage_breakdown(workspace: Path, wall: float) -> str:
+    """Return where an audit's wall time went, from its manifest: start + imports, stages, issues phases."""
+    import json
+
+    stages = json.loads((workspace / "manifest.json").read_text())["stages"]
+    seconds = stages.get("audit", {}).get("seconds", {})
+    phases = stages.get("issues", {}).get("phase_seconds", {})
+    parts = [f"process start + imports {wall - seconds.get('total', 0.0):.1f}"]
+    for stage in ("ingest", "embed", "issues", "report"):
+        if stage in seconds:
+            extra = (" (" + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()) + ")") if stage == "issues" else ""
+            parts.append(f"{stage} {seconds[stage]:.1f}{extra}")
+    return ", ".join(parts)
+
+
+def load_average() -> str:
+    import os
+
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def timing() -> bool:
@@ -241,6 +271,7 @@ def timing() -> bool:
     tmp = Path(tempfile.mkdtemp())
     truth = write_image_folder(tmp / "images")
     (tmp / "user.py").write_text(USER_SCRIPT)
+    load_before = load_average()
     t = time.perf_counter()
     user = subprocess.run([sys.executable, str(tmp / "user.py"), str(tmp / "images")], capture_output=True,
                           text=True, check=True)
@@ -259,6 +290,9 @@ def timing() -> bool:
     print(f"| 5,000 PNGs (32×32 digits, 10 % flips) | `labelkit audit --model pixels` {audit_s:.1f} s, F1 {f_ours:.3f} | "
           f"load PNGs + `Datalab.find_issues(features=pixels)` {user_s:.1f} s, F1 {f_theirs:.3f} | "
           f"ratio {audit_s / user_s:.2f}× (target ≤ 2×) |")
+    print(f"\n- labelkit audit, seconds: {stage_breakdown(tmp / 'ws', audit_s)}")
+    print(f"- the script, seconds: {user.stderr.strip().splitlines()[-1] if user.stderr.strip() else '?'}")
+    print(f"- load average (1 / 5 / 15 min) before: {load_before}, after: {load_average()}")
     return audit_s <= 2 * user_s and f_ours > f_theirs
 
 

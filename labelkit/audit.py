@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,8 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
 
     The gate rules come from `fail_on`, else the nearest config (see :mod:`labelkit.gate`), else
     the default. The caller turns ``result['gate']['passed'] is False`` into exit code 1.
+    ``result['seconds']`` holds each stage's wall time (also kept in the manifest under
+    ``stages.audit``), so the cost of a run can be read stage by stage.
     `engine` and `ray_address` go to every stage (see :mod:`labelkit.engines`); `offline` to
     `embed` (never download weights). With `embedding_col`, ingest stores the table's own
     embeddings and the embed step is skipped. With `baseline` (an earlier workspace or its
@@ -34,8 +37,11 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
     from labelkit.ingest import ingest
     from labelkit.issues import issues
 
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     rules, rules_source = gate.resolve_rules(fail_on, config_start=config_start)  # bad rules fail before work
+    gate.check_baseline_rules(rules, rules_source, has_baseline=baseline is not None)
     on = {"engine": check_engine(engine, "audit"), "ray_address": ray_address}
     if pred_probs is None:
         check_featurizer_options(model, pretrained)  # a bad --model / --pretrained fails before ingest writes
@@ -44,12 +50,17 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
     ingested = ingest(source, ws, label_col=label_col, text_col=text_col, image_col=image_col, progress=progress,
                       embedding_col=embedding_col, task=task, labels_col=labels_col, label_sep=label_sep,
                       annotator_cols=annotator_cols, annotator_col=annotator_col, id_col=id_col, **on)
+    seconds["ingest"] = round(time.perf_counter() - started, 3)
     if base is not None:  # a baseline of another dataset fails before the expensive stages
         items = ws.read_items_table(["id", "content_hash"])
         changes.check_overlap(base, items.column("id"), items.column("content_hash"))
     if pred_probs is None and ingested.embedding_key is None:
+        stage_started = time.perf_counter()
         embed(ws, model=model, pretrained=pretrained, device=device, progress=progress, offline=offline, **on)
+        seconds["embed"] = round(time.perf_counter() - stage_started, 3)
+    stage_started = time.perf_counter()
     found = issues(ws, pred_probs=pred_probs, device=device, progress=progress, **on)
+    seconds["issues"] = round(time.perf_counter() - stage_started, 3)
     diff = changes.compare(base, ws, found.summary) if base is not None else None
     changes.record(ws, diff)
     verdict = gate.evaluate(rules, found.summary | (diff["gate_metrics"] if diff else {}))
@@ -63,5 +74,9 @@ def audit(source: Path | str, workspace: Workspace | Path | str = "labelkit-out"
         except ImportError:  # the report stage is optional until it exists
             report = None
         if report is not None:
+            stage_started = time.perf_counter()
             result["report"] = str(report(ws).html_path)
+            seconds["report"] = round(time.perf_counter() - stage_started, 3)
+    result["seconds"] = seconds | {"total": round(time.perf_counter() - started, 3)}
+    ws.update_stage("audit", {"seconds": result["seconds"]})
     return result

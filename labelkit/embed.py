@@ -553,6 +553,10 @@ class EmbedResult:
 
 
 EMBED_SCHEMA_FIELDS = ("id", "content_hash", "embedding")
+# Float vectors barely compress and unique ids never repeat: plain pages cost a third of Snappy +
+# dictionary pages to write and half to read back (parts, then the consolidated table, then every
+# reader); pixel vectors do compress about 2x, so their table is larger on disk.
+PLAIN_PAGES = {"compression": "none", "use_dictionary": False}
 EMBED_ERRORS_SCHEMA = pa.schema([("id", pa.string()), ("content_hash", pa.string()), ("error", pa.string())])
 
 
@@ -669,7 +673,7 @@ def embed(workspace: Workspace | Path | str = "labelkit-out", *, model: str = "a
             keep = np.flatnonzero(ok)
             table = pa.table({"id": pa.array(ids[sl]).take(keep), "content_hash": pa.array(hashes[sl]).take(keep),
                               "embedding": embedding_array(emb[keep])})
-            write_table(table, parts / f"part-{time.time_ns()}.parquet")
+            write_table(table, parts / f"part-{time.time_ns()}.parquet", **PLAIN_PAGES)
             pos += len(emb)
             embedded += len(keep)
             failed += len(emb) - len(keep)
@@ -736,7 +740,7 @@ def _consolidate(path: Path, parts: Path, usable) -> None:
     wanted = [latest[i] for i, h in zip(usable["id"], usable["content_hash"])
               if i in latest and shash[latest[i]] == h]
     table = stored.take(pa.array(wanted, type=pa.int64()))
-    write_table(table, path, row_group_size=16384)
+    write_table(table, path, row_group_size=16384, **PLAIN_PAGES)
     if parts.exists():
         for part in parts.glob("*"):
             part.unlink()

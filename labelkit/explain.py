@@ -34,6 +34,8 @@ class ExplainResult:
     suggested_label: str | None = None
     label_quality: float | None = None
     probabilities: list[dict] | None = None  # top classes, most likely first
+    prediction: float | None = None  # regression: the out-of-sample prediction of the target
+    residual: float | None = None  # regression: target − prediction
     neighbors: list[dict] | None = None  # most similar first
     embedding_key: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -111,7 +113,20 @@ def explain(workspace: Workspace | Path | str, row_id: str, *, k: int = 10,
 
     if ws.probs_path.exists():
         require_current(ws, ws.probs_path, items_fp=items_fp)
-        result.probabilities = _top_probabilities(ws, row_id, top_classes)
+        columns = pq.read_schema(ws.probs_path).names
+        if "pred_probs" in columns:
+            # Multi-label tags are scored independently: the row's own tags are listed too, so a given
+            # tag the probe doubts is shown even when it is not among the most likely.
+            given = (mine or {}).get("given_labels") or []
+            result.probabilities = _top_probabilities(ws, row_id, top_classes, also=given)
+        elif "prediction" in columns:  # regression: one predicted number per row
+            result.prediction = _prediction(ws, row_id)
+            target = (mine or {}).get("target")
+            if result.prediction is not None and target is not None and not np.isnan(target):
+                result.residual = float(target) - result.prediction
+        else:
+            raise LabelkitError(f"{ws.probs_path} has neither a pred_probs nor a prediction column; run "
+                                f"`labelkit issues -w {ws.root}` again.")
 
     if neighbor_ids:
         labels = items.column("label").take(pc.index_in(pa.array(neighbor_ids, pa.string()), items.column("id")))
@@ -203,12 +218,24 @@ def _findings(row: dict, flag_owner: dict) -> list[dict]:
     return findings
 
 
-def _top_probabilities(ws: Workspace, row_id: str, n: int) -> list[dict] | None:
-    """Return the row's `n` most likely classes from probs.parquet (None when the row has none)."""
+def _top_probabilities(ws: Workspace, row_id: str, n: int, *, also=()) -> list[dict] | None:
+    """Return the row's `n` most likely classes from probs.parquet, then the classes in `also` not among them.
+
+    None when the row has none.
+    """
     table = pq.read_table(ws.probs_path, columns=["id", "pred_probs"], filters=pc.field("id").isin([row_id]))
     if table.num_rows == 0:
         return None
     probs = np.asarray(table.column("pred_probs")[0].as_py(), np.float32)
     classes = ws.classes()
-    order = np.argsort(-probs, kind="stable")[:n]
+    order = np.argsort(-probs, kind="stable")
+    wanted = set(also)
+    order = [j for rank, j in enumerate(order.tolist()) if rank < n or classes[j] in wanted]
     return [{"class": classes[j], "probability": round(float(probs[j]), 4)} for j in order]
+
+
+def _prediction(ws: Workspace, row_id: str) -> float | None:
+    """Return the row's out-of-sample prediction from a regression probs.parquet (None when it has none)."""
+    table = pq.read_table(ws.probs_path, columns=["id", "prediction"], filters=pc.field("id").isin([row_id]))
+    value = table.column("prediction")[0].as_py() if table.num_rows else None
+    return None if value is None else float(value)

@@ -99,6 +99,28 @@ def _known_metric(metric: str, metrics: dict[str, str]) -> bool:
     return metric in CHANGE_METRICS or (metric.endswith(DELTA) and metric[: -len(DELTA)] in metrics)
 
 
+def needs_baseline(rule: Rule) -> bool:
+    """Return whether `rule` names a change since a baseline (``new_label_issues``, ``METRIC.delta``, ...)."""
+    from labelkit.baseline import DELTA, METRICS as CHANGE_METRICS
+
+    return rule.metric in CHANGE_METRICS or rule.metric.endswith(DELTA)
+
+
+def check_baseline_rules(rules: list[Rule], source: str, *, has_baseline: bool) -> None:
+    """Raise a user error when a rule on a change metric has no baseline to compare against.
+
+    Without a baseline such a rule could only ever read "not measured": failing the gate after the
+    whole audit ran would hide a forgotten ``--baseline`` behind a gate failure.
+    """
+    if has_baseline:
+        return
+    wanting = [str(r) for r in rules if needs_baseline(r)]
+    if wanting:
+        where = "on the command line" if source == "command line" else f"in {source}"
+        raise LabelkitError(f"The gate rule(s) {', '.join(map(repr, wanting))} {where} measure changes since a "
+                            "baseline; pass --baseline with an earlier workspace or its report.json, or drop them.")
+
+
 def find_config(start: Path | str = ".", *, section: str = "gate") -> tuple[list[str], Path] | None:
     """Return (fail_on rules, file) from the nearest labelkit.toml or pyproject.toml with that section."""
     here = Path(start).resolve()

@@ -383,11 +383,12 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     Out-of-sample probabilities come from `pred_probs` (a file of the user's model outputs) or
     from a k-fold probe on the workspace embeddings. Near-duplicates and outliers need embeddings
     and are skipped (None in the summary) without them. ``engine='ray'`` shards the neighbour
-    search over the cluster at `ray_address`; the probe and confident learning stay on the driver.
+    search and runs the probe's final k-fold models as tasks on the cluster at `ray_address`; the
+    probe's candidate selection and confident learning stay on the driver.
     `checks` names the checks to run (default: every registered check whose needs are met; see
     ``python -m labelkit.checks`` or docs/checks.md).
     """
-    from labelkit.engines import check_engine
+    from labelkit.engines import check_engine, fold_mapper
     from labelkit.features import load_embedding_inputs
 
     check_engine(engine, "issues")
@@ -458,8 +459,9 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
             phase_started = time.perf_counter()
             probs, folds, choice = get_out_of_sample_probs(emb, labels, holdout=held | ~included[labels], n_classes=K,
                                                            n_folds=n_folds, probe=probe, device=device, seed=seed,
-                                                           progress=phase_progress(progress, "probe"))
-            probe_info = choice.to_dict()
+                                                           progress=phase_progress(progress, "probe"),
+                                                           fold_map=fold_mapper(engine, ray_address=ray_address))
+            probe_info = choice.to_dict() | {"fold_engine": engine}  # where the final k-fold's models ran
             phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
     if not_measured is None and included.sum() < 2:
         not_measured = ("the data has one class" if present.sum() < 2 else

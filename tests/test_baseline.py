@@ -235,15 +235,18 @@ def test_different_classes_warn_and_still_compare(versions, tmp_path):
     assert any("The classes differ" in w["message"] for w in result["warnings"])
 
 
-def test_a_delta_rule_without_a_baseline_is_not_measured(cli, versions, tmp_path):
+def test_a_change_rule_without_a_baseline_is_exit_2_before_any_work(cli, versions, tmp_path):
     table, probs = versions["v1"]
-    code, out, err = cli("audit", table, "-w", tmp_path / "ws", "--pred-probs", probs, "--no-report", "--json",
-                         "--fail-on", "label_issue_rate.delta>0.01,new_label_issues>5")
-    assert code == 1, err
-    result = json.loads(out)
-    assert result["baseline"] is None
-    assert [(r["rule"], r["verdict"]) for r in result["gate"]["results"]] == [
-        ("label_issue_rate.delta>0.01", "not measured"), ("new_label_issues>5", "not measured")]
+    code, _, err = cli("audit", table, "-w", tmp_path / "ws", "--pred-probs", probs, "--no-report", "--json",
+                       "--fail-on", "label_issue_rate>0.5,label_issue_rate.delta>0.01,new_label_issues>5")
+    assert code == 2 and not (tmp_path / "ws").exists()
+    assert one_line(err) == ("error: The gate rule(s) 'label_issue_rate.delta>0.01', 'new_label_issues>5' on the "
+                           "command line measure changes since a baseline; pass --baseline with an earlier "
+                           "workspace or its report.json, or drop them.")
+    for rule in ("removed_rows>0", "new_rows>0", "changed_rows>0", "new_duplicates>0", "new_unusable_rows>0"):
+        with pytest.raises(LabelkitError, match="measure changes since a baseline"):
+            audit(table, tmp_path / "ws", pred_probs=probs, fail_on=[rule], write_report=False)
+    assert not (tmp_path / "ws").exists()
 
 
 def test_rule_parsing_knows_deltas_and_change_metrics():

@@ -70,6 +70,18 @@ def test_unknown_metric_in_config_is_exit_2_before_any_work(cli, scored_table, t
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_change_rule_in_config_without_baseline_is_exit_2_before_any_work(cli, scored_table, tmp_path,
+                                                                               monkeypatch):
+    table, probs = scored_table
+    (tmp_path / "pyproject.toml").write_text('[tool.labelkit.gate]\nfail_on = ["new_label_issues>0"]\n')
+    monkeypatch.chdir(tmp_path)
+    code, _, err = cli("audit", table, "-w", tmp_path / "ws", "--pred-probs", probs)
+    assert code == 2 and not (tmp_path / "ws").exists()
+    assert one_line(err) == (f"error: The gate rule(s) 'new_label_issues>0' in {tmp_path / 'pyproject.toml'} measure "
+                           "changes since a baseline; pass --baseline with an earlier workspace or its "
+                           "report.json, or drop them.")
+
+
 def test_every_tomllib_import_has_the_tomli_fallback():
     """tomllib is 3.11+ and requires-python allows 3.10: each import sits under a version check."""
     import ast

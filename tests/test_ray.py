@@ -217,3 +217,98 @@ def test_audit_ray_flags_the_same_rows_as_local(ray_cluster, cli, tmp_path):
     assert len(flagged) > 45  # most of the 90 planted errors
     assert b.filter(b.column("is_label_issue")).column("id").to_pylist() == flagged
     assert a.equals(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe's final k-fold as Ray tasks
+
+
+def _blobs(n: int = 2000, d: int = 16, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Return (X, labels): k Gaussian classes with 5 % of the labels flipped."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    X = (2.0 * rng.standard_normal((k, d))[y] + rng.standard_normal((n, d))).astype(np.float32)
+    flip = rng.random(n) < 0.05
+    y[flip] = (y[flip] + rng.integers(1, k, flip.sum())) % k
+    return X, y
+
+
+def _counting(fold_map, calls: list):
+    """Return `fold_map`, also recording the number of jobs of every call (so a test knows Ray ran them)."""
+    def run(fit, X, labels, jobs):
+        calls.append(len(jobs))
+        return fold_map(fit, X, labels, jobs)
+
+    return run
+
+
+def test_fold_map_keeps_job_order_and_user_errors(ray_cluster):
+    import time
+
+    from labelkit.engines.ray import fold_cpus, fold_map
+
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    labels = np.arange(6)
+
+    def first_finishes_last(X, labels, job):
+        time.sleep(0.3 * (3 - job))
+        return X[job] * labels[job]
+
+    out = fold_map(first_finishes_last, X, labels, [0, 1, 2, 3])
+    assert [r.tolist() for r in out] == [[0, 0], [2, 3], [8, 10], [18, 21]]
+
+    def refuse(X, labels, job):
+        raise LabelkitError(f"fold {job} cannot be fit")
+
+    with pytest.raises(LabelkitError, match="fold 0 cannot be fit"):
+        list(fold_map(refuse, X, labels, [0, 1]))
+    # On the 2-CPU cluster five folds get one CPU each (two run side by side); a lone model gets both.
+    assert (fold_cpus(ray_cluster, 5), fold_cpus(ray_cluster, 1)) == (1, 2)
+
+
+def test_fold_map_runs_cuda_jobs_on_cpu_without_cluster_gpus(ray_cluster):
+    from labelkit.engines.ray import fold_map
+    from labelkit.probe import FoldJob, _Setting
+
+    job = FoldJob(np.arange(4), np.arange(4, 6), _Setting("raw", C=1.0), 2, "torch", "cuda", 0)
+    devices = list(fold_map(lambda X, labels, job: job.device, np.zeros((6, 2), np.float32), np.zeros(6), [job]))
+    assert devices == ["cpu"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("probe", ["logreg", "torch", "mlp"])
+def test_probe_final_folds_on_ray_equal_serial(ray_cluster, probe):
+    """Above max_selection_rows the final k-fold runs; as Ray tasks it gives the serial probabilities."""
+    from labelkit.engines import fold_mapper
+    from labelkit.probe import get_out_of_sample_probs
+
+    X, y = _blobs()
+    holdout = np.zeros(len(y), bool)
+    if probe == "mlp":  # and the held-out rows' model, a sixth job
+        holdout[::10] = True
+    kw = dict(n_classes=4, probe=probe, max_selection_rows=300, holdout=holdout, seed=3)
+    serial, folds, choice = get_out_of_sample_probs(X, y, **kw)
+    calls: list[int] = []
+    remote, rfolds, rchoice = get_out_of_sample_probs(X, y, fold_map=_counting(fold_mapper("ray"), calls), **kw)
+    assert calls == [6 if holdout.any() else 5]  # every model of the final k-fold went through Ray
+    assert rchoice.chosen == choice.chosen and choice.fold_train_rows > 0
+    assert remote.dtype == np.float32 and np.array_equal(folds, rfolds)
+    assert np.allclose(remote, serial, atol=1e-5)
+    assert (folds[holdout] == -1).all() and (remote.argmax(1) == y).mean() > 0.85
+
+
+@pytest.mark.slow
+def test_probe_held_out_model_on_ray_when_the_selection_is_final(ray_cluster):
+    """Below max_selection_rows only the held-out rows need a model: one Ray task."""
+    from labelkit.engines import fold_mapper
+    from labelkit.probe import get_out_of_sample_probs
+
+    X, y = _blobs(600, seed=1)
+    holdout = np.zeros(len(y), bool)
+    holdout[:60] = True
+    serial, _, _ = get_out_of_sample_probs(X, y, n_classes=4, probe="logreg", holdout=holdout)
+    calls: list[int] = []
+    remote, _, _ = get_out_of_sample_probs(X, y, n_classes=4, probe="logreg", holdout=holdout,
+                                           fold_map=_counting(fold_mapper("ray"), calls))
+    assert calls == [1]
+    assert np.allclose(remote, serial, atol=1e-5)

@@ -187,6 +187,44 @@ def test_find_split_leaks_exact_by_hash_and_nulls_never_match():
     assert sim[2] == 1 and np.isnan(sim[[0, 1, 3, 4, 5]]).all()
 
 
+def test_cross_split_copies_match_one_find_split_leaks_per_pair(monkeypatch):
+    from labelkit.checks import split_leakage
+
+    rng = np.random.default_rng(3)
+    n, k, S = 600, 6, 4
+    codes = rng.integers(-1, S, n)  # -1: rows without a split
+    hashes = [f"h{h}" for h in rng.integers(0, 450, n)]  # shared hashes: exact copies within and across splits
+    hashes = pa.array([None if i % 23 == 0 else h for i, h in enumerate(hashes)])
+    idx = rng.integers(0, n, (n, k))
+    idx[rng.random((n, k)) < 0.1] = -1
+    sims = np.sort(rng.uniform(0.95, 1.0, (n, k)).astype(np.float32), 1)[:, ::-1].copy()
+    sims[idx < 0] = np.nan
+    # Old result: each ordered pair (a, b) is find_split_leaks with b as train and the other splits left out.
+    expected = np.zeros((S, S), np.int64)
+    for b in range(S):
+        for a in range(S):
+            if a != b:
+                pair = np.where((codes == a) | (codes == b), codes, -1)
+                expected[a, b] = (find_split_leaks(pair, b, hashes, idx, sims, threshold=0.985)[0] >= 0).sum()
+    exact_only = np.zeros((S, S), np.int64)
+    for b in range(S):
+        for a in range(S):
+            if a != b:
+                pair = np.where((codes == a) | (codes == b), codes, -1)
+                exact_only[a, b] = (find_split_leaks(pair, b, hashes)[0] >= 0).sum()
+    assert expected.min(initial=n, where=~np.eye(S, dtype=bool)) > 0 and (expected > exact_only).any()
+
+    def one_call_per_pair(*args, **kwargs):
+        raise AssertionError("cross_split_copies ran find_split_leaks once per pair of splits")
+
+    monkeypatch.setattr(split_leakage, "find_split_leaks", one_call_per_pair)
+    M = split_leakage.cross_split_copies(codes, S, hashes, idx, sims, 0.985)
+    assert M.tolist() == expected.tolist()
+    assert split_leakage.cross_split_copies(codes, S, hashes, None, None, 1.0).tolist() == exact_only.tolist()
+    # a split without rows copies nothing and is copied by nothing
+    assert split_leakage.cross_split_copies(codes, S + 1, hashes, idx, sims, 0.985)[S].sum() == 0
+
+
 def test_largest_split_is_train_when_none_is_named_train():
     split = ["dev"] * 30 + ["eval"] * 10
     ctx = array_context(np.random.default_rng(0).normal(size=(40, 8)), split, hashes=[f"h{i}" for i in range(40)])

@@ -284,3 +284,40 @@ def test_long_table_ingests_like_the_wide_one(tmp_path):
     assert [list(x) for x in a["annotator_labels"]] == [list(x) for x in b["annotator_labels"]]
     manifest = json.loads((tmp_path / "long_ws" / "manifest.json").read_text())
     assert manifest["task"] == "multiannotator" and manifest["annotator_format"] == "long"
+
+
+def test_pred_probs_without_embeddings_checks_exact_duplicates_only(tmp_path, cli):
+    table = pd.read_csv(SAMPLE_TABLE, dtype=str)
+    table.loc[1, "text"] = table.loc[0, "text"]  # an exact duplicate: the one duplicates check without embeddings
+    table.to_csv(tmp_path / "a.csv", index=False)
+    assert cli("ingest", tmp_path / "a.csv", "-w", tmp_path / "ws", "--annotator-cols", ANNOTATORS,
+               "--text-col", "text", "--id-col", "id")[0] == 0
+    items = pq.read_table(tmp_path / "ws" / "items.parquet", columns=["label_id"]).column("label_id").to_numpy()
+    K = len(json.loads((tmp_path / "ws" / "manifest.json").read_text())["classes"])
+    probs = np.full((len(items), K), 0.1 / (K - 1), np.float32)
+    probs[np.arange(len(items)), items] = 0.9
+    np.save(tmp_path / "p.npy", probs)
+    code, out, err = cli("issues", "-w", tmp_path / "ws", "--pred-probs", tmp_path / "p.npy")
+    assert code == 0, err
+    s = json.loads((tmp_path / "ws" / "manifest.json").read_text())["stages"]["issues"]
+    assert s["exact_duplicates"] == 1 and s["near_duplicates"] is None and s["dup_threshold"] is None
+    iss = pq.read_table(tmp_path / "ws" / "issues.parquet").to_pandas().set_index("id")
+    assert iss.loc[table.loc[1, "id"], "duplicate_of"] == table.loc[0, "id"] and iss["is_duplicate"].sum() == 1
+
+
+def test_long_layout_over_the_cell_budget_is_refused_before_building_the_matrix(tmp_path):
+    from labelkit.tasks.multiannotator import MAX_ANNOTATION_CELLS
+
+    # 20,000 items × 10,001 annotators, one label each: 20,000 rows in the file, 200,020,000 cells
+    # of the item × annotator matrix CROWDLAB needs, just over the limit; refused before any is built.
+    n, M = 20_000, 10_001
+    long = pd.DataFrame({"id": [f"i{i}" for i in range(n)], "who": [f"w{i % M}" for i in range(n)],
+                         "label": ["cat", "dog"] * (n // 2)})
+    assert n * M > MAX_ANNOTATION_CELLS == 200_000_000
+    with pytest.raises(LabelkitError, match=r"^--annotator-col 'who' of .*l\.csv gives 20,000 items × 10,001 annotators: "
+                                            r"200,020,000 cells of the item × annotator matrix, over the limit of "
+                                            r"200,000,000 cells "):
+        prepare_table(long, tmp_path / "l.csv", options={"annotator_col": "who", "label_col": "label", "id_col": "id"})
+    wide = pd.DataFrame({"a": ["cat"] * 3, "b": ["dog"] * 3})
+    out, spec = prepare_table(wide, tmp_path / "w.csv", options={"annotator_cols": "a,b"})
+    assert spec.columns["annotator_labels"].to_pylist() == [["cat", "dog"]] * 3

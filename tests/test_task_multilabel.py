@@ -203,9 +203,10 @@ def test_audit_finds_planted_tags_on_the_sample(sample):
     hit_removed = np.mean([t in iss.loc[i, "suspect_missing_labels"] for i, t in zip(removed["id"], removed["tag"])])
     hit_added = np.mean([t in iss.loc[i, "suspect_given_labels"] for i, t in zip(added["id"], added["tag"])])
     assert hit_removed >= 0.8 and hit_added >= 0.8, (hit_removed, hit_added)
-    row = added.iloc[0]
-    if iss.loc[row["id"], "is_label_issue"]:
-        assert f"tagged {row['tag']!r} but probe gives it" in iss.loc[row["id"], "reason"]
+    flagged_added = added[added["id"].map(iss["is_label_issue"])]
+    assert len(flagged_added), "no planted added tag was flagged"
+    row = flagged_added.iloc[0]
+    assert f"tagged {row['tag']!r} but probe gives it" in iss.loc[row["id"], "reason"]
     manifest = json.loads((ws / "manifest.json").read_text())
     s = manifest["stages"]["issues"]
     assert s["label_issues"] == len(flagged) and s["label_issue_rate"] == pytest.approx(len(flagged) / len(iss))
@@ -321,3 +322,64 @@ def test_pred_probs_headers_must_name_the_tags(tmp_path):
     pd.DataFrame(values[:, :2], columns=["beach", "city"]).assign(score=1.0).to_csv(tmp_path / "x.csv", index=False)
     with pytest.raises(LabelkitError, match="unknown column 'score'"):
         load_multilabel_pred_probs(tmp_path / "x.csv", **kwargs)
+
+
+def _text_multilabel_table(tmp_path, n=60):
+    """A text multi-label CSV without embeddings, rows 0 and 1 the same text; its probabilities as .npy."""
+    rng = np.random.default_rng(3)
+    tags = np.array(["a", "b", "c"])
+    Y = rng.random((n, 3)) < 0.4
+    text = [f"item {i} " + " ".join(tags[Y[i]]) for i in range(n)]
+    text[1] = text[0]
+    pd.DataFrame({"id": [f"r{i}" for i in range(n)], "text": text,
+                  "tags": [";".join(tags[y]) for y in Y]}).to_csv(tmp_path / "t.csv", index=False)
+    np.save(tmp_path / "p.npy", np.clip(Y + rng.normal(0, 0.2, Y.shape), 0.01, 0.99).astype(np.float32))
+    return tmp_path / "t.csv", tmp_path / "p.npy"
+
+
+def test_pred_probs_without_embeddings_checks_exact_duplicates_only(tmp_path, cli):
+    table, probs = _text_multilabel_table(tmp_path)
+    assert cli("ingest", table, "-w", tmp_path / "ws", "--labels-col", "tags", "--text-col", "text",
+               "--id-col", "id")[0] == 0
+    code, out, err = cli("issues", "-w", tmp_path / "ws", "--pred-probs", probs)
+    assert code == 0, err
+    s = json.loads((tmp_path / "ws" / "manifest.json").read_text())["stages"]["issues"]
+    assert s["exact_duplicates"] == 1 and s["near_duplicates"] is None and s["dup_threshold"] is None
+    iss = pq.read_table(tmp_path / "ws" / "issues.parquet").to_pandas().set_index("id")
+    assert iss.loc["r1", "duplicate_of"] == "r0" and iss["is_duplicate"].sum() == 1
+
+
+def test_failed_issues_run_leaves_no_new_probs_table(tmp_path, monkeypatch):
+    from labelkit.checks.duplicates import Duplicates
+    from labelkit.ingest import ingest
+    from labelkit.issues import issues
+
+    table, probs = _text_multilabel_table(tmp_path)
+    ingest(table, tmp_path / "ws", labels_col="tags", text_col="text", id_col="id")
+
+    def broken(self, ctx):
+        raise RuntimeError("check failed")
+
+    monkeypatch.setattr(Duplicates, "run", broken)
+    with pytest.raises(RuntimeError, match="check failed"):
+        issues(tmp_path / "ws", pred_probs=probs)
+    assert sorted(p.name for p in (tmp_path / "ws").iterdir() if "probs" in p.name or "issues" in p.name) == []
+
+
+def test_explain_lists_the_rows_own_tags_with_the_most_likely(sample, cli):
+    ws, data, _, _ = sample
+    key = pd.read_csv(data / "key.csv")
+    iss = pq.read_table(ws / "issues.parquet").to_pandas().set_index("id")
+    probs = pq.read_table(ws / "probs.parquet").to_pandas().set_index("id")
+    tags = json.loads((ws / "manifest.json").read_text())["classes"]
+    added = key[(key["kind"] == "added") & key["id"].map(iss["is_label_issue"])]
+    # A flagged row whose planted (doubted) tag is not among its 5 most likely tags.
+    rank = [list(np.argsort(-probs.loc[i, "pred_probs"], kind="stable")).index(tags.index(t))
+            for i, t in zip(added["id"], added["tag"])]
+    row = added.iloc[int(np.argmax(rank))]
+    assert max(rank) >= 5
+    code, out, err = cli("explain", row["id"], "-w", ws, "--json")
+    assert code == 0, err
+    shown = {p["class"]: p["probability"] for p in json.loads(out)["probabilities"]}
+    assert set(iss.loc[row["id"], "given_labels"]) <= set(shown) and len(shown) >= 5
+    assert shown[row["tag"]] == pytest.approx(probs.loc[row["id"], "pred_probs"][tags.index(row["tag"])], abs=1e-4)

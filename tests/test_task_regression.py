@@ -282,3 +282,19 @@ def test_prune_then_train(planted, cli):
     assert code == 2 and "must be one of mse, huber" in " ".join((out + err).split())
     code, out, err = cli("select", "rs2", "-w", ws)
     assert code == 2 and "select rs2 does not support --task regression yet" in " ".join((out + err).split())
+
+
+def test_explain_shows_the_out_of_sample_prediction_and_residual(planted, cli):
+    ws, _, _ = planted
+    issues = pq.read_table(ws / "issues.parquet").to_pandas().set_index("id")
+    flagged = issues.index[issues["is_label_issue"]][0]
+    code, out, err = cli("explain", flagged, "-w", ws, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    row = issues.loc[flagged]
+    assert result["probabilities"] is None
+    assert result["prediction"] == pytest.approx(row["predicted_value"], rel=1e-6)
+    assert result["residual"] == pytest.approx(row["target"] - row["predicted_value"], rel=1e-6)
+    assert result["flagged"] and "is_label_issue" in result["findings"][0]["flags"]
+    code, out, err = cli("explain", flagged, "-w", ws)
+    assert code == 0, err

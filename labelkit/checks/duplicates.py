@@ -11,9 +11,11 @@ import pyarrow.compute as pc
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
 from labelkit.errors import check_in_range
 
+DEFAULT_THRESHOLD = 0.985  # when the run names none (the embedder's own threshold is used where there is one)
+
 
 def find_duplicates(content_hash: Sequence[str], neighbor_idx: np.ndarray | None = None,
-                    neighbor_sims: np.ndarray | None = None, *, threshold: float = 0.985) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    neighbor_sims: np.ndarray | None = None, *, threshold: float = DEFAULT_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return (duplicate_of index or -1, near_duplicate_score, is_exact) per row.
 
     A row duplicates the first row with the same content hash (exact), or else its nearest
@@ -81,8 +83,12 @@ class Duplicates(Check):
         if "exact_duplicates" in ctx.extra:  # computed on a thread while confident learning ran
             dup_of, score, exact = ctx.extra["exact_duplicates"]
         else:
+            # Without neighbours the threshold is unused (and None: no embedder to take it from), so only
+            # the exact part runs.
+            threshold = ctx.options.get("dup_threshold")
             dup_of, score, exact = find_duplicates(ctx.items.column("content_hash"), ctx.neighbor_idx,
-                                                   ctx.neighbor_sims, threshold=ctx.options.get("dup_threshold", 0.985))
+                                                   ctx.neighbor_sims,
+                                                   threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
         is_dup = dup_of >= 0
         comparable = ctx.task in ("multiclass", "multiannotator")
         conflicting = is_dup & (ctx.labels != ctx.labels[np.maximum(dup_of, 0)]) if comparable else np.zeros(ctx.n, bool)

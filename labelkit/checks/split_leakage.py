@@ -140,19 +140,49 @@ def cross_split_copies(codes: np.ndarray, n_splits: int, content_hash: pa.Array,
                        neighbor_sims: np.ndarray | None, threshold: float) -> np.ndarray:
     """Return M with M[a, b] = rows of split a with an exact or near copy in split b (a ≠ b).
 
-    Each ordered pair is :func:`find_split_leaks` with b as the reference and every split other
-    than a and b left out, so the counts follow the same rule as the flagged rows.
+    The counts follow :func:`find_split_leaks` with b as the reference and every split other than
+    a and b left out, for all pairs in one pass: a row of a has a copy in b when its content hash
+    occurs in b, when a neighbour edge at or above `threshold` joins it to a row of b (either
+    direction), or when a row of a with the same content hash has such an edge.
     """
     M = np.zeros((n_splits, n_splits), np.int64)
     if isinstance(content_hash, pa.ChunkedArray):
         content_hash = content_hash.combine_chunks()
-    for b in range(n_splits):
-        for a in range(n_splits):
-            if a != b:
-                pair_codes = np.where((codes == a) | (codes == b), codes, -1)
-                partner = find_split_leaks(pair_codes, b, content_hash, neighbor_idx, neighbor_sims,
-                                           threshold=threshold)[0]
-                M[a, b] = int((partner >= 0).sum())
+    codes = np.asarray(codes, np.int64)
+    rows = np.flatnonzero(codes >= 0)
+    if not len(rows):
+        return M
+    groups = pc.dictionary_encode(content_hash).indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    # A unit is the rows of one split with one content hash (they share every finding); a row
+    # without a hash is a unit of its own. Hashed units come first, so a unit's group is known.
+    hashed = rows[groups[rows] >= 0]
+    keys, unit_hashed = np.unique(groups[hashed] * n_splits + codes[hashed], return_inverse=True)
+    unit = np.full(len(codes), -1, np.int64)
+    unit[hashed] = unit_hashed
+    unhashed = rows[groups[rows] < 0]
+    unit[unhashed] = len(keys) + np.arange(len(unhashed))
+    n_units = len(keys) + len(unhashed)
+    unit_split = np.empty(n_units, np.int64)
+    unit_split[unit[rows]] = codes[rows]
+    unit_rows = np.bincount(unit[rows], minlength=n_units)
+    # Exact: every other unit of the same hash group is a copy in its split; keys are sorted by group.
+    unit_group = keys // n_splits
+    starts = np.searchsorted(unit_group, unit_group, side="left")
+    sizes = np.searchsorted(unit_group, unit_group, side="right") - starts
+    src = np.repeat(np.arange(len(keys)), sizes)
+    dst = np.repeat(starts, sizes) + np.arange(len(src)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    touch = [(src * n_splits + unit_split[dst])[src != dst]]
+    if neighbor_idx is not None and neighbor_idx.size:
+        i, slot = np.nonzero((neighbor_idx >= 0) & (neighbor_sims >= threshold))
+        j = neighbor_idx[i, slot].astype(np.int64)
+        keep = (codes[i] >= 0) & (codes[j] >= 0) & (codes[i] != codes[j])
+        i, j = i[keep], j[keep]
+        # An edge counts for both ends: the row lists its copy, or the copy lists the row.
+        touch += [unit[i] * n_splits + codes[j], unit[j] * n_splits + codes[i]]
+    touch = np.unique(np.concatenate(touch))
+    a, b = unit_split[touch // n_splits], touch % n_splits
+    M += np.bincount(a * n_splits + b, weights=unit_rows[touch // n_splits],
+                     minlength=n_splits * n_splits).astype(np.int64).reshape(n_splits, n_splits)
     return M
 
 

@@ -1,13 +1,15 @@
 """How work is executed: the local engine (default, in-process) or Ray (optional extra, a cluster).
 
 Both engines give the same tables. A verb asks :func:`mapper` for an ordered map over its
-per-row work (hashing files, checking headers) and :func:`check_engine` validates the option
-before anything is written; the Ray-specific stages live in :mod:`labelkit.engines.ray`, which
-is only imported when ``engine='ray'``.
+per-row work (hashing files, checking headers), :func:`fold_mapper` for where the probe's final
+k-fold models run, and :func:`check_engine` validates the option before anything is written;
+the Ray-specific stages live in :mod:`labelkit.engines.ray`, which is only imported when
+``engine='ray'``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable, Iterator
 
 from labelkit.errors import LabelkitError, parameter_error
@@ -55,3 +57,15 @@ def mapper(engine: str = "local", *, ray_address: str | None = None, workers: in
     from labelkit.engines.ray import task_map
 
     return lambda func, items: task_map(func, items, address=ray_address)
+
+
+def fold_mapper(engine: str = "local", *, ray_address: str | None = None) -> Callable | None:
+    """Return the ``fold_map`` for :func:`labelkit.probe.get_out_of_sample_probs`: None (its models
+    fit one after the other in this process) for the local engine; for Ray, one task per model on
+    the cluster at `ray_address` (:func:`labelkit.engines.ray.fold_map`).
+    """
+    if check_engine(engine) == "local":
+        return None
+    from labelkit.engines.ray import fold_map
+
+    return functools.partial(fold_map, address=ray_address)

@@ -10,12 +10,15 @@ joins the cluster at ``address`` (or ``RAY_ADDRESS``) or starts a local one. Wha
   (:func:`embed_parts`).
 - issues: the normalised embedding matrix (exact search) or the local engine's IVF index (above
   its exact limit) is put once in the object store and every task queries one block of rows
-  against it (:func:`find_nearest_neighbors`). The probe and confident learning run on the
-  driver (see docs/ray.md).
+  against it (:func:`find_nearest_neighbors`). The probe's final k-fold and held-out models run
+  one per task over the embedding matrix put once (:func:`fold_map`); its candidate selection
+  and confident learning run on the driver (see docs/ray.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -23,7 +26,7 @@ import time
 import warnings
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -315,3 +318,73 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str 
             idx, sim = ray.get(ref)
             idx_out[s:s + len(idx)], sim_out[s:s + len(idx)] = idx, sim
     return idx_out, np.clip(sim_out, -1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# issues: the probe's final k-fold
+
+
+def _fit_in_task(fit: Callable, X: np.ndarray, labels: np.ndarray, job, threads: int) -> np.ndarray:
+    """Return ``fit(X, labels, job)`` computed on `threads` threads (the CPUs Ray gave this task).
+
+    Left alone, a worker's torch and BLAS size their pools to the whole node and oversubscribe it
+    when several folds run side by side.
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    with threadpool_limits(limits=threads):
+        return fit(X, labels, job)
+
+
+def fold_cpus(ray, n_jobs: int) -> int:
+    """Return the CPUs each of `n_jobs` fold tasks asks for: an even share of the cluster's, at least
+    1 (so on 2 cores two folds run side by side), at most the largest node's (else it never runs)."""
+    cpus, _ = cluster_cpus_gpus(ray)
+    nodes = [int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node.get("Alive")]
+    return int(max(1, min(cpus // max(1, n_jobs), max(nodes, default=1))))
+
+
+def fold_map(fit: Callable, X: np.ndarray, labels: np.ndarray, jobs: Sequence, *,
+             address: str | None = None) -> Iterator[np.ndarray]:
+    """Return an iterator of ``fit(X, labels, job)`` for every job, in job order, each computed by one Ray task.
+
+    The probe's ``fold_map`` for ``engine='ray'`` (see
+    :func:`labelkit.probe.get_out_of_sample_probs`). `X` and `labels` are put in the object store
+    once and every task reads them zero-copy; a job is one model of the final k-fold or the
+    held-out rows' model (:class:`labelkit.probe.FoldJob`, a few index arrays). Each task asks for
+    :func:`fold_cpus` CPUs and runs torch and BLAS on that many threads; a job whose ``device``
+    is CUDA asks for one GPU, or runs on CPU when the cluster has none (the driver's GPU is not
+    the cluster's). All jobs are submitted before this returns (k or k + 1 of them) and gathered
+    in order; a user error raised in a task is raised here as itself. Tasks not yet gathered are
+    cancelled when the caller stops early.
+    """
+    ray = connect(address)
+    jobs = list(jobs)
+    if not jobs:
+        return iter(())
+    _, gpus = cluster_cpus_gpus(ray)
+    wants_gpu = any(str(getattr(job, "device", "cpu")).startswith("cuda") for job in jobs)
+    if wants_gpu and not gpus:
+        jobs = [dataclasses.replace(job, device="cpu") if dataclasses.is_dataclass(job) else job for job in jobs]
+    threads = fold_cpus(ray, len(jobs))
+    remote = ray.remote(num_cpus=threads, num_gpus=1 if wants_gpu and gpus else 0)(_fit_in_task)
+    shared = [ray.put(fit), ray.put(np.asarray(X, np.float32)), ray.put(np.asarray(labels))]  # once, not per task
+    return _gather(ray, deque(remote.remote(*shared, job, threads) for job in jobs))
+
+
+def _gather(ray, pending: deque) -> Iterator:
+    """Yield the results of `pending` task references in order; cancel those left if stopped early."""
+    try:
+        while pending:
+            try:
+                result = ray.get(pending[0])
+            except ray.exceptions.RayTaskError as exc:
+                raise _unwrap(exc) from None
+            pending.popleft()
+            yield result
+    finally:
+        for ref in pending:  # the caller stopped early (an error, a closed generator)
+            with contextlib.suppress(Exception):
+                ray.cancel(ref)

@@ -49,6 +49,10 @@ QUALITY_CAP = 0.5  # … and below this
 TIE_BREAK = "the tied class first in class order"
 ANNOTATORS_FILE = "annotators.parquet"
 MAX_REASON_ANNOTATORS = 6
+# Items × annotators cells of the dense label matrix ingest stores and CROWDLAB works on (cleanlab
+# takes an (n, M) DataFrame): about 60 bytes a cell at their peak, so 200M cells is ~12 GB, and it
+# keeps the annotator_labels list offsets far below int32's 2**31.
+MAX_ANNOTATION_CELLS = 200_000_000
 
 
 def annotators_path(ws) -> Path:
@@ -251,6 +255,7 @@ def prepare_table(df, source, *, options: dict):
         if len(names) < 2:
             raise LabelkitError(f"--annotator-cols needs at least two columns (one per annotator); got {len(names)}. "
                                 "One annotator is a plain multiclass table: pass it as --label-col.")
+        _check_cells(len(df), len(names), f"--annotator-cols of {source}")
         cells = [_cells(df[c]) for c in names]
         annotators = names
         fmt = "wide"
@@ -282,6 +287,15 @@ def prepare_table(df, source, *, options: dict):
                     manifest={"annotators": list(annotators), "annotator_format": fmt,
                               "majority_vote": {"tie_break": TIE_BREAK, "tied_rows": int(tie.sum())}})
     return out, spec
+
+
+def _check_cells(n_items: int, n_annotators: int, what: str) -> None:
+    """Raise the user error when the item × annotator matrix would exceed MAX_ANNOTATION_CELLS."""
+    if n_items * n_annotators > MAX_ANNOTATION_CELLS:
+        raise LabelkitError(f"{what} gives {n_items:,} items × {n_annotators:,} annotators: "
+                            f"{n_items * n_annotators:,} cells of the item × annotator matrix, over the limit of "
+                            f"{MAX_ANNOTATION_CELLS:,} cells (CROWDLAB needs the whole matrix in memory). Merge "
+                            "annotators who labelled few items into one, or ingest the items in smaller parts.")
 
 
 def _group_long(df, source: Path, annotator_col: str, options: dict):
@@ -321,6 +335,7 @@ def _group_long(df, source: Path, annotator_col: str, options: dict):
     annotators = sort_classes(pc.unique(who).to_pylist())
     ann = pc.index_in(who, value_set=pa.array(annotators, pa.string())).to_numpy(zero_copy_only=False).astype(np.int64)
     M = len(annotators)
+    _check_cells(n_items, M, f"--annotator-col {annotator_col!r} of {source}")
     lab_enc = pc.dictionary_encode(labels, null_encoding="mask")
     lab_code = lab_enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
     given = lab_code >= 0

@@ -17,7 +17,9 @@ Classification Data". ICLR 2023 Workshop on Trustworthy ML (arXiv:2211.13895).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -680,43 +682,54 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
                              held_record["ids_fingerprint"])
     probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
                                     heldout_fp=held_record["ids_fingerprint"])
-    writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
+    # Written on a thread while cleanlab runs (Arrow's writer releases the GIL), beside probs.parquet:
+    # renamed over it only once the checks and issues.parquet succeeded, so a failed run leaves no
+    # new probabilities behind, and no issues.parquet that disagrees with them.
+    pending = ws.probs_path.with_name(f".{ws.probs_path.name}.pending")
+    writer = _Background(write_table, probs_table, pending, row_group_size=65536, compression="none",
                          use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+    try:
+        phase_started = time.perf_counter()
+        found = find_multilabel_label_issues(Y, probs, filter_by=filter_by, rank_by=rank_by)
+        phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
 
-    phase_started = time.perf_counter()
-    found = find_multilabel_label_issues(Y, probs, filter_by=filter_by, rank_by=rank_by)
-    phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
+        nn_idx = nn_sim = neighbors_info = None
+        if emb is not None and n > 1:
+            nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine,
+                                                              ray_address=ray_address, device=device, seed=seed,
+                                                              progress=progress)
+            phase_seconds |= neighbors_info["seconds"]
 
-    nn_idx = nn_sim = neighbors_info = None
-    if emb is not None and n > 1:
-        nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine, ray_address=ray_address,
-                                                          device=device, seed=seed, progress=progress)
-        phase_seconds |= neighbors_info["seconds"]
+        set_codes, set_names = label_set_codes(Y, classes)
+        # `labels`/`classes` are tag-set ids and their display labels, what the shared checks compare;
+        # the tags themselves, their probabilities and cleanlab's verdicts are in `extra`.
+        ctx = CheckContext(ids=usable_ids, labels=set_codes, classes=set_names, task="multilabel",
+                           modality=manifest.get("modality", "text"), items=usable_rows(items), embeddings=emb,
+                           embedding_key=embedding_key, pred_probs=probs, folds=folds, label_issues=None,
+                           neighbor_idx=nn_idx, neighbor_sims=nn_sim,
+                           options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
+                                    "filter_by": filter_by, "rank_by": rank_by, "heldout": held}, seed=seed,
+                           extra={"multilabel": {"tags": classes, "labels": Y, "found": found}})
+        phase_started = time.perf_counter()
+        results, skipped = run_checks(ctx, checks)
+        phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
+        for result in results.values():
+            warnings.extend(result.warnings)
 
-    set_codes, set_names = label_set_codes(Y, classes)
-    # `labels`/`classes` are tag-set ids and their display labels, what the shared checks compare;
-    # the tags themselves, their probabilities and cleanlab's verdicts are in `extra`.
-    ctx = CheckContext(ids=usable_ids, labels=set_codes, classes=set_names, task="multilabel",
-                       modality=manifest.get("modality", "text"), items=usable_rows(items), embeddings=emb,
-                       embedding_key=embedding_key, pred_probs=probs, folds=folds, label_issues=None,
-                       neighbor_idx=nn_idx, neighbor_sims=nn_sim,
-                       options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
-                                "filter_by": filter_by, "rank_by": rank_by, "heldout": held}, seed=seed,
-                       extra={"multilabel": {"tags": classes, "labels": Y, "found": found}})
-    phase_started = time.perf_counter()
-    results, skipped = run_checks(ctx, checks)
-    phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
-    for result in results.values():
-        warnings.extend(result.warnings)
-
-    given_lists = tag_lists(Y, classes)
-    columns = {"id": usable_ids, "given_label": display_labels(given_lists), "given_labels": given_lists}
-    columns |= empty_issue_columns(n)
-    for result in results.values():
-        columns |= result.columns
-    columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-    write_issues_table(ws, columns, items_fp, options_fp)
-    writer.join()
+        given_lists = tag_lists(Y, classes)
+        columns = {"id": usable_ids, "given_label": display_labels(given_lists), "given_labels": given_lists}
+        columns |= empty_issue_columns(n)
+        for result in results.values():
+            columns |= result.columns
+        columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
+        write_issues_table(ws, columns, items_fp, options_fp)
+        writer.join()
+        os.replace(pending, ws.probs_path)
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            writer.join()
+        pending.unlink(missing_ok=True)
+        raise
 
     flags = found["is_label_issue"]
     per_tag = found["per_tag"]
