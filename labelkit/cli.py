@@ -249,7 +249,9 @@ def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
         for row in top[:10]:
             t.add_row(row["id"], row["given_label"], row["suggested_label"], f"{row['label_quality']:.3g}")
         out.print(t)
-    out.print(f"→ {workspace}/issues.parquet, {workspace}/probs.parquet")
+    # No probs.parquet when no probabilities were computed (one class; --checks without a probability check).
+    written = [f"{workspace}/{name}" for name in ("issues.parquet", "probs.parquet") if (Path(workspace) / name).exists()]
+    out.print("→ " + ", ".join(written))
 
 
 def _print_gate(verdict: dict, source: str, what: str = "Gate") -> None:
@@ -356,7 +358,11 @@ def _print_explain(r) -> None:
             out.print(f"Reason: {escape(r.reason)}", highlight=False)
     else:
         out.print("Not flagged by any check.")
-    if r.suggested_label is not None and r.suggested_label != r.label:
+    if r.prediction is not None:
+        out.print(f"Out-of-sample prediction {r.prediction:.4g}"
+                  + (f", residual (target − prediction) {r.residual:+.4g}" if r.residual is not None else ""),
+                  highlight=False)
+    elif r.suggested_label is not None and r.suggested_label != r.label:
         out.print(f"Probe suggests {escape(repr(r.suggested_label))}"
                   + (f" (label quality {r.label_quality:.3g})" if r.label_quality is not None else ""), highlight=False)
     if r.probabilities:

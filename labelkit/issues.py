@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from labelkit.arrays import positions as _positions, string_array as _string_array  # noqa: F401  (old names)
 from labelkit.arrays import empty_issue_columns
-from labelkit.errors import LabelkitError, check_in_range
+from labelkit.errors import LabelkitError, check_in_range, parameter_error
 from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
 from labelkit.checks.duplicates import find_duplicates  # noqa: F401  (public API)
 from labelkit.features import near_duplicate_threshold  # noqa: F401  (public API)
@@ -362,6 +362,31 @@ class _Background:
         return self.value
 
 
+class PendingProbs:
+    """``probs.parquet`` written on a background thread (Arrow's writer releases the GIL) under a hidden
+    name beside it; :meth:`commit` renames it over ``probs.parquet`` once the run has succeeded,
+    :meth:`discard` removes it when the run fails, so a failed run leaves no new probabilities behind
+    and no ``issues.parquet`` that disagrees with them.
+    """
+
+    def __init__(self, ws, table: pa.Table):
+        self.final = ws.probs_path
+        self.pending = self.final.with_name(f".{self.final.name}.pending")
+        self.writer = _Background(write_table, table, self.pending, row_group_size=65536, compression="none",
+                                  use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+
+    def commit(self) -> None:
+        import os
+
+        self.writer.join()
+        os.replace(self.pending, self.final)
+
+    def discard(self) -> None:
+        with contextlib.suppress(BaseException):
+            self.writer.join()
+        self.pending.unlink(missing_ok=True)
+
+
 @dataclass
 class IssuesResult:
     summary: dict
@@ -395,8 +420,11 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
                          n_folds=n_folds, probe=probe, seed=seed)
     if checks is not None:
+        given = checks
         checks = [c.strip() for part in ([checks] if isinstance(checks, str) else checks) for c in part.split(",")
                   if c.strip()]
+        if not checks:  # e.g. --checks ",": running nothing and exiting 0 would read as a clean bill
+            raise parameter_error("checks", "issues", "one or more check names, comma-separated", given)
         get_checks(checks)  # unknown names fail before anything is read or written
     started = time.perf_counter()
     phase_seconds: dict[str, float] = {}  # per long phase, into the manifest's issues record
@@ -475,59 +503,61 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
 
     writer = None
     if probs is not None:
-        # probs.parquet is written on a thread while cleanlab runs: Arrow's writer releases the GIL.
-        probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
-                                        heldout_fp=held_record["ids_fingerprint"])
-        writer = _Background(write_table, probs_table, ws.probs_path, row_group_size=65536, compression="none",
-                             use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+        writer = PendingProbs(ws, build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp,
+                                                    options_fp=options_fp, heldout_fp=held_record["ids_fingerprint"]))
     elif ws.probs_path.exists():
         ws.probs_path.unlink()  # an earlier run's probabilities must not outlive the run that replaced them
-    hashes = usable_rows(_string_array(items.column("content_hash")))
-    with_neighbors = emb is not None and len(emb) > 1
-    exact_dups = None if with_neighbors else _Background(find_duplicates, hashes)  # hashing releases the GIL too
-    if not_measured is None:
+    try:
+        hashes = usable_rows(_string_array(items.column("content_hash")))
+        with_neighbors = emb is not None and len(emb) > 1
+        exact_dups = None if with_neighbors else _Background(find_duplicates, hashes)  # hashing releases the GIL too
+        if not_measured is None:
+            phase_started = time.perf_counter()
+            found = _label_issues_for_classes(labels, probs, included, filter_by=filter_by, rank_by=rank_by,
+                                              progress=phase_progress(progress, "confident learning"))
+            phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
+        else:
+            found = {"is_label_issue": np.zeros(len(labels), bool), "label_quality": np.full(len(labels), np.nan),
+                     "suggested_label": np.full(len(labels), -1, np.int64), "joint": None, "noise_matrix": None}
+
+        nn_idx = nn_sim = None
+        if with_neighbors:
+            nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine, ray_address=ray_address,
+                                                              device=device, seed=seed, progress=progress)
+            phase_seconds |= neighbors_info["seconds"]
+
+        # The checks (labelkit.checks) over the shared inputs computed above, in registry order.
+        measured = not_measured is None
+        ctx = CheckContext(ids=usable_ids, labels=labels, classes=classes, task="multiclass",
+                           modality=manifest.get("modality", "image"), items=usable_rows(items), embeddings=emb,
+                           embedding_key=embedding_key, pred_probs=probs if measured else None, folds=folds,
+                           label_issues=found if measured else None, neighbor_idx=nn_idx, neighbor_sims=nn_sim,
+                           options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
+                                    "filter_by": filter_by, "rank_by": rank_by, "heldout": held}, seed=seed)
+        if exact_dups is not None:
+            ctx.extra["exact_duplicates"] = exact_dups.join()
         phase_started = time.perf_counter()
-        found = _label_issues_for_classes(labels, probs, included, filter_by=filter_by, rank_by=rank_by,
-                                          progress=phase_progress(progress, "confident learning"))
-        phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
-    else:
-        found = {"is_label_issue": np.zeros(len(labels), bool), "label_quality": np.full(len(labels), np.nan),
-                 "suggested_label": np.full(len(labels), -1, np.int64), "joint": None, "noise_matrix": None}
+        results, skipped = run_checks(ctx, checks)
+        phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
+        for result in results.values():
+            warnings.extend(result.warnings)
 
-    nn_idx = nn_sim = None
-    if with_neighbors:
-        nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine, ray_address=ray_address,
-                                                          device=device, seed=seed, progress=progress)
-        phase_seconds |= neighbors_info["seconds"]
-
-    # The checks (labelkit.checks) over the shared inputs computed above, in registry order.
-    measured = not_measured is None
-    ctx = CheckContext(ids=usable_ids, labels=labels, classes=classes, task="multiclass",
-                       modality=manifest.get("modality", "image"), items=usable_rows(items), embeddings=emb,
-                       embedding_key=embedding_key, pred_probs=probs if measured else None, folds=folds,
-                       label_issues=found if measured else None, neighbor_idx=nn_idx, neighbor_sims=nn_sim,
-                       options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
-                                "filter_by": filter_by, "rank_by": rank_by, "heldout": held}, seed=seed)
-    if exact_dups is not None:
-        ctx.extra["exact_duplicates"] = exact_dups.join()
-    phase_started = time.perf_counter()
-    results, skipped = run_checks(ctx, checks)
-    phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
-    for result in results.values():
-        warnings.extend(result.warnings)
-
-    n = len(labels)
-    class_array = pa.array(classes, pa.string())
-    columns = {"id": usable_ids, "given_label": class_array.take(pa.array(labels))}
-    # Columns every reader may rely on, present (empty) when their check could not run.
-    columns |= empty_issue_columns(n)
-    for result in results.values():
-        columns |= result.columns
-    columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-    # Dictionary pages only where values repeat (not for unique ids): half the time, smaller file.
-    write_issues_table(ws, columns, items_fp, options_fp)
-    if writer is not None:
-        writer.join()
+        n = len(labels)
+        class_array = pa.array(classes, pa.string())
+        columns = {"id": usable_ids, "given_label": class_array.take(pa.array(labels))}
+        # Columns every reader may rely on, present (empty) when their check could not run.
+        columns |= empty_issue_columns(n)
+        for result in results.values():
+            columns |= result.columns
+        columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
+        # Dictionary pages only where values repeat (not for unique ids): half the time, smaller file.
+        write_issues_table(ws, columns, items_fp, options_fp)
+        if writer is not None:
+            writer.commit()
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
 
     summary = summarize(labels, classes, found, n_rows=items.num_rows)
     # Every registered metric is present: None when its check did not run (the gate says "not measured").

@@ -134,3 +134,41 @@ def test_labelkit_error_is_a_value_error_with_its_exit_code():
         parse_rules("bogus>1")
     assert isinstance(exc.value, LabelkitError) and exc.value.exit_code == 2
     assert str(exc.value).startswith("Unknown metric 'bogus' in 'bogus>1'")
+
+
+# --------------------------------------------------------------------------------------------- issues
+@pytest.fixture
+def vector_ws(tmp_path):
+    """A freshly ingested 40-row workspace with the table's own 8-d embeddings (no embedder needed)."""
+    import numpy as np
+    import pandas as pd
+
+    from labelkit.ingest import ingest
+
+    rng = np.random.default_rng(0)
+    pd.DataFrame({"text": [f"row {i}" for i in range(40)], "label": ["a", "b"] * 20,
+                  "emb": [str(v) for v in rng.normal(size=(40, 8)).round(4).tolist()]}).to_csv(tmp_path / "t.csv",
+                                                                                          index=False)
+    ingest(tmp_path / "t.csv", tmp_path / "ws", embedding_col="emb")
+    return tmp_path / "ws"
+
+
+def test_issues_names_only_the_files_it_wrote(cli, vector_ws):
+    code, out, err = cli("issues", "-w", vector_ws, "--checks", "duplicates,class_balance")
+    assert code == 0, err
+    assert not (vector_ws / "probs.parquet").exists()
+    assert one_line(out).split("┘")[-1].strip() == f"→ {vector_ws}/issues.parquet"  # after the last table
+
+
+@pytest.mark.parametrize("spec", [",", " , ,"])
+def test_checks_naming_no_check_is_one_line_exit_2_before_writing(cli, vector_ws, spec):
+    from labelkit.issues import issues
+
+    before = tree_state(vector_ws.parent)
+    code, out, err = cli("issues", "-w", vector_ws, "--checks", spec)
+    assert code == 2 and out == ""
+    assert err.strip() == (f"error: The 'checks' parameter of issues must be one or more check names, comma-separated. "
+                           f"Got {spec!r} instead.")
+    with pytest.raises(LabelkitError, match=r"The 'checks' parameter of issues .* Got \[\] instead."):
+        issues(vector_ws, checks=[])
+    assert tree_state(vector_ws.parent) == before

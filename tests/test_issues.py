@@ -358,3 +358,20 @@ def test_manifest_records_index_cl_path_and_seconds_per_phase(digits_copy, monke
     assert record["neighbors"]["params"]["n_lists"] == 42
     assert set(record["phase_seconds"]) >= {"probe", "confident_learning", "index_build", "search"}
     assert abs(approx["near_duplicates"] - exact["near_duplicates"]) <= 1
+
+
+def test_a_failed_run_keeps_the_last_good_probs_table(digits_copy, monkeypatch):
+    """probs.parquet is written beside its name and renamed only once the run has succeeded."""
+    from labelkit.checks.duplicates import Duplicates
+    from labelkit.issues import issues
+
+    before = (digits_copy / "probs.parquet").read_bytes()
+
+    def broken(self, ctx):
+        raise RuntimeError("check failed")
+
+    monkeypatch.setattr(Duplicates, "run", broken)
+    with pytest.raises(RuntimeError, match="check failed"):
+        issues(digits_copy, seed=1, n_folds=3)  # other folds: other probabilities
+    assert (digits_copy / "probs.parquet").read_bytes() == before
+    assert not [p.name for p in digits_copy.iterdir() if p.name.startswith(".")]

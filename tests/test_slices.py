@@ -86,6 +86,26 @@ def test_clean_and_uniformly_noisy_data_have_no_weak_slice(noise):
     assert result.metrics["worst_slice_accuracy"] > 0.75
 
 
+def test_rows_of_a_class_the_probe_left_out_are_not_counted_wrong():
+    # The blob is a class of its own that the probe left out: no probability, no verdict (quality NaN).
+    x, labels, blob = _data(blob_labels="consistent")
+    probs = np.concatenate([_oos_probs(x, labels), np.zeros((len(x), 1), np.float32)], axis=1)
+    labels[blob] = K
+    quality = np.where(np.isin(np.arange(len(x)), blob), np.nan, probs[np.arange(len(x)), labels])
+    found = {"is_label_issue": np.zeros(len(x), bool), "label_quality": quality,
+             "suggested_label": np.where(np.isnan(quality), -1, probs.argmax(1))}
+    ctx = CheckContext(ids=pa.array([f"row{i}" for i in range(len(x))]), labels=labels,
+                       classes=[f"c{k}" for k in range(K + 1)], embeddings=x, pred_probs=probs, label_issues=found,
+                       seed=0)
+    result = WeakSlices().run(ctx)
+    judged = ~np.isnan(quality)
+    probe_accuracy = (found["suggested_label"] == labels)[judged].mean()
+    assert result.details["overall_accuracy"] == pytest.approx(probe_accuracy) and probe_accuracy > 0.95
+    assert result.metrics["weak_slices"] == 0 and not result.columns["in_weak_slice"].any()
+    assert sum(s["rows"] for s in result.details["slices"]) == judged.sum()
+    assert result.metrics["worst_slice_accuracy"] > 0.75
+
+
 def test_number_of_slices_and_pvalues():
     assert choose_n_slices(100) == 5  # 100 rows: at most 5 slices of 20
     assert choose_n_slices(1000) == 22

@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import one_line
+
 from labelkit.tasks.regression import (Z_THRESHOLD, find_regression_issues, format_numbers,
                                        get_out_of_sample_predictions)
 
@@ -298,3 +300,5 @@ def test_explain_shows_the_out_of_sample_prediction_and_residual(planted, cli):
     assert result["flagged"] and "is_label_issue" in result["findings"][0]["flags"]
     code, out, err = cli("explain", flagged, "-w", ws)
     assert code == 0, err
+    assert f"Out-of-sample prediction {result['prediction']:.4g}" in one_line(out)
+    assert f"residual (target − prediction) {result['residual']:+.4g}" in one_line(out)

@@ -134,7 +134,8 @@ class WeakSlices(Check):
     """Weak slices: k-means clusters of the embeddings whose out-of-sample accuracy is far below the dataset's.
 
     Accuracy is the probe's argmax against the given label, on the shared out-of-sample
-    probabilities. The rows are cut into :func:`choose_n_slices` slices (:func:`find_slices`);
+    probabilities, over the rows the label check judged (rows of a class the probe left out have
+    no verdict and take no part). The rows are cut into :func:`choose_n_slices` slices (:func:`find_slices`);
     slices of at least :data:`MIN_SLICE_ROWS` rows (20) are tested with the one-sided binomial
     test of :func:`weak_slice_pvalues` (the slice's accuracy is at least the dataset's minus
     :data:`MIN_GAP`, 0.10) at level :data:`ALPHA` (0.05) divided by the number of slices tested
@@ -175,28 +176,36 @@ class WeakSlices(Check):
         n, K = ctx.n, len(ctx.classes)
         labels = np.asarray(ctx.labels, np.int64)
         pred = np.asarray(ctx.pred_probs).argmax(1)
-        correct = pred == labels
-        overall = float(correct.mean()) if n else float("nan")
-        n_slices = choose_n_slices(n, min_slice_rows=min_rows)
+        # Rows the label check gave no verdict (a class the probe left out: quality NaN) cannot be
+        # right, so counting them would make their slices look weak; they take no part here.
+        quality = (ctx.label_issues or {}).get("label_quality")
+        judged = ~np.isnan(np.asarray(quality, np.float64)) if quality is not None else np.ones(n, bool)
+        correct = (pred == labels) & judged
+        n_judged = int(judged.sum())
+        overall = float(correct.sum() / n_judged) if n_judged else float("nan")
+        n_slices = choose_n_slices(n_judged, min_slice_rows=min_rows)
         result = CheckResult()
         if n_slices < 2:
             result.columns = {"slice": np.zeros(n, np.int32), "in_weak_slice": np.zeros(n, bool),
                               "slice_accuracy": np.full(n, overall, np.float32)}
             result.metrics = dict.fromkeys(self.metrics)
-            result.warnings.append(f"Weak slices were not searched: {n} rows make fewer than two slices of "
+            rows = f"{n_judged} rows" + (" with a label verdict" if n_judged < n else "")
+            result.warnings.append(f"Weak slices were not searched: {rows} make fewer than two slices of "
                                    f"{min_rows} rows.")
             return result
 
         slice_of = find_slices(np.asarray(ctx.embeddings, np.float32), int(n_slices), seed=ctx.seed)
-        size = np.bincount(slice_of, minlength=n_slices)
+        size = np.bincount(slice_of[judged], minlength=n_slices)
         hits = np.bincount(slice_of, weights=correct, minlength=n_slices).astype(np.int64)
         acc = hits / np.maximum(size, 1)
         tested = size >= min_rows
         pvalue = weak_slice_pvalues(hits, size, overall, min_gap=min_gap)
         weak = tested & (pvalue < alpha / max(1, int(tested.sum())))
-        in_weak = weak[slice_of]
-        given = np.bincount(slice_of.astype(np.int64) * K + labels, minlength=n_slices * K).reshape(n_slices, K)
-        predicted = np.bincount(slice_of.astype(np.int64) * K + pred, minlength=n_slices * K).reshape(n_slices, K)
+        in_weak = weak[slice_of] & judged
+        given = np.bincount(slice_of[judged].astype(np.int64) * K + labels[judged],
+                            minlength=n_slices * K).reshape(n_slices, K)
+        predicted = np.bincount(slice_of[judged].astype(np.int64) * K + pred[judged],
+                                minlength=n_slices * K).reshape(n_slices, K)
 
         result.columns = {"slice": slice_of, "in_weak_slice": in_weak,
                           "slice_accuracy": acc[slice_of].astype(np.float32)}
@@ -204,7 +213,8 @@ class WeakSlices(Check):
                           "worst_slice_accuracy": float(acc[tested].min()) if tested.any() else None}
 
         # Rows grouped by slice once; a slice's examples put the rows the probe gets wrong first.
-        by_slice = np.lexsort((correct, slice_of))
+        by_slice = np.flatnonzero(judged)
+        by_slice = by_slice[np.lexsort((correct[by_slice], slice_of[by_slice]))]
         starts = np.concatenate([[0], np.cumsum(size)])
         ids = ctx.ids
         shown = np.flatnonzero(weak if weak.any() else tested)
@@ -224,6 +234,7 @@ class WeakSlices(Check):
                               "p_value": float(pvalue[s]), "weak": bool(weak[s])})
         result.details = {"n_slices": int(n_slices), "overall_accuracy": overall, "alpha": alpha,
                           "min_gap": min_gap, "min_slice_rows": int(min_rows), "fit_rows": min(n, MAX_FIT_ROWS),
+                          "rows_without_verdict": n - n_judged,
                           "slices": per_slice}
 
         # One reason per weak slice, shared by its rows (the loop is over flagged rows only).

@@ -17,9 +17,7 @@ Classification Data". ICLR 2023 Workshop on Trustworthy ML (arXiv:2211.13895).
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -632,11 +630,10 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
     from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
     from labelkit.features import load_embedding_inputs
     from labelkit.arrays import empty_issue_columns, string_array as _string_array
-    from labelkit.issues import IssuesResult, _Background, check_issues_options
+    from labelkit.issues import IssuesResult, PendingProbs, check_issues_options
     from labelkit.neighbors import phase_progress, search_neighbors
     from labelkit.splits import heldout_mask
-    from labelkit.workspace import (build_probs_table, current_items_fingerprint, fingerprint, write_issues_table,
-                                    write_table)
+    from labelkit.workspace import build_probs_table, current_items_fingerprint, fingerprint, write_issues_table
 
     check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
                          n_folds=n_folds, probe=probe, seed=seed)
@@ -682,12 +679,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
                              held_record["ids_fingerprint"])
     probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
                                     heldout_fp=held_record["ids_fingerprint"])
-    # Written on a thread while cleanlab runs (Arrow's writer releases the GIL), beside probs.parquet:
-    # renamed over it only once the checks and issues.parquet succeeded, so a failed run leaves no
-    # new probabilities behind, and no issues.parquet that disagrees with them.
-    pending = ws.probs_path.with_name(f".{ws.probs_path.name}.pending")
-    writer = _Background(write_table, probs_table, pending, row_group_size=65536, compression="none",
-                         use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+    writer = PendingProbs(ws, probs_table)  # renamed over probs.parquet only once the run has succeeded
     try:
         phase_started = time.perf_counter()
         found = find_multilabel_label_issues(Y, probs, filter_by=filter_by, rank_by=rank_by)
@@ -723,12 +715,9 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
             columns |= result.columns
         columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
         write_issues_table(ws, columns, items_fp, options_fp)
-        writer.join()
-        os.replace(pending, ws.probs_path)
+        writer.commit()
     except BaseException:
-        with contextlib.suppress(BaseException):
-            writer.join()
-        pending.unlink(missing_ok=True)
+        writer.discard()
         raise
 
     flags = found["is_label_issue"]
