@@ -245,6 +245,8 @@ def _cell_blocked_search(E: np.ndarray, quantizer, k: int, n_probes: int, report
     position[members] = np.arange(n) - m_start[own[members]]
     pairs = np.argsort(probes.ravel(), kind="stable")  # (row, probe) pairs, cell by cell
     p_start = np.concatenate(([0], np.cumsum(np.bincount(probes.ravel(), minlength=L))))
+    # Each (row, probe) pair's top k, at the pair's row-major place (row · n_probes + probe), so a
+    # row's n_probes lists are adjacent for the final merge without a permuted copy: n·p·k·8 bytes.
     top_sim = np.full((n * n_probes, k), -np.inf, np.float32)
     top_idx = np.full((n * n_probes, k), -1, np.int32 if n < 2**31 else np.int64)
     with warnings.catch_warnings():  # a read-only (Arrow-backed) matrix is only read here
@@ -264,16 +266,12 @@ def _cell_blocked_search(E: np.ndarray, quantizer, k: int, n_probes: int, report
             mine = np.flatnonzero(own[query] == c)
             S[torch.from_numpy(mine), torch.from_numpy(position[query[mine]])] = -np.inf  # never your own neighbour
             sim, at = torch.topk(S, kk, dim=1)
-            top_sim[a:b, :kk] = sim.numpy()
-            top_idx[a:b, :kk] = rows[at.numpy()]
+            top_sim[pairs[a:b], :kk] = sim.numpy()
+            top_idx[pairs[a:b], :kk] = rows[at.numpy()]
         report(int(min(n, p_start[c + 1] // n_probes)), n)
-    all_sim = np.empty_like(top_sim)
-    all_sim[pairs] = top_sim
-    all_idx = np.empty_like(top_idx)
-    all_idx[pairs] = top_idx
-    del top_sim, top_idx
-    sim, at = torch.topk(torch.from_numpy(all_sim.reshape(n, n_probes * k)), k, dim=1)
-    sim, idx = sim.numpy(), np.take_along_axis(all_idx.reshape(n, n_probes * k), at.numpy(), 1).astype(np.int64)
+    sim, at = torch.topk(torch.from_numpy(top_sim.reshape(n, n_probes * k)), k, dim=1)
+    del top_sim
+    sim, idx = sim.numpy(), np.take_along_axis(top_idx.reshape(n, n_probes * k), at.numpy(), 1).astype(np.int64)
     missing = ~np.isfinite(sim) | (idx < 0)
     report(n, n)
     return np.where(missing, np.arange(n)[:, None], idx), np.where(missing, np.float32(-1.0), sim)
