@@ -1,16 +1,18 @@
 """Local vs Ray engine on the same synthetic image rows: ingest, embed (pixel baseline), issues.
 
-    python bench/ray_scale.py [--n 100000] [--cpus 2] [--stages ingest,embed,neighbors,issues]
+    python bench/ray_scale.py [--n 100000] [--cpus 2] [--stages ingest,embed,neighbors,folds,issues]
 
 Generates N 16x16 PNGs in 10 class folders (a class pattern plus noise, 5% of files in a wrong
 folder), runs each stage with ``engine='local'`` and ``engine='ray'`` on a local Ray cluster of
 `--cpus` CPUs, checks that both give the same table, and prints seconds, rows/s, the ratio
-(ray / local throughput) and Ray's throughput per worker. ``neighbors`` times the part of
-`issues` that Ray shards (the k-NN search) on its own; ``issues`` is the whole verb: the probe's
+(ray / local throughput) and Ray's throughput per worker. ``neighbors`` and ``folds`` time the
+parts of `issues` that Ray runs as tasks on their own: the k-NN search, and the probe's final
+5-fold at one setting (``raw C=1``, what the probe picks on these rows; every model's training rows
+capped as in the probe) through the serial fold map and through Ray's. ``issues`` is the whole verb: the probe's
 candidate selection runs on the driver under both engines, its final k-fold's models (above
 20,000 rows) run as Ray tasks, the neighbour search is sharded, confident learning runs on the
-gathered probabilities; its phases are printed per engine. ``neighbors`` and ``issues`` read the
-embeddings: without ``embed`` in `--stages` they are computed once, locally and untimed, and
+gathered probabilities; its phases are printed per engine. ``neighbors``, ``folds`` and ``issues``
+read the embeddings: without ``embed`` in `--stages` they are computed once, locally and untimed, and
 copied to the Ray workspace. Needs the extra: ``pip install -e ".[ray]"``.
 """
 
@@ -91,14 +93,29 @@ def issue_phases(ws: Path) -> dict:
             "chosen": (record.get("probe") or {}).get("chosen", "")}
 
 
+def fold_jobs(ws, C: float = 1.0, n_folds: int = 5, seed: int = 0):
+    """Return (X, labels, jobs): the probe's final k-fold over the workspace's rows at ``raw C``, as the probe
+    builds it above 20,000 rows (stratified folds, training rows capped per model, torch engine)."""
+    from labelkit.features import load_workspace_embeddings
+    from labelkit.probe import MAX_FOLD_ROWS, FoldJob, _cap_rows, _fold_ids, _Setting
+
+    X = load_workspace_embeddings(ws)[2]
+    y = ws.read_items_table().column("label_id").to_numpy().astype(np.int64)
+    fold_of = _fold_ids(y, n_folds, seed)
+    setting, n_classes = _Setting("raw", C=C), int(y.max()) + 1
+    jobs = [FoldJob(_cap_rows(np.flatnonzero(fold_of != f), y, MAX_FOLD_ROWS, seed + f), np.flatnonzero(fold_of == f),
+                    setting, n_classes, "torch", "cpu", seed) for f in range(n_folds)]
+    return X, y, jobs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster.")
-    parser.add_argument("--stages", default="ingest,embed,neighbors,issues")
+    parser.add_argument("--stages", default="ingest,embed,neighbors,folds,issues")
     args = parser.parse_args()
     stages = set(args.stages.split(","))
-    if stages & {"embed", "neighbors", "issues"}:
+    if stages & {"embed", "neighbors", "folds", "issues"}:
         stages |= {"ingest"}  # every later stage reads the items table
 
     import pyarrow.parquet as pq
@@ -109,13 +126,16 @@ def main() -> None:
     from labelkit.features import load_workspace_embeddings
     from labelkit.ingest import ingest
     from labelkit.issues import issues
+    from labelkit.engines.ray import fold_map
     from labelkit.neighbors import find_nearest_neighbors
+    from labelkit.probe import fit_fold, serial_fold_map
     from labelkit.workspace import Workspace
 
     load_before = os.getloadavg()
     _, init_s = timed(ray.init, num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     fold_tasks = min(5, args.cpus // fold_cpus(ray, 5))  # the final 5-fold's tasks running at once
-    workers = {"ingest": args.cpus, "embed": embed_pool(ray)["size"], "neighbors": args.cpus, "issues": fold_tasks}
+    workers = {"ingest": args.cpus, "embed": embed_pool(ray)["size"], "neighbors": args.cpus, "folds": fold_tasks,
+               "issues": fold_tasks}
     print(f"n={args.n:,}  ray cluster: {args.cpus} CPUs (started in {init_s:.1f}s, not counted)  "
           f"load average {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f}")
     rows, phases = [], {}
@@ -124,10 +144,10 @@ def main() -> None:
         _, gen_s = timed(make_images, data, args.n)
         print(f"generated {args.n:,} PNGs in {gen_s:.1f}s", flush=True)
         ws = {e: Path(tmp) / e for e in ("local", "ray")}
-        for stage in ("ingest", "embed", "neighbors", "issues"):
+        for stage in ("ingest", "embed", "neighbors", "folds", "issues"):
             if stage not in stages:
                 continue
-            if stage in ("neighbors", "issues") and "embed" not in stages and not (ws["ray"] / "embeddings").exists():
+            if stage in ("neighbors", "folds", "issues") and "embed" not in stages and not (ws["ray"] / "embeddings").exists():
                 embed(ws["local"], model="pixels")  # untimed: these stages only read the embeddings
                 copy_embeddings(ws["local"], ws["ray"])
             seconds = {}
@@ -144,6 +164,15 @@ def main() -> None:
                         local_nn = out
                     else:
                         agree = float((np.sort(out[0], 1) == np.sort(local_nn[0], 1)).all(1).mean())
+                elif stage == "folds":
+                    if engine == "local":
+                        X, y, jobs = fold_jobs(Workspace(ws["local"]))
+                    fmap = serial_fold_map if engine == "local" else fold_map
+                    out, seconds[engine] = timed(lambda: list(fmap(fit_fold, X, y, jobs)))
+                    if engine == "local":
+                        local_folds = out
+                    else:
+                        fold_delta = max(float(np.abs(a - b).max()) for a, b in zip(local_folds, out))
                 else:
                     _, seconds[engine] = timed(issues, ws[engine], engine=engine, device="cpu")
                     phases[engine] = issue_phases(ws[engine])
@@ -152,6 +181,8 @@ def main() -> None:
                 name = "items.parquet" if stage == "ingest" else next(
                     (ws["local"] / "embeddings").glob("*.parquet")).relative_to(ws["local"]).as_posix()
                 same = "yes" if pq.read_table(ws["local"] / name).equals(pq.read_table(ws["ray"] / name)) else "NO"
+            elif stage == "folds":
+                same = f"max |dp| {fold_delta:.1e}"
             elif stage == "neighbors":
                 # Above 20,000 rows both search the same IVF index; FAISS's kernel vs one BLAS product
                 # may order near-ties differently.

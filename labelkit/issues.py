@@ -23,7 +23,7 @@ from labelkit.checks.base import CheckContext, checks_summary, get_checks, merge
 from labelkit.checks.duplicates import find_duplicates  # noqa: F401  (public API)
 from labelkit.features import near_duplicate_threshold  # noqa: F401  (public API)
 from labelkit.neighbors import find_nearest_neighbors, get_outlier_scores, phase_progress  # noqa: F401  (public API)
-from labelkit.neighbors import search_neighbors
+from labelkit.neighbors import SharedNeighbors
 from labelkit.probe import ProbeChoice, get_out_of_sample_probs  # noqa: F401  (public API)
 from labelkit.splits import heldout_mask
 from labelkit.workspace import (build_probs_table, Workspace, current_items_fingerprint, fingerprint, read_class_file,
@@ -450,13 +450,17 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     usable_rows = (lambda column: column) if usable.all() else (lambda column: column.filter(pa.array(usable)))
     usable_ids = usable_rows(ids)
 
-    emb = None
+    emb = shared_neighbors = None
     if embedding_key or pred_probs is None or manifest.get("stages", {}).get("embed"):
         if pred_probs is None or manifest.get("stages", {}).get("embed"):
             embedding_key, emb, dup_threshold, device = load_embedding_inputs(
                 ws, manifest, usable_ids, usable_rows(_string_array(items.column("content_hash"))),
                 embedding_key=embedding_key, dup_threshold=dup_threshold, device=device)
 
+    if emb is not None and len(emb) > 1:
+        # One search for the kNN probe (when it searches all rows) and the checks: see SharedNeighbors.
+        shared_neighbors = SharedNeighbors(emb, engine=engine, ray_address=ray_address, device=device, seed=seed,
+                                           progress=progress)
     # The probe never trains on the held-out rows fixed at ingest (labelkit.splits), so its
     # probabilities can feed pruning, relabel votes and distillation without leaking them.
     held, held_record = heldout_mask(ws, usable_ids)
@@ -488,7 +492,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
             probs, folds, choice = get_out_of_sample_probs(emb, labels, holdout=held | ~included[labels], n_classes=K,
                                                            n_folds=n_folds, probe=probe, device=device, seed=seed,
                                                            progress=phase_progress(progress, "probe"),
-                                                           fold_map=fold_mapper(engine, ray_address=ray_address))
+                                                           fold_map=fold_mapper(engine, ray_address=ray_address),
+                                                           neighbors=shared_neighbors)
             probe_info = choice.to_dict() | {"fold_engine": engine}  # where the final k-fold's models ran
             phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
     if not_measured is None and included.sum() < 2:
@@ -522,9 +527,12 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
 
         nn_idx = nn_sim = None
         if with_neighbors:
-            nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine, ray_address=ray_address,
-                                                              device=device, seed=seed, progress=progress)
-            phase_seconds |= neighbors_info["seconds"]
+            searched_before = shared_neighbors.searches
+            nn_idx, nn_sim, neighbors_info = shared_neighbors(k_neighbors)
+            if shared_neighbors.searches > searched_before:
+                phase_seconds |= neighbors_info["seconds"]
+            else:  # searched by the kNN probe: its seconds are in the probe's
+                neighbors_info = neighbors_info | {"shared_with_probe": True}
 
         # The checks (labelkit.checks) over the shared inputs computed above, in registry order.
         measured = not_measured is None

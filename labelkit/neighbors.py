@@ -129,6 +129,29 @@ def search_neighbors(embeddings: np.ndarray, *, k: int, engine: str = "local", r
     return nn_idx, nn_sim, info
 
 
+class SharedNeighbors:
+    """One matrix's neighbour search, run once at the largest k asked for.
+
+    ``shared(k)`` returns :func:`search_neighbors`'s (neighbor_idx, neighbor_sims, info) for every
+    row; a later ask for fewer neighbours takes the first columns of the earlier result instead of
+    searching again (exact search and IVF alike return the same first neighbours for a larger k:
+    the candidate set does not depend on k). So the kNN probe's search and the checks' search are
+    one search. ``searches`` counts the searches run.
+    """
+
+    def __init__(self, embeddings: np.ndarray, **search_options):
+        self.embeddings, self.options = embeddings, search_options
+        self.searches = 0
+        self._result: tuple[np.ndarray, np.ndarray, dict] | None = None
+
+    def __call__(self, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        if self._result is None or self._result[0].shape[1] < k:
+            self._result = search_neighbors(self.embeddings, k=k, **self.options)
+            self.searches += 1
+        idx, sims, info = self._result
+        return idx[:, :k], sims[:, :k], info | {"k_searched": int(idx.shape[1])}
+
+
 def phase_progress(progress, phase: str):
     """Return a (done, total) callback that also names the phase when `progress` takes a third argument."""
     if progress is None:

@@ -370,11 +370,18 @@ def _knn_probs(counts: np.ndarray, used: np.ndarray, prior: np.ndarray, smoothin
     return out
 
 
-def _neighbours(X: np.ndarray, k: int, device: str) -> np.ndarray:
+def _neighbours(X: np.ndarray, k: int, device: str, shared: "Callable | None" = None) -> np.ndarray:
+    """Return each row's k nearest other rows (missing ones as the row itself, which every caller
+    drops as same-fold); through `shared` (``shared(k) -> (idx, sims, info)`` over these same rows,
+    -1 where missing) when given, so the search is also the checks' search."""
+    k = int(min(k, len(X) - 1))
+    if shared is not None:
+        idx = shared(k)[0]
+        return np.where(idx < 0, np.arange(len(X))[:, None], idx)
     from labelkit.neighbors import find_nearest_neighbors
 
     # Called by keyword: the search may grow options (an approximate index above a size).
-    idx, _ = find_nearest_neighbors(X, k=int(min(k, len(X) - 1)), device=device)
+    idx, _ = find_nearest_neighbors(X, k=k, device=device)
     return idx
 
 
@@ -491,11 +498,11 @@ def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: 
 
 
 def _evaluate_knn(X, labels, fold_of, search: _Search, *, k_grid: Sequence[int], smoothing_grid: Sequence[float],
-                  device: str, power_grid: Sequence[float] = KNN_POWER_GRID) -> None:
+                  device: str, power_grid: Sequence[float] = KNN_POWER_GRID, shared: "Callable | None" = None) -> None:
     """Every (k, smoothing, power) from one neighbour search: a row's neighbours in its own fold are dropped.
     Each (k, smoothing) is one candidate, at the power with the lowest log-loss on the folds."""
     started = time.perf_counter()
-    idx = _neighbours(X, _knn_search_k(max(k_grid), search.n_folds), device)
+    idx = _neighbours(X, _knn_search_k(max(k_grid), search.n_folds), device, shared)
     valid = fold_of[idx] != fold_of[:, None]
     nbr_labels = labels[idx]
     prior = _fold_priors(labels, fold_of, search.n_classes)[fold_of]
@@ -593,7 +600,8 @@ def serial_fold_map(fit: Callable, X: np.ndarray, labels: np.ndarray, jobs: "lis
 
 def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int, *, engine: str, device: str,
                   seed: int, tick: Callable[[], None], max_fold_rows: int | None = None,
-                  trained: list | None = None, fold_map: FoldMap | None = None) -> np.ndarray:
+                  trained: list | None = None, fold_map: FoldMap | None = None,
+                  neighbors: "Callable | None" = None) -> np.ndarray:
     """Return probabilities for every row: in-fold rows from the model fit on the other folds, held-out
     rows from the model fit on all non-held-out rows (their labels are never read).
 
@@ -609,11 +617,11 @@ def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int
         for part in setting.parts:
             probs += _predict_rows(part, X, labels, fold_of, holdout, n_classes, engine=engine, device=device,
                                    seed=seed, tick=tick, max_fold_rows=max_fold_rows, trained=trained,
-                                   fold_map=fold_map)
+                                   fold_map=fold_map, neighbors=neighbors)
         return _normalise(probs / len(setting.parts))
     n_folds = int(fold_of[train_rows].max()) + 1
     if setting.family == "knn":
-        idx = _neighbours(X, _knn_search_k(setting.k, n_folds, len(held) / n), device)
+        idx = _neighbours(X, _knn_search_k(setting.k, n_folds, len(held) / n), device, neighbors)
         # A held-out row's neighbours must be training rows; an in-fold row's, training rows of other folds.
         own = np.where(holdout, -1, fold_of).astype(np.int32)
         valid = (~holdout[idx]) & ((own[:, None] < 0) | (fold_of[idx] != own[:, None]))
@@ -647,7 +655,8 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
                             folds: np.ndarray | None = None, max_selection_rows: int = MAX_SELECTION_ROWS,
                             max_fold_rows: int | None = MAX_FOLD_ROWS, device: str = "cpu", seed: int = 0,
                             progress: Progress | None = None,
-                            fold_map: FoldMap | None = None) -> tuple[np.ndarray, np.ndarray, ProbeChoice]:
+                            fold_map: FoldMap | None = None,
+                            neighbors: Callable | None = None) -> tuple[np.ndarray, np.ndarray, ProbeChoice]:
     """Return (pred_probs of shape (n_samples, n_classes) float32, fold per row, the probe chosen).
 
     Candidates (see the module docstring) run through the same stratified folds of a selection
@@ -684,6 +693,11 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
         jobs)`` returns one probability block per :class:`FoldJob`, in order. None: one after the
         other in this process; ``labelkit.engines.ray`` provides one that runs them as Ray tasks.
         The selection's candidates always run here (their walk is sequential: warm starts, abandoning).
+    neighbors : callable, optional
+        ``neighbors(k) -> (neighbor_idx, neighbor_sims, info)`` over all rows of `embeddings` (-1
+        where missing), e.g. :class:`labelkit.neighbors.SharedNeighbors`: the kNN candidate's
+        searches over all rows go through it, so the caller's own neighbour search can reuse them.
+        None: the probe searches by itself.
 
     Returns
     -------
@@ -742,7 +756,8 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     search = _Search(ys, fs, n_classes)
     families = {"auto": ("knn", "logreg", "mlp"), "sklearn": ("logreg",), "torch": ("logreg",)}.get(probe, (probe,))
     if "knn" in families:
-        _evaluate_knn(Xs, ys, fs, search, k_grid=k_grid, smoothing_grid=KNN_SMOOTHING_GRID, device=device)
+        _evaluate_knn(Xs, ys, fs, search, k_grid=k_grid, smoothing_grid=KNN_SMOOTHING_GRID, device=device,
+                      shared=neighbors if len(sel) == n else None)
     if "logreg" in families:
         _evaluate_logreg(Xs, ys, fs, search, family="standardized", grid=C_grid, engine=lr_engine, device=device,
                          seed=seed, tick=tick)
@@ -763,11 +778,12 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
         if len(sel) < n:
             probs[sel] = sel_probs
             probs[holdout] = _predict_held(setting, X, labels, train_rows, np.flatnonzero(holdout), n_classes,
-                                           engine=full_engine, device=device, seed=seed, tick=tick, fold_map=fold_map)
+                                           engine=full_engine, device=device, seed=seed, tick=tick, fold_map=fold_map,
+                                           neighbors=neighbors)
     else:
         probs = _predict_rows(setting, X, labels, fold_of, holdout, n_classes, engine=full_engine,
                               device=device, seed=seed, tick=tick, max_fold_rows=max_fold_rows, trained=trained,
-                              fold_map=fold_map)
+                              fold_map=fold_map, neighbors=neighbors)
     fold_of[holdout] = -1
     fam = setting.family
     losses = {name: s["log_loss"] for name, s in search.scores.items()}
@@ -785,18 +801,19 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
 
 
 def _predict_held(setting: _Setting, X, labels, train_rows, held, n_classes: int, *, engine: str, device: str,
-                  seed: int, tick: Callable[[], None], fold_map: FoldMap | None = None) -> np.ndarray:
+                  seed: int, tick: Callable[[], None], fold_map: FoldMap | None = None,
+                  neighbors: Callable | None = None) -> np.ndarray:
     """Return probabilities for held-out rows from a model fit on all training rows at `setting`."""
     if setting.family == "average":
         return _normalise(sum(_predict_held(p, X, labels, train_rows, held, n_classes, engine=engine, device=device,
-                                            seed=seed, tick=tick, fold_map=fold_map)
+                                            seed=seed, tick=tick, fold_map=fold_map, neighbors=neighbors)
                               for p in setting.parts) / len(setting.parts))
     if setting.family == "knn":
         mask = np.ones(len(X), bool)
         mask[train_rows] = False
         fold_of = np.zeros(len(X), np.int16)
         return _predict_rows(setting, X, labels, fold_of, mask, n_classes, engine=engine, device=device, seed=seed,
-                             tick=tick)[held]
+                             tick=tick, neighbors=neighbors)[held]
     tick()
     job = FoldJob(train_rows, held, setting, n_classes, engine, device, seed)
     return next(iter((fold_map or serial_fold_map)(fit_fold, X, labels, [job])))

@@ -375,3 +375,26 @@ def test_a_failed_run_keeps_the_last_good_probs_table(digits_copy, monkeypatch):
         issues(digits_copy, seed=1, n_folds=3)  # other folds: other probabilities
     assert (digits_copy / "probs.parquet").read_bytes() == before
     assert not [p.name for p in digits_copy.iterdir() if p.name.startswith(".")]
+
+
+def test_the_knn_probe_and_the_checks_share_one_neighbour_search(digits_copy, monkeypatch):
+    """When the kNN probe searches all rows, the checks take the first k of its neighbours: one search,
+    and the same neighbours (first columns) as a search of their own."""
+    import labelkit.neighbors as nb
+    from labelkit.issues import issues
+
+    calls = []
+    real = nb.search_neighbors
+
+    def counting(embeddings, *, k, **kw):
+        calls.append(k)
+        return real(embeddings, k=k, **kw)
+
+    monkeypatch.setattr(nb, "search_neighbors", counting)
+    result = issues(digits_copy, probe="knn")
+    assert len(calls) == 1 and calls[0] > 10  # the probe's k, not the checks' 10
+    assert result.summary["neighbors"]["shared_with_probe"] is True
+    shared = nb.SharedNeighbors(np.eye(6, dtype=np.float32) + 0.1)
+    idx3, sims3, _ = shared(3)
+    idx2, sims2, _ = shared(2)
+    assert shared.searches == 1 and (idx2 == idx3[:, :2]).all() and (sims2 == sims3[:, :2]).all()
