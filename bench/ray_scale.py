@@ -7,13 +7,13 @@ folder), runs each stage with ``engine='local'`` and ``engine='ray'`` on a local
 `--cpus` CPUs, checks that both give the same table, and prints seconds, rows/s, the ratio
 (ray / local throughput) and Ray's throughput per worker. ``neighbors`` and ``folds`` time the
 parts of `issues` that Ray runs as tasks on their own: the k-NN search, and the probe's final
-5-fold at one setting (``raw C=1``, what the probe picks on these rows; every model's training rows
-capped as in the probe) through the serial fold map and through Ray's. ``issues`` is the whole verb: the probe's
-candidate selection runs on the driver under both engines, its final k-fold's models (above
-20,000 rows) run as Ray tasks, the neighbour search is sharded, confident learning runs on the
-gathered probabilities; its phases are printed per engine. ``neighbors``, ``folds`` and ``issues``
-read the embeddings: without ``embed`` in `--stages` they are computed once, locally and untimed, and
-copied to the Ray workspace. Needs the extra: ``pip install -e ".[ray]"``.
+5-fold at one setting (``raw C=1``, what the probe picks on these rows; training rows capped as
+in the probe) through the serial fold map and through Ray's. ``issues`` is the whole verb: the
+probe's candidate selection runs on the driver under both engines, its final k-fold's models
+(above 20,000 rows) run as Ray tasks, the neighbour search is sharded, confident learning runs
+on the gathered probabilities; its phases are printed per engine. ``neighbors``, ``folds`` and
+``issues`` read the embeddings: without ``embed`` in `--stages` they are computed once, locally
+and untimed, and copied to the Ray workspace. Needs the extra: ``pip install -e ".[ray]"``.
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def main() -> None:
         for stage in ("ingest", "embed", "neighbors", "folds", "issues"):
             if stage not in stages:
                 continue
-            if stage in ("neighbors", "folds", "issues") and "embed" not in stages and not (ws["ray"] / "embeddings").exists():
+            needs_copy = "embed" not in stages and not (ws["ray"] / "embeddings").exists()
+            if stage in ("neighbors", "folds", "issues") and needs_copy:
                 embed(ws["local"], model="pixels")  # untimed: these stages only read the embeddings
                 copy_embeddings(ws["local"], ws["ray"])
             seconds = {}
@@ -198,10 +199,12 @@ def main() -> None:
         print(f"{stage:<10} {loc:8.1f} {rem:8.1f} {args.n / loc:13,.0f} {args.n / rem:11,.0f} {loc / rem:9.2f} "
               f"{w:7d} {args.n / rem / w:13,.0f} {same}")
     if phases:
-        print(f"\nissues phases (s), probe chosen: {phases['local']['chosen']} (local), {phases['ray']['chosen']} (ray)")
+        print(f"\nissues phases (s), probe chosen: {phases['local']['chosen']} (local), "
+              f"{phases['ray']['chosen']} (ray)")
         for phase in ("probe selection", "probe final folds", "neighbours", "confident learning", "checks"):
             loc, rem = phases["local"][phase], phases["ray"][phase]
-            print(f"  {phase:<20} local {loc:7.1f}  ray {rem:7.1f}  ray/local {loc / rem if rem else float('nan'):5.2f}")
+            ratio = loc / rem if rem else float("nan")
+            print(f"  {phase:<20} local {loc:7.1f}  ray {rem:7.1f}  ray/local {ratio:5.2f}")
     print(f"\nload average before {load_before[0]:.1f}, after {load_after[0]:.1f} "
           f"(1-min; 5-min {load_after[1]:.1f}, 15-min {load_after[2]:.1f})")
     ray.shutdown()

@@ -494,7 +494,10 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
                                                            progress=phase_progress(progress, "probe"),
                                                            fold_map=fold_mapper(engine, ray_address=ray_address),
                                                            neighbors=shared_neighbors)
-            probe_info = choice.to_dict() | {"fold_engine": engine}  # where the final k-fold's models ran
+            # Where the final k-fold's (or the held-out rows') models ran; None when no model was fit
+            # after the selection (its out-of-fold probabilities were final, or kNN won).
+            fitted_after = choice.features != "knn" and (choice.fold_train_rows > 0 or choice.holdout_rows > 0)
+            probe_info = choice.to_dict() | {"fold_engine": engine if fitted_after else None}
             phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
     if not_measured is None and included.sum() < 2:
         not_measured = ("the data has one class" if present.sum() < 2 else

@@ -106,6 +106,11 @@ def project_2d(embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     100 after them spread them apart; iterations 350-500 only keep spreading the same layout, and
     cost a third of the map's time (2,000 points of bench/detect.py: 3.7 s of CPU at 500, 2.6 s
     at 350, one thread). The map is usually the costliest part of the report.
+
+    It runs on the cores the 1-minute load average leaves idle (at least one): scikit-learn's
+    OpenMP threads spin at every barrier, so a team larger than the idle cores waits on threads
+    that other processes hold (same map, 2 cores at load ~8: 23.5 s on 2 threads, 5.4 s on 1;
+    at load ~3, 1.7 s on 2 and 2.6 s on 1).
     """
     from sklearn.decomposition import PCA
 
@@ -115,9 +120,27 @@ def project_2d(embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     from sklearn.manifold import TSNE
 
     Z = PCA(n_components=min(50, X.shape[1], len(X) - 1), random_state=seed).fit_transform(X)
-    xy = TSNE(n_components=2, init="pca", perplexity=min(30, len(X) // 4), random_state=seed,
-              max_iter=350).fit_transform(Z)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(_idle_cores(), user_api="openmp"):
+        xy = TSNE(n_components=2, init="pca", perplexity=min(30, len(X) // 4), random_state=seed,
+                  max_iter=350).fit_transform(Z)
     return xy, "t-SNE (after PCA to 50 dimensions)"
+
+
+def _idle_cores() -> int:
+    """Return the cores this process may use less the 1-minute load average, rounded, at least 1."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # no load average on this system
+        busy = 0.0
+    return max(1, cores - round(busy))
 
 
 def thumbnail(path: str | None) -> str | None:
