@@ -603,4 +603,15 @@ def main(argv: List[str] | None = None) -> int:
 
 
 def entry() -> None:
-    sys.exit(main())
+    code = main()
+    # Skip the interpreter's teardown: with torch, scikit-learn, cleanlab and matplotlib loaded it
+    # frees every module for about 1.5 s after the work is done (measured on 2 cores). The atexit
+    # handlers still run (logging, Ray's shutdown) and the streams are flushed; every file labelkit
+    # writes is closed and renamed into place before main() returns.
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code or 0))

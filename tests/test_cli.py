@@ -172,3 +172,15 @@ def test_checks_naming_no_check_is_one_line_exit_2_before_writing(cli, vector_ws
     with pytest.raises(LabelkitError, match=r"The 'checks' parameter of issues .* Got \[\] instead."):
         issues(vector_ws, checks=[])
     assert tree_state(vector_ws.parent) == before
+
+
+def test_the_console_script_exits_with_mains_code_and_flushed_output(tmp_path):
+    """entry() skips the interpreter's teardown (os._exit): the exit code and piped output must survive."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "labelkit", "issues", "-w", str(tmp_path / "nope")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "nope" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "labelkit", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "audit" in done.stdout
