@@ -532,10 +532,11 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         if with_neighbors:
             searched_before = shared_neighbors.searches
             nn_idx, nn_sim, neighbors_info = shared_neighbors(k_neighbors)
-            if shared_neighbors.searches > searched_before:
-                phase_seconds |= neighbors_info["seconds"]
-            else:  # searched by the kNN probe: its seconds are in the probe's
+            phase_seconds |= neighbors_info["seconds"]
+            if shared_neighbors.searches == searched_before and "probe" in phase_seconds:
+                # Searched by the kNN probe: those seconds move from the probe's phase to the search's.
                 neighbors_info = neighbors_info | {"shared_with_probe": True}
+                phase_seconds["probe"] = round(phase_seconds["probe"] - sum(neighbors_info["seconds"].values()), 3)
 
         # The checks (labelkit.checks) over the shared inputs computed above, in registry order.
         measured = not_measured is None
