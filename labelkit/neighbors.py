@@ -292,9 +292,16 @@ def _cell_blocked_search(E: np.ndarray, quantizer, k: int, n_probes: int, report
             top_sim[pairs[a:b], :kk] = sim.numpy()
             top_idx[pairs[a:b], :kk] = rows[at.numpy()]
         report(int(min(n, p_start[c + 1] // n_probes)), n)
-    sim, at = torch.topk(torch.from_numpy(top_sim.reshape(n, n_probes * k)), k, dim=1)
-    del top_sim
-    sim, idx = sim.numpy(), np.take_along_axis(top_idx.reshape(n, n_probes * k), at.numpy(), 1).astype(np.int64)
+    # Merge a row's n_probes lists in row chunks: no (n, k) int64 positions besides the result.
+    sim = np.empty((n, k), np.float32)
+    idx = np.empty((n, k), np.int64)
+    pooled_sim, pooled_idx = top_sim.reshape(n, n_probes * k), top_idx.reshape(n, n_probes * k)
+    for start in range(0, n, _SEARCH_CHUNK):
+        stop = min(n, start + _SEARCH_CHUNK)
+        s_chunk, at = torch.topk(torch.from_numpy(pooled_sim[start:stop]), k, dim=1)
+        sim[start:stop] = s_chunk.numpy()
+        idx[start:stop] = np.take_along_axis(pooled_idx[start:stop], at.numpy(), 1)
+    del top_sim, top_idx, pooled_sim, pooled_idx
     missing = ~np.isfinite(sim) | (idx < 0)
     report(n, n)
     return np.where(missing, np.arange(n)[:, None], idx), np.where(missing, np.float32(-1.0), sim)

@@ -377,7 +377,7 @@ def _neighbours(X: np.ndarray, k: int, device: str, shared: "Callable | None" = 
     k = int(min(k, len(X) - 1))
     if shared is not None:
         idx = shared(k)[0]
-        return np.where(idx < 0, np.arange(len(X))[:, None], idx)
+        return np.where(idx < 0, np.arange(len(X))[:, None], idx) if (idx < 0).any() else idx
     from labelkit.neighbors import find_nearest_neighbors
 
     # Called by keyword: the search may grow options (an approximate index above a size).
@@ -625,7 +625,8 @@ def _predict_rows(setting: _Setting, X, labels, fold_of, holdout, n_classes: int
         # A held-out row's neighbours must be training rows; an in-fold row's, training rows of other folds.
         own = np.where(holdout, -1, fold_of).astype(np.int32)
         valid = (~holdout[idx]) & ((own[:, None] < 0) | (fold_of[idx] != own[:, None]))
-        safe_labels = np.where(holdout, 0, labels)  # held-out labels are masked out by `valid` anyway
+        # Held-out labels are masked out by `valid` anyway; int32 halves the (n, k) gather.
+        safe_labels = np.where(holdout, 0, labels).astype(np.int32)
         counts, used = _knn_counts(safe_labels[idx], valid, setting.k, n_classes)
         fold_train = np.where(holdout, 0, fold_of)
         priors = _fold_priors(safe_labels[train_rows], fold_train[train_rows], n_classes)
