@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -24,6 +25,8 @@ IVF_PROBES = 4
 # as 4 (n / 100k)^0.2: 4 at 100k, 5 at 200k-300k, 6 at 1M.
 IVF_PROBES_EXPONENT = 0.2
 _SEARCH_CHUNK = 16_384
+# Most bytes of the approximate search's per-(row, probe) top-k table at once (see _cell_blocked_search).
+_PAIR_TABLE_BYTES = 1 << 30
 
 
 def _unit_rows(embeddings: np.ndarray) -> np.ndarray:
@@ -252,8 +255,8 @@ def _cell_blocked_search(E: np.ndarray, quantizer, k: int, n_probes: int, report
     Each row belongs to its nearest centroid's cell and probes its `n_probes` nearest cells. For
     each cell, every query probing it is scored against all its rows in one BLAS product (the
     cell's rows are read once for all its queries, instead of once per query as FAISS's scan
-    does) and keeps its top k there; a row's final top k is taken over its `n_probes` cells.
-    Missing neighbours (fewer than k rows in reach) get the row itself and similarity -1.
+    does) and keeps its top k there; a row's final top k is taken over its `n_probes` cells. Rows
+    are taken in parts when their (row, probe) table would pass _PAIR_TABLE_BYTES. Missing neighbours (fewer than k rows in reach) get the row itself and similarity -1.
     """
     import torch
 
@@ -267,41 +270,49 @@ def _cell_blocked_search(E: np.ndarray, quantizer, k: int, n_probes: int, report
     position = np.empty(n, np.int64)  # each row's place among its own cell's rows
     position[members] = np.arange(n) - m_start[own[members]]
     pairs = np.argsort(probes.ravel(), kind="stable")  # (row, probe) pairs, cell by cell
-    p_start = np.concatenate(([0], np.cumsum(np.bincount(probes.ravel(), minlength=L))))
-    # Each (row, probe) pair's top k, at the pair's row-major place (row · n_probes + probe), so a
-    # row's n_probes lists are adjacent for the final merge without a permuted copy: n·p·k·8 bytes.
-    top_sim = np.full((n * n_probes, k), -np.inf, np.float32)
-    top_idx = np.full((n * n_probes, k), -1, np.int32 if n < 2**31 else np.int64)
+    flat_probes = probes.ravel()
     with warnings.catch_warnings():  # a read-only (Arrow-backed) matrix is only read here
         warnings.simplefilter("ignore", UserWarning)
         E_t = torch.from_numpy(E)
-    for c in range(L):
-        rows = members[m_start[c]:m_start[c + 1]]
-        if len(rows) == 0 or p_start[c] == p_start[c + 1]:
-            continue
-        cell = E_t[torch.from_numpy(rows)]
-        kk = min(k, len(rows))
-        step = max(1, (1 << 24) // len(rows))  # at most 64 MB of scores at a time
-        for a in range(p_start[c], p_start[c + 1], step):
-            b = min(p_start[c + 1], a + step)
-            query = pairs[a:b] // n_probes
-            S = E_t[torch.from_numpy(query)] @ cell.T
-            mine = np.flatnonzero(own[query] == c)
-            S[torch.from_numpy(mine), torch.from_numpy(position[query[mine]])] = -np.inf  # never your own neighbour
-            sim, at = torch.topk(S, kk, dim=1)
-            top_sim[pairs[a:b], :kk] = sim.numpy()
-            top_idx[pairs[a:b], :kk] = rows[at.numpy()]
-        report(int(min(n, p_start[c + 1] // n_probes)), n)
-    # Merge a row's n_probes lists in row chunks: no (n, k) int64 positions besides the result.
     sim = np.empty((n, k), np.float32)
     idx = np.empty((n, k), np.int64)
-    pooled_sim, pooled_idx = top_sim.reshape(n, n_probes * k), top_idx.reshape(n, n_probes * k)
-    for start in range(0, n, _SEARCH_CHUNK):
-        stop = min(n, start + _SEARCH_CHUNK)
-        s_chunk, at = torch.topk(torch.from_numpy(pooled_sim[start:stop]), k, dim=1)
-        sim[start:stop] = s_chunk.numpy()
-        idx[start:stop] = np.take_along_axis(pooled_idx[start:stop], at.numpy(), 1)
-    del top_sim, top_idx, pooled_sim, pooled_idx
+    # Each (row, probe) pair's top k is kept until a row's n_probes lists are merged: p·k·8 bytes a
+    # row. Above _PAIR_TABLE_BYTES the rows are taken in parts (each part scans every cell again,
+    # for its own queries only), so the table's memory is bounded whatever n and k are.
+    n_parts = max(1, math.ceil(n * n_probes * k * 8 / _PAIR_TABLE_BYTES))
+    bounds = np.linspace(0, n, n_parts + 1).astype(np.int64)
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        part = pairs[(pairs >= lo * n_probes) & (pairs < hi * n_probes)]  # still cell by cell
+        p_start = np.concatenate(([0], np.cumsum(np.bincount(flat_probes[part], minlength=L))))
+        # At the pair's row-major place (row · n_probes + probe, from the part's first row), so a
+        # row's lists are adjacent for the merge without a permuted copy.
+        top_sim = np.full(((hi - lo) * n_probes, k), -np.inf, np.float32)
+        top_idx = np.full(((hi - lo) * n_probes, k), -1, np.int32 if n < 2**31 else np.int64)
+        for c in range(L):
+            rows = members[m_start[c]:m_start[c + 1]]
+            if len(rows) == 0 or p_start[c] == p_start[c + 1]:
+                continue
+            cell = E_t[torch.from_numpy(rows)]
+            kk = min(k, len(rows))
+            step = max(1, (1 << 24) // len(rows))  # at most 64 MB of scores at a time
+            for a in range(p_start[c], p_start[c + 1], step):
+                b = min(p_start[c + 1], a + step)
+                query = part[a:b] // n_probes
+                S = E_t[torch.from_numpy(query)] @ cell.T
+                mine = np.flatnonzero(own[query] == c)
+                S[torch.from_numpy(mine), torch.from_numpy(position[query[mine]])] = -np.inf  # never your own
+                found, at = torch.topk(S, kk, dim=1)
+                top_sim[part[a:b] - lo * n_probes, :kk] = found.numpy()
+                top_idx[part[a:b] - lo * n_probes, :kk] = rows[at.numpy()]
+            report(int(lo + (hi - lo) * p_start[c + 1] // max(1, len(part))), n)
+        # Merge each row's n_probes lists, in row chunks (no (n, k) positions besides the result).
+        pooled_sim, pooled_idx = top_sim.reshape(hi - lo, n_probes * k), top_idx.reshape(hi - lo, n_probes * k)
+        for start in range(0, hi - lo, _SEARCH_CHUNK):
+            stop = min(hi - lo, start + _SEARCH_CHUNK)
+            found, at = torch.topk(torch.from_numpy(pooled_sim[start:stop]), k, dim=1)
+            sim[lo + start:lo + stop] = found.numpy()
+            idx[lo + start:lo + stop] = np.take_along_axis(pooled_idx[start:stop], at.numpy(), 1)
+        del top_sim, top_idx, pooled_sim, pooled_idx
     missing = ~np.isfinite(sim) | (idx < 0)
     report(n, n)
     return np.where(missing, np.arange(n)[:, None], idx), np.where(missing, np.float32(-1.0), sim)

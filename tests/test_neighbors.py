@@ -160,6 +160,18 @@ def test_cell_blocked_search_returns_what_faiss_ivf_returns():
     assert (idx != np.arange(len(X))[:, None]).all()
 
 
+def test_cell_blocked_search_in_row_parts_equals_one_pass(monkeypatch):
+    """Above the pair-table budget the rows are searched in parts: same neighbours, same similarities."""
+    import labelkit.neighbors as nb
+
+    X, _ = clustered(n=6000)
+    whole = find_nearest_neighbors(X, k=8, exact_max_rows=1000, seed=2, n_probes=3)
+    monkeypatch.setattr(nb, "_PAIR_TABLE_BYTES", 6000 * 3 * 8 * 8 // 5)  # 5 parts
+    parts = find_nearest_neighbors(X, k=8, exact_max_rows=1000, seed=2, n_probes=3)
+    # The same pairs; a similarity may differ in its last bit (other BLAS block shapes).
+    assert np.array_equal(parts[0], whole[0]) and np.allclose(parts[1], whole[1], atol=1e-6)
+
+
 def test_default_probes_grow_slowly_with_n():
     from labelkit.neighbors import default_n_probes
 
