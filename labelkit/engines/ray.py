@@ -17,7 +17,6 @@ joins the cluster at ``address`` (or ``RAY_ADDRESS``) or starts a local one. Wha
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import logging
@@ -357,8 +356,8 @@ def fold_map(fit: Callable, X: np.ndarray, labels: np.ndarray, jobs: Sequence, *
     :func:`fold_cpus` CPUs and runs torch and BLAS on that many threads; a job whose ``device``
     is CUDA asks for one GPU, or runs on CPU when the cluster has none (the driver's GPU is not
     the cluster's). All jobs are submitted before this returns (k or k + 1 of them) and gathered
-    in order; a user error raised in a task is raised here as itself. Tasks not yet gathered are
-    cancelled when the caller stops early.
+    in order; a user error raised in a task is raised here as itself. Tasks not yet gathered when
+    the caller stops early run to their end (see :func:`_gather`).
     """
     ray = connect(address)
     jobs = list(jobs)
@@ -375,16 +374,17 @@ def fold_map(fit: Callable, X: np.ndarray, labels: np.ndarray, jobs: Sequence, *
 
 
 def _gather(ray, pending: deque) -> Iterator:
-    """Yield the results of `pending` task references in order; cancel those left if stopped early."""
-    try:
-        while pending:
-            try:
-                result = ray.get(pending[0])
-            except ray.exceptions.RayTaskError as exc:
-                raise _unwrap(exc) from None
-            pending.popleft()
-            yield result
-    finally:
-        for ref in pending:  # the caller stopped early (an error, a closed generator)
-            with contextlib.suppress(Exception):
-                ray.cancel(ref)
+    """Yield the results of `pending` task references in order.
+
+    Tasks left when the caller stops early (an error, a closed generator) are not cancelled: they
+    finish and their results are dropped. ``ray.cancel`` on a task that is just completing crashed
+    the driver process itself in Ray 2.60 ("Check failed: Tried to complete task that was not
+    pending", task_manager.cc; seen once in this project's CI, the pytest process gone mid-run).
+    """
+    while pending:
+        try:
+            result = ray.get(pending[0])
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
+        pending.popleft()
+        yield result
