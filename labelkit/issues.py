@@ -8,6 +8,7 @@ outliers) come from :mod:`labelkit.neighbors`.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -363,28 +364,34 @@ class _Background:
 
 
 class PendingProbs:
-    """``probs.parquet`` written on a background thread (Arrow's writer releases the GIL) under a hidden
-    name beside it; :meth:`commit` renames it over ``probs.parquet`` once the run has succeeded,
-    :meth:`discard` removes it when the run fails, so a failed run leaves no new probabilities behind
-    and no ``issues.parquet`` that disagrees with them.
+    """A context for the rest of an issues run: ``probs.parquet`` (`table`; None: nothing to write) is
+    written on a background thread (Arrow's writer releases the GIL) under a hidden name beside it,
+    and renamed over ``probs.parquet`` when the block ends normally; when it raises, the hidden file
+    is removed. So a failed run leaves no new probabilities behind, and no ``issues.parquet`` that
+    disagrees with them.
     """
 
-    def __init__(self, ws, table: pa.Table):
+    def __init__(self, ws, table: pa.Table | None):
         self.final = ws.probs_path
         self.pending = self.final.with_name(f".{self.final.name}.pending")
-        self.writer = _Background(write_table, table, self.pending, row_group_size=65536, compression="none",
-                                  use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
+        self.writer = None if table is None else _Background(
+            write_table, table, self.pending, row_group_size=65536, compression="none",
+            use_dictionary=["id", "origin"], write_statistics=["id", "fold"])
 
-    def commit(self) -> None:
-        import os
+    def __enter__(self) -> "PendingProbs":
+        return self
 
-        self.writer.join()
-        os.replace(self.pending, self.final)
-
-    def discard(self) -> None:
-        with contextlib.suppress(BaseException):
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.writer is None:
+            return False
+        if exc_type is None:
             self.writer.join()
-        self.pending.unlink(missing_ok=True)
+            os.replace(self.pending, self.final)
+        else:
+            with contextlib.suppress(BaseException):
+                self.writer.join()
+            self.pending.unlink(missing_ok=True)
+        return False
 
 
 @dataclass
@@ -509,13 +516,13 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
                              n_folds, probe, filter_by, rank_by, dup_threshold, k_neighbors, seed,
                              held_record["ids_fingerprint"])
 
-    writer = None
+    probs_table = None
     if probs is not None:
-        writer = PendingProbs(ws, build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp,
-                                                    options_fp=options_fp, heldout_fp=held_record["ids_fingerprint"]))
+        probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
+                                        heldout_fp=held_record["ids_fingerprint"])
     elif ws.probs_path.exists():
         ws.probs_path.unlink()  # an earlier run's probabilities must not outlive the run that replaced them
-    try:
+    with PendingProbs(ws, probs_table):
         hashes = usable_rows(_string_array(items.column("content_hash")))
         with_neighbors = emb is not None and len(emb) > 1
         exact_dups = None if with_neighbors else _Background(find_duplicates, hashes)  # hashing releases the GIL too
@@ -564,12 +571,6 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
         columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
         # Dictionary pages only where values repeat (not for unique ids): half the time, smaller file.
         write_issues_table(ws, columns, items_fp, options_fp)
-        if writer is not None:
-            writer.commit()
-    except BaseException:
-        if writer is not None:
-            writer.discard()
-        raise
 
     summary = summarize(labels, classes, found, n_rows=items.num_rows)
     # Every registered metric is present: None when its check did not run (the gate says "not measured").

@@ -10,6 +10,7 @@ escaped by jinja2's autoescape.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 from dataclasses import dataclass
@@ -375,12 +376,7 @@ def check_galleries(iss, summary: dict, modality: str, gallery_size: int) -> dic
 
     ran = summary.get("checks") or {}
     by_id = iss.set_index("id", drop=False)
-    thumbs: dict[str, str | None] = {}  # a row shown by several checks, or as a pair, is drawn once
-
-    def thumb(path: str | None) -> str | None:
-        if path not in thumbs:
-            thumbs[path] = thumbnail(path)
-        return thumbs[path]
+    thumb = functools.lru_cache(maxsize=None)(thumbnail)  # a row shown by several checks, or as a pair: drawn once
 
     def card(row, **kw) -> dict:
         return {"id": row["id"], "label": row.get("given_label"),

@@ -679,8 +679,7 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
                              held_record["ids_fingerprint"])
     probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
                                     heldout_fp=held_record["ids_fingerprint"])
-    writer = PendingProbs(ws, probs_table)  # renamed over probs.parquet only once the run has succeeded
-    try:
+    with PendingProbs(ws, probs_table):  # renamed over probs.parquet only once the run has succeeded
         phase_started = time.perf_counter()
         found = find_multilabel_label_issues(Y, probs, filter_by=filter_by, rank_by=rank_by)
         phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
@@ -715,10 +714,6 @@ def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: s
             columns |= result.columns
         columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
         write_issues_table(ws, columns, items_fp, options_fp)
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        raise
 
     flags = found["is_label_issue"]
     per_tag = found["per_tag"]
