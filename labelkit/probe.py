@@ -8,7 +8,10 @@ candidate families, the one with the lowest cross-validated log-loss:
 - logistic regression on standardised features and on raw features (C on a grid);
 - k-nearest neighbours on unit-normalised embeddings (k, smoothing and a power on a grid), which
   costs one neighbour search for every setting;
-- a one-hidden-layer MLP (torch) with early stopping on an inner split of each training fold;
+- a one-hidden-layer MLP with early stopping (by log-loss) on an inner split of each training fold:
+  scikit-learn's up to 20,000 training rows on the CPU, the minibatched torch one above or on a GPU
+  (as for logistic regression), so a small CPU run never pays torch's import (3-4 s with the
+  `torch._dynamo` that `torch.optim` pulls in);
 - the average of the best two when their log-losses are within 2 % of each other.
 
 At scale the choice is made on a stratified subsample (at most ``max_selection_rows`` rows), then
@@ -205,6 +208,51 @@ class _SklearnProbe:
         return out
 
 
+def _mlp_shape(d: int, n_fit: int) -> tuple[int, int]:
+    """Return (hidden units, minibatch size) of the probe's MLP: 2d units within [64, 256]; about 20
+    steps an epoch on small data, so early stopping sees progress every epoch."""
+    return int(min(256, max(64, 2 * d))), int(min(1024, max(32, n_fit // 20)))
+
+
+def _sklearn_mlp_fit_predict(X: np.ndarray, labels: np.ndarray, train: np.ndarray, test: np.ndarray, n_classes: int,
+                             *, seed: int) -> np.ndarray:
+    """Return probabilities for rows `test` of scikit-learn's MLPClassifier fit on rows `train`.
+
+    The architecture and stopping rule of the torch MLP: standardised inputs, one ReLU hidden layer,
+    Adam at scikit-learn's defaults (learning rate 1e-3, L2 penalty 1e-4), an inner 10 % split of
+    `train` held back, one epoch at a time (``partial_fit``) until its log-loss has not improved for
+    3 epochs (at most 40), then the best epoch's weights. (MLPClassifier's own ``early_stopping``
+    watches accuracy, which plateaus while the probabilities still improve.)
+    """
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    perm = train[np.random.default_rng(seed).permutation(len(train))]
+    n_val = max(1, len(train) // 10)
+    val, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    scaler = StandardScaler().fit(X[fit_rows])
+    X_fit, X_val = scaler.transform(X[fit_rows]), scaler.transform(X[val])
+    hidden, batch_size = _mlp_shape(X.shape[1], len(fit_rows))
+    model = MLPClassifier((hidden,), batch_size=batch_size, random_state=seed)
+    classes = np.arange(n_classes)
+    best, best_weights, bad = np.inf, None, 0
+    for _ in range(_epochs_for(len(fit_rows), batch_size, steps=1500, low=5, high=40)):
+        model.partial_fit(X_fit, labels[fit_rows], classes=classes)
+        v = _log_loss(labels[val], _normalise(model.predict_proba(X_val).astype(np.float32)))
+        if v < best - 1e-4:
+            best, bad = v, 0
+            best_weights = ([w.copy() for w in model.coefs_], [b.copy() for b in model.intercepts_])
+        else:
+            bad += 1
+            if bad >= 3:
+                break
+    model.coefs_, model.intercepts_ = best_weights
+    out = np.empty((len(test), n_classes), np.float32)
+    for start in range(0, len(test), 65536):
+        out[start:start + 65536] = model.predict_proba(scaler.transform(X[test[start:start + 65536]]))
+    return out
+
+
 def _epochs_for(n_train: int, batch_size: int, *, steps: int, low: int, high: int) -> int:
     """Epochs giving about `steps` optimiser steps: many passes over small data, few over large."""
     return int(min(high, max(low, math.ceil(steps * batch_size / max(1, n_train)))))
@@ -263,14 +311,12 @@ def _torch_fit_predict_inner(X: np.ndarray, labels: np.ndarray, train: np.ndarra
         return (torch.as_tensor(X[rows], device=device) - mean_t) / std_t
 
     if setting.family == "mlp":
-        hidden = int(min(256, max(64, 2 * d)))
-        model = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
-                                    torch.nn.Linear(hidden, n_classes)).to(device)
         perm = train[torch.randperm(len(train), generator=g).numpy()]
         n_val = max(1, len(train) // 10)
         val, fit_rows = perm[:n_val], perm[n_val:]
-        # About 20 steps per epoch on small data, so early stopping sees progress every epoch.
-        batch_size = int(min(1024, max(32, len(fit_rows) // 20)))
+        hidden, batch_size = _mlp_shape(d, len(fit_rows))
+        model = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Dropout(0.1),
+                                    torch.nn.Linear(hidden, n_classes)).to(device)
         epochs = _epochs_for(len(fit_rows), batch_size, steps=1500, low=5, high=40)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
         penalty = 0.0
@@ -517,9 +563,10 @@ def _evaluate_knn(X, labels, fold_of, search: _Search, *, k_grid: Sequence[int],
                        shared / len(k_grid) + time.perf_counter() - t)
 
 
-def _evaluate_mlp(X, labels, fold_of, search: _Search, *, device: str, seed: int, tick: Callable[[], None]) -> None:
-    """Fold by fold; abandoned as soon as it trails the best candidate by more than ABANDON_ABOVE on the
-    folds done so far, since the remaining folds would have to undo that gap."""
+def _evaluate_mlp(X, labels, fold_of, search: _Search, *, engine: str, device: str, seed: int,
+                  tick: Callable[[], None]) -> None:
+    """Fold by fold (on `engine`: 'sklearn' or 'torch'); abandoned as soon as it trails the best candidate
+    by more than ABANDON_ABOVE on the folds done so far, since the remaining folds would have to undo that gap."""
     started = time.perf_counter()
     setting = _Setting("mlp")
     probs = np.zeros((len(labels), search.n_classes), np.float32)
@@ -527,8 +574,7 @@ def _evaluate_mlp(X, labels, fold_of, search: _Search, *, device: str, seed: int
     done = np.zeros(len(labels), bool)
     for f in range(search.n_folds):
         train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
-        probs[test] = _normalise(_torch_fit_predict(X, labels, train, test, search.n_classes, setting=setting,
-                                                    seed=seed + f, device=device))
+        probs[test] = fit_fold(X, labels, FoldJob(train, test, setting, search.n_classes, engine, device, seed + f))
         tick()
         done[test] = True
         if leader is not None and f < search.n_folds - 1:
@@ -570,7 +616,7 @@ class FoldJob:
     test: np.ndarray
     setting: _Setting
     n_classes: int
-    engine: str  # 'sklearn' | 'torch' (logistic regression); the MLP is always torch
+    engine: str  # 'sklearn' | 'torch' (logistic regression and MLP)
     device: str
     seed: int
 
@@ -578,7 +624,10 @@ class FoldJob:
 def fit_fold(X: np.ndarray, labels: np.ndarray, job: FoldJob) -> np.ndarray:
     """Return float32 probabilities, shape (len(job.test), n_classes), of rows `job.test` from a model fit on
     rows `job.train` at `job.setting` (labels of test rows are not read)."""
-    if job.engine == "sklearn" and job.setting.family != "mlp":
+    mlp = job.setting.family == "mlp"
+    if job.engine == "sklearn" and mlp and not job.device.startswith("cuda"):  # an MLP on a GPU is torch's
+        probs = _sklearn_mlp_fit_predict(X, labels, job.train, job.test, job.n_classes, seed=job.seed)
+    elif job.engine == "sklearn" and not mlp:
         model = _SklearnProbe(job.seed, job.setting.family == "standardized")
         probs = model.fit_predict(X[job.train], labels[job.train], X[job.test], job.setting.C, job.n_classes)
     else:
@@ -743,6 +792,8 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     engine_of = lambda rows: "sklearn" if rows <= SKLEARN_MAX_ROWS else "torch"
     lr_engine = {"sklearn": "sklearn", "torch": "torch"}.get(probe, engine_of(len(sel)))
     full_engine = probe if probe in ("sklearn", "torch") else engine_of(n_train)
+    # The MLP runs on scikit-learn where logistic regression does, on torch above and on a GPU.
+    mlp_engine = "torch" if device.startswith("cuda") else engine_of(len(sel))
 
     done = [0]
 
@@ -766,7 +817,7 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
             _evaluate_logreg(Xs, ys, fs, search, family="raw", grid=raw_C_grid, engine=lr_engine, device=device,
                              seed=seed, tick=tick)
     if "mlp" in families:
-        _evaluate_mlp(Xs, ys, fs, search, device=device, seed=seed, tick=tick)
+        _evaluate_mlp(Xs, ys, fs, search, engine=mlp_engine, device=device, seed=seed, tick=tick)
     if len(families) > 1:
         _evaluate_average(search)
     _, setting, sel_probs = search.best()
@@ -788,7 +839,7 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     fold_of[holdout] = -1
     fam = setting.family
     losses = {name: s["log_loss"] for name, s in search.scores.items()}
-    choice = ProbeChoice(engine=lr_engine if fam in ("standardized", "raw") else ("torch" if fam == "mlp" else fam),
+    choice = ProbeChoice(engine=lr_engine if fam in ("standardized", "raw") else (mlp_engine if fam == "mlp" else fam),
                          features=fam, C=setting.C, n_folds=search.n_folds, cv_log_loss=losses,
                          cv_accuracy=search.scores[setting.name]["accuracy"], chosen=setting.name,
                          candidates=search.scores, skipped=search.skipped, selection_rows=len(sel), rows=n,

@@ -51,8 +51,9 @@ SETTINGS = [_Setting("standardized", C=1.0), _Setting("raw", C=1.0), _Setting("k
                                                                                                       smoothing=0.1)))]
 
 
-# The engine only matters for logistic regression: the torch engine is paired with those families alone.
-ENGINE_CASES = [(s, "sklearn") for s in SETTINGS] + [(s, "torch") for s in SETTINGS if s.family in ("standardized", "raw")]
+# The engine matters for logistic regression and the MLP (scikit-learn's or torch's): torch is paired with those.
+ENGINE_CASES = [(s, "sklearn") for s in SETTINGS] + [(s, "torch") for s in SETTINGS
+                                                     if s.family in ("standardized", "raw", "mlp")]
 
 
 @pytest.mark.parametrize("setting,engine", ENGINE_CASES, ids=lambda v: getattr(v, "family", v))
@@ -207,3 +208,21 @@ def test_knn_power_is_chosen_on_the_folds_and_the_returned_probabilities_use_it(
     loss = lambda p: -np.mean(np.log(p[np.arange(len(y)), y].astype(np.float64)))
     assert np.allclose(probs, again, atol=1e-6)
     assert loss(probs) == pytest.approx(choice.cv_log_loss[choice.chosen], rel=1e-4) and loss(probs) < loss(unpowered)
+
+
+def test_small_cpu_mlp_runs_on_scikit_learn_and_matches_the_torch_mlp_in_quality():
+    """Up to 20,000 rows on the CPU the MLP candidate is scikit-learn's (no torch import); it learns a
+    curved boundary that a linear probe cannot (a disc inside a ring), as the torch MLP does."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 2)).astype(np.float32)
+    y = (np.hypot(X[:, 0], X[:, 1]) > 1.1).astype(np.int64)  # a disc inside a ring
+    X = np.hstack([X, rng.normal(scale=0.1, size=(600, 6)).astype(np.float32)])
+    p_mlp, _, c_mlp = get_out_of_sample_probs(X, y, probe="mlp")
+    p_lr, _, c_lr = get_out_of_sample_probs(X, y, probe="logreg")
+    assert c_mlp.engine == "sklearn" and c_mlp.chosen == "mlp"
+    acc = lambda p: (p.argmax(1) == y).mean()
+    assert acc(p_mlp) > 0.85 and acc(p_lr) < 0.6
+    folds = np.arange(len(y)) % 5
+    torch_probs = _predict_rows(_Setting("mlp"), X, y, folds.astype(np.int16), np.zeros(len(y), bool), 2,
+                                engine="torch", device="cpu", seed=0, tick=lambda: None)
+    assert acc(torch_probs) > 0.85
