@@ -226,3 +226,19 @@ def test_small_cpu_mlp_runs_on_scikit_learn_and_matches_the_torch_mlp_in_quality
     torch_probs = _predict_rows(_Setting("mlp"), X, y, folds.astype(np.int16), np.zeros(len(y), bool), 2,
                                 engine="torch", device="cpu", seed=0, tick=lambda: None)
     assert acc(torch_probs) > 0.85
+
+
+def test_a_screened_logistic_regression_that_stays_is_finished_at_the_default_tolerance(monkeypatch):
+    """While a setting may be abandoned it is fit to a loose tolerance; one that stays ends as a full fit."""
+    import labelkit.probe as probe
+
+    monkeypatch.setattr(probe, "ABANDON_MIN_ROWS", 100)
+    X, y = blobs(n_per=800, k=4, d=30, spread=4.0)
+    _, _, choice = get_out_of_sample_probs(X, y, C_grid=(0.0001, 0.01, 1.0), raw_C_grid=None)
+    assert "(fit to tolerance 0.001)" in choice.skipped["standardized C=0.0001"]
+    assert "standardized C=1" in choice.candidates  # screened on the first fold, then kept
+    direct, _, alone = get_out_of_sample_probs(X, y, C_grid=(1.0,), raw_C_grid=None, probe="logreg")
+    assert alone.chosen == "standardized C=1"
+    # Warm starts along C end within lbfgs's tolerance of a cold fit (0.03 here); the first fold's fit
+    # left at the screening tolerance would be 0.18 away.
+    assert np.abs(choice._family_probs["standardized"][1] - direct).max() < 0.06
