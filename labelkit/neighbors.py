@@ -169,6 +169,58 @@ def phase_progress(progress, phase: str):
 
 
 def _exact(embeddings, k, device, max_block_bytes, progress):
+    """Return (indices, sims) of each row's k most similar other rows by brute force, in row blocks.
+
+    numpy on CPU (a float32 BLAS product per block, then the k largest by partition): importing
+    torch costs about 2 s, more than the search itself up to thousands of rows. torch on CUDA.
+    """
+    if device.startswith("cuda"):
+        return _exact_torch(embeddings, k, device, max_block_bytes, progress)
+    n = len(embeddings)
+    report = phase_progress(progress, "neighbours (exact)")
+    E = normalized_rows(embeddings)
+    block = max(1, min(n, max_block_bytes // (EXACT_BLOCK_BYTES_PER_PAIR * n)))
+    idx_out = np.empty((n, k), dtype=np.int64)
+    sim_out = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        idx_out[start:stop], sim_out[start:stop] = exact_block(E, start, stop, k)
+        report(stop, n)
+    return idx_out, np.clip(sim_out, -1.0, 1.0)
+
+
+# Scratch bytes per (query, row) pair of an exact block: the float32 similarity and argpartition's int64 index.
+EXACT_BLOCK_BYTES_PER_PAIR = 12
+
+
+def normalized_rows(embeddings: np.ndarray) -> np.ndarray:
+    """Return a new float32 matrix of the rows divided by their L2 norm (at least 1e-12), as the exact search uses.
+
+    Always a copy, unlike :func:`_unit_rows`: the local and the Ray exact search must score the
+    same bits to return the same neighbours when similarities tie (e.g. copies of one image).
+    """
+    E = np.asarray(embeddings, np.float32)
+    return E / np.maximum(np.sqrt(np.einsum("ij,ij->i", E, E)), np.float32(1e-12))[:, None]
+
+
+def exact_block(E: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return (indices, similarities) of the k < len(E) most similar other rows of rows start..stop of
+    the unit rows `E`, most similar first, equal similarities in row order.
+
+    Scratch: (stop - start) x len(E) x :data:`EXACT_BLOCK_BYTES_PER_PAIR` bytes.
+    """
+    n = len(E)
+    S = E[start:stop] @ E.T
+    S[np.arange(stop - start), np.arange(start, stop)] = -2.0  # never your own neighbour
+    top = np.ascontiguousarray(np.argpartition(S, n - k, axis=1)[:, n - k:])  # the k largest, unordered
+    sim = np.take_along_axis(S, top, 1)
+    del S
+    order = np.lexsort((top, -sim), axis=1)
+    return np.take_along_axis(top, order, 1), np.take_along_axis(sim, order, 1)
+
+
+def _exact_torch(embeddings, k, device, max_block_bytes, progress):
+    """:func:`_exact` on a CUDA device, in fp16."""
     import torch
 
     n = len(embeddings)
@@ -176,9 +228,7 @@ def _exact(embeddings, k, device, max_block_bytes, progress):
     with warnings.catch_warnings():  # a read-only (Arrow-backed) array is fine: normalize() writes a new tensor
         warnings.simplefilter("ignore", UserWarning)
         E = torch.as_tensor(np.asarray(embeddings, np.float32), device=device)
-    E = torch.nn.functional.normalize(E, dim=1)
-    if device.startswith("cuda"):
-        E = E.half()
+    E = torch.nn.functional.normalize(E, dim=1).half()
     block = max(1, min(n, max_block_bytes // (4 * n)))
     idx_out = np.empty((n, k), dtype=np.int64)
     sim_out = np.empty((n, k), dtype=np.float32)

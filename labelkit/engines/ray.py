@@ -22,7 +22,6 @@ import itertools
 import logging
 import math
 import time
-import warnings
 from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -223,15 +222,9 @@ def embed_parts(items_path: Path, parts: Path, *, make_featurizer: Callable, key
 
 def _knn_block(E: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Return (indices, similarities) of the k most similar other rows for rows start..stop of E."""
-    import torch
+    from labelkit.neighbors import exact_block
 
-    with warnings.catch_warnings():  # the object store's arrays are read-only; torch only reads them
-        warnings.simplefilter("ignore", UserWarning)
-        Et = torch.as_tensor(E)
-    S = Et[start:stop] @ Et.T
-    S[torch.arange(stop - start), torch.arange(start, stop)] = -2.0  # never your own neighbour
-    sim, idx = torch.topk(S, k, dim=1)
-    return idx.numpy(), sim.numpy()
+    return exact_block(E, start, stop, k)  # the local engine's own block search: same neighbours, ties too
 
 
 _INDEXES: dict[str, object] = {}  # per worker process: a deserialised index is reused by later tasks
@@ -274,8 +267,6 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str 
     index once, puts it in the object store serialised, and each task searches one block of rows
     in it (a worker deserialises it once and reuses it).
     """
-    import torch
-
     from labelkit import neighbors
     from labelkit.errors import check_in_range
 
@@ -288,11 +279,9 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str 
     check_in_range(n_probes, "n_probes", "find_nearest_neighbors", low=1, kind="an int")
     cpus, _ = cluster_cpus_gpus(ray)
     if n <= exact_max_rows:
-        with warnings.catch_warnings():  # read-only (Arrow-backed) input: normalize() writes a new tensor
-            warnings.simplefilter("ignore", UserWarning)
-            E = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings, np.float32)), dim=1).numpy()
+        E = neighbors.normalized_rows(embeddings)
         # Enough blocks to keep every CPU busy, none bigger than the scratch budget.
-        block = max(1, min(max_block_bytes // (4 * n), math.ceil(n / (2 * cpus))))
+        block = max(1, min(max_block_bytes // (neighbors.EXACT_BLOCK_BYTES_PER_PAIR * n), math.ceil(n / (2 * cpus))))
         remote, args = ray.remote(num_cpus=1)(_knn_block), (ray.put(E),)
         tail = (k,)
     else:
