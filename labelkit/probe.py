@@ -436,6 +436,27 @@ def _neighbours(X: np.ndarray, k: int, device: str, shared: "Callable | None" = 
     return idx
 
 
+def _within(shared: Callable, rows: np.ndarray, n: int) -> Callable:
+    """Return ``search(k)`` over rows `rows` alone, from `shared`, a search over all n rows (see
+    :func:`_neighbours`): it asks `shared` for k / (len(rows) / n) neighbours, so that about k are
+    in `rows`, and gives those as positions in `rows`, -1 for the others (dropped like missing ones).
+
+    With an exact search, a row's neighbours in `rows` come in the same order as a search over
+    `rows` would give them; so the probe's selection on all but the held-out rows costs no search
+    of its own besides the one the held-out rows and the checks use.
+    """
+    pos = np.full(n, -1, np.int64)
+    pos[rows] = np.arange(len(rows))
+
+    def search(k: int):
+        idx, sims, info = shared(int(min(n - 1, math.ceil(k * n / max(1, len(rows))))))
+        idx, sims = idx[rows], sims[rows]
+        mapped = np.where(idx >= 0, pos[np.maximum(idx, 0)], -1)
+        return mapped, np.where(mapped >= 0, sims, np.float32(-1.0)), info
+
+    return search
+
+
 def _knn_search_k(k: int, n_folds: int, holdout_fraction: float = 0.0) -> int:
     """Neighbours to search so that about k remain after dropping same-fold and held-out ones."""
     keep = (1 - 1 / n_folds if n_folds > 1 else 1.0) * (1 - holdout_fraction)
@@ -819,8 +840,12 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     search = _Search(ys, fs, n_classes)
     families = {"auto": ("knn", "logreg", "mlp"), "sklearn": ("logreg",), "torch": ("logreg",)}.get(probe, (probe,))
     if "knn" in families:
+        # The caller's search over all rows serves the selection when it holds every row, or every
+        # row but the held-out ones (a few more neighbours, those in the selection kept).
+        shared = (neighbors if len(sel) == n else _within(neighbors, sel, n) if len(sel) == n_train else None) \
+            if neighbors is not None else None
         _evaluate_knn(Xs, ys, fs, search, k_grid=k_grid, smoothing_grid=KNN_SMOOTHING_GRID, device=device,
-                      shared=neighbors if len(sel) == n else None)
+                      shared=shared)
     if "logreg" in families:
         _evaluate_logreg(Xs, ys, fs, search, family="standardized", grid=C_grid, engine=lr_engine, device=device,
                          seed=seed, tick=tick)

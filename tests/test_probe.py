@@ -242,3 +242,21 @@ def test_a_screened_logistic_regression_that_stays_is_finished_at_the_default_to
     # Warm starts along C end within lbfgs's tolerance of a cold fit (0.03 here); the first fold's fit
     # left at the screening tolerance would be 0.18 away.
     assert np.abs(choice._family_probs["standardized"][1] - direct).max() < 0.06
+
+
+def test_selection_beside_held_out_rows_reuses_the_callers_search(monkeypatch):
+    """With held-out rows the selection runs on the others; the caller's one search over all rows serves it
+    (the held-out rows' neighbours dropped) and gives the same probabilities as a search of its own."""
+    import labelkit.neighbors as neighbors
+
+    searched = []
+    real = neighbors.find_nearest_neighbors
+    monkeypatch.setattr(neighbors, "find_nearest_neighbors", lambda X, **kw: searched.append(len(X)) or real(X, **kw))
+    X, y = blobs(n_per=100, k=3, d=8, spread=3.0)
+    holdout = np.zeros(len(y), bool)
+    holdout[::5] = True
+    p1, f1, c1 = get_out_of_sample_probs(X, y, holdout=holdout, probe="knn", neighbors=neighbors.SharedNeighbors(X))
+    assert searched == [len(X)] and c1.selection_rows == (~holdout).sum()  # one search, over all rows
+    p2, f2, c2 = get_out_of_sample_probs(X, y, holdout=holdout, probe="knn")
+    assert c1.chosen == c2.chosen and c1.cv_log_loss == c2.cv_log_loss
+    assert np.array_equal(f1, f2) and np.allclose(p1, p2, atol=1e-6)

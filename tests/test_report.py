@@ -93,3 +93,19 @@ def test_report_renders_in_headless_chromium(chromium, audited, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
         browser.close()
     assert errors == [] and requests == []
+
+
+def test_embedding_map_gives_flagged_rows_at_most_half_of_its_points(digits_copy):
+    """A small map of a heavily flagged set: half flagged (a random part of them), half the other rows."""
+    from labelkit.report import build_report_data
+    from labelkit.workspace import Workspace
+
+    data, extra = build_report_data(Workspace(digits_copy), max_map_points=60)
+    flagged = data["issues"]["label_issues"]
+    assert flagged > 30 and data["embedding_map"]["points"] == 60
+    note = next(n for n in extra["notes"] if n.startswith("The embedding map shows"))
+    assert note == (f"The embedding map shows 60 of 1,797 rows (a random 30 of the {flagged:,} flagged rows, "
+                    "plus a random sample of the rest).")
+    data, extra = build_report_data(Workspace(digits_copy), max_map_points=2 * flagged + 10)
+    note = next(n for n in extra["notes"] if n.startswith("The embedding map shows"))
+    assert "(every flagged row, plus a random sample of the rest)" in note

@@ -13,6 +13,7 @@ import base64
 import functools
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -25,7 +26,9 @@ from labelkit.plots import figure_uri, mpl
 from labelkit.workspace import (Workspace, atomic_path, current_items_fingerprint, is_current, read_embeddings,
                                 read_probs, require_current, write_json)
 
-MAX_MAP_POINTS = 2000
+# Points of the embedding map: its t-SNE is the report's costliest step and grows faster than the
+# points (bench/detect.py's pixels, one thread: 1.2 s at 1,000, 2.4 s at 1,500, 2.8 s at 2,000).
+MAX_MAP_POINTS = 1000
 GALLERY_SIZE = 36
 THUMB_PX = 72
 
@@ -106,7 +109,7 @@ def project_2d(embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     350 t-SNE iterations: scikit-learn's 250 of early exaggeration form the clusters, and the
     100 after them spread them apart; iterations 350-500 only keep spreading the same layout, and
     cost a third of the map's time (2,000 points of bench/detect.py: 3.7 s of CPU at 500, 2.6 s
-    at 350, one thread). The map is usually the costliest part of the report.
+    at 350, one thread). The map is usually the costliest part of the report (see MAX_MAP_POINTS).
 
     It runs on the cores the 1-minute load average leaves idle (at least one): scikit-learn's
     OpenMP threads spin at every barrier, so a team larger than the idle cores waits on threads
@@ -199,14 +202,21 @@ def build_report_data(ws: Workspace, *, gallery_size: int = GALLERY_SIZE, max_ma
         require_current(ws, ws.issues_path, items_fp=items_fp)
     data = _dataset_facts(manifest, items)
     extra: dict = {"figures": {}, "galleries": {}, "notes": []}
-    _class_balance(data, extra, items, summary)
-    _statistics(data, extra, items)
     if summary is None:
+        _class_balance(data, extra, items, summary)
+        _statistics(data, extra, items)
         extra["notes"].append("No `labelkit issues` results in this workspace yet: label checks are not shown.")
         return data, extra
     iss = _issues_frame(ws, items)
-    _probabilistic_model(ws, data, extra, iss, summary, items_fp)
-    _embedding_map(ws, data, extra, iss, manifest, max_map_points=max_map_points, seed=seed)
+    # The map's t-SNE (the report's costliest step) runs on a worker thread while the other sections
+    # are drawn: scikit-learn's Barnes-Hut gradient releases the GIL, matplotlib stays on this thread.
+    with ThreadPoolExecutor(1, thread_name_prefix="labelkit-map") as pool:
+        pending_map = _start_embedding_map(ws, iss, manifest, pool, max_map_points=max_map_points, seed=seed)
+        _class_balance(data, extra, items, summary)
+        _statistics(data, extra, items)
+        _probabilistic_model(ws, data, extra, iss, summary, items_fp)
+        if pending_map is not None:
+            _finish_embedding_map(data, extra, iss, key=manifest["stages"]["embed"]["embedding_key"], **pending_map)
     extra["galleries"] |= check_galleries(iss, summary, data["modality"], gallery_size)
     data["label_issue_ids_shown"] = [c["id"] for c in extra["galleries"].get("label_issues", [])]
     flagged_total = int(iss["is_label_issue"].sum()) if "is_label_issue" in iss else 0
@@ -323,14 +333,19 @@ def _probabilistic_model(ws: Workspace, data: dict, extra: dict, iss, summary: d
     }
 
 
-def _embedding_map(ws: Workspace, data: dict, extra: dict, iss, manifest: dict, *, max_map_points: int,
-                   seed: int) -> None:
-    """A 2-D map of a sample of rows (every flagged row kept), coloured by given label."""
+def _start_embedding_map(ws: Workspace, iss, manifest: dict, pool, *, max_map_points: int, seed: int) -> dict | None:
+    """Choose the map's rows and submit their 2-D projection to `pool`; return what
+    :func:`_finish_embedding_map` needs, or None (no embeddings).
+
+    Flagged rows fill at most half the map (all of them when they fit; more when there are too few
+    other rows to fill it), a random sample of the other rows the rest: every flagged row of a
+    heavily flagged set would crowd out the classes they were flagged against.
+    """
     import pandas as pd
 
     key = manifest.get("stages", {}).get("embed", {}).get("embedding_key")
     if not key or not ws.embeddings_path(key).exists():
-        return
+        return None
     emb_ids, emb = read_embeddings(ws.embeddings_path(key))
     rows = pd.Index(emb_ids).get_indexer(iss["id"])
     ok = np.flatnonzero(rows >= 0)
@@ -338,17 +353,27 @@ def _embedding_map(ws: Workspace, data: dict, extra: dict, iss, manifest: dict, 
     flags = iss["is_label_issue"].to_numpy() if "is_label_issue" in iss else np.zeros(len(iss), bool)
     flagged_idx = ok[flags[ok]]
     rest = np.setdiff1d(ok, flagged_idx)
-    take = max(0, max_map_points - len(flagged_idx))
-    chosen = np.sort(np.concatenate([flagged_idx[:max_map_points],
-                                     rng.choice(rest, size=min(take, len(rest)), replace=False)]))
+    n_flagged = min(len(flagged_idx), max(max_map_points // 2, max_map_points - len(rest)))
+    shown = rng.choice(flagged_idx, size=n_flagged, replace=False) if n_flagged < len(flagged_idx) else flagged_idx
+    take = min(max_map_points - n_flagged, len(rest))
+    chosen = np.sort(np.concatenate([shown, rng.choice(rest, size=take, replace=False)]))
     if len(chosen) < 3:
-        return
-    xy, method = project_2d(emb[rows[chosen]], seed)
+        return None
+    return {"future": pool.submit(project_2d, emb[rows[chosen]], seed), "chosen": chosen, "flags": flags,
+            "usable": len(ok), "flagged": len(flagged_idx)}
+
+
+def _finish_embedding_map(data: dict, extra: dict, iss, *, key: str, future, chosen: np.ndarray, flags: np.ndarray,
+                          usable: int, flagged: int) -> None:
+    """Plot the 2-D map of the chosen rows, coloured by given label (flagged rows marked)."""
+    xy, method = future.result()
     given = iss["label_id"].to_numpy()
     extra["figures"]["embedding_map"] = plot_embedding_map(xy, given[chosen], data["classes"], flags[chosen])
-    data["embedding_map"] = {"method": method, "points": int(len(chosen)), "of": int(len(ok)), "embedding": key}
-    if len(chosen) < len(ok):
-        extra["notes"].append(f"The embedding map shows {len(chosen):,} of {len(ok):,} rows (every flagged row, "
+    data["embedding_map"] = {"method": method, "points": int(len(chosen)), "of": int(usable), "embedding": key}
+    if len(chosen) < usable:
+        shown = int(flags[chosen].sum())
+        which = "every flagged row" if shown == flagged else f"a random {shown:,} of the {flagged:,} flagged rows"
+        extra["notes"].append(f"The embedding map shows {len(chosen):,} of {usable:,} rows ({which}, "
                               "plus a random sample of the rest).")
 
 
