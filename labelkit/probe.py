@@ -59,15 +59,19 @@ FOLD_MIN_PER_CLASS = 100
 # Two candidates this close (relative log-loss) are averaged as a further candidate.
 AVERAGE_WITHIN = 0.02
 # An expensive candidate is abandoned once its log-loss on the folds done so far is this much
-# (relative) worse than the best candidate's on the same rows.
+# (relative) worse than the best candidate's on the same rows ...
 ABANDON_ABOVE = 0.05
-# ... but only on selection sets at least this large: below, one fold's log-loss is too noisy to
-# judge by, and every candidate is cheap anyway.
-ABANDON_MIN_ROWS = 2_000
+# ... and that gap is this many standard errors of the rows' paired log-loss differences (one-sided,
+# about 1 in 1,000 by chance): on a small selection one fold's log-loss is too noisy to judge by
+# a margin alone. (A fixed floor of 2,000 rows did this before; yet sample_data/digits' 1,437
+# selection rows of 768 pixels spent 25 s on logistic regressions trailing kNN by 30 %.)
+ABANDON_Z = 3.0
+# Below this many rows done, no candidate is abandoned (the standard error itself is unreliable).
+ABANDON_MIN_ROWS = 100
 # lbfgs's tolerance for a logistic-regression fit that may still be abandoned (10× scikit-learn's
-# default 1e-4): on a fold of bench/detect.py's 5,000 PNGs it took 40-50 % fewer iterations and moved
-# the log-loss by at most 1.3 % (0.783 -> 0.794 at raw C=10), far inside the 5 % abandoning margin. A
-# setting that is not abandoned is finished at the default tolerance from there (warm start).
+# default 1e-4), from zero weights: on a fold of bench/detect.py's 5,000 PNGs it took 40-50 % fewer
+# iterations and moved the log-loss by at most 1.3 % (0.783 -> 0.794 at raw C=10), far inside the 5 %
+# abandoning margin. A setting that is not abandoned is finished at the default tolerance from there.
 SCREEN_TOL = 1e-3
 Progress = Callable[[int, "int | None"], None]
 
@@ -201,12 +205,14 @@ class _SklearnProbe:
         self.model = LogisticRegression(max_iter=1000, warm_start=True, random_state=seed)
         self.fitted_scaler = False
 
-    def fit_predict(self, X_train, y_train, X_test, C: float, n_classes: int, tol: float = 1e-4) -> np.ndarray:
+    def fit_predict(self, X_train, y_train, X_test, C: float, n_classes: int, tol: float = 1e-4,
+                    warm: bool = True) -> np.ndarray:
+        """Fit at `C` to `tol`; from the previous fit's weights when `warm` (and there is one), else from 0."""
         if not self.fitted_scaler:
             self.scaler.fit(X_train)
             self.X_train, self.X_test = self.scaler.transform(X_train), self.scaler.transform(X_test)
             self.fitted_scaler = True
-        self.model.set_params(C=C, tol=tol)
+        self.model.set_params(C=C, tol=tol, warm_start=warm)
         self.model.fit(self.X_train, y_train)
         out = np.zeros((len(X_test), n_classes), dtype=np.float32)
         out[:, self.model.classes_] = self.model.predict_proba(self.X_test)
@@ -514,6 +520,20 @@ class _Search:
         return min(self.best_of.values(), key=lambda t: t[0]) if self.best_of else None
 
 
+def _clearly_worse(labels: np.ndarray, mine: np.ndarray, theirs: np.ndarray) -> tuple[bool, float, float, float]:
+    """Return (abandon?, my log-loss, theirs, z) on the same rows: abandon when mine is above theirs by
+    more than ABANDON_ABOVE (relative) and by more than ABANDON_Z standard errors of the paired
+    per-row differences, on at least ABANDON_MIN_ROWS rows."""
+    rows = np.arange(len(labels))
+    a = -np.log(np.clip(mine[rows, labels].astype(np.float64), 1e-12, 1.0))
+    b = -np.log(np.clip(theirs[rows, labels].astype(np.float64), 1e-12, 1.0))
+    d = a - b
+    se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.inf
+    z = float(d.mean() / se) if se > 0 else (math.inf if d.mean() > 0 else 0.0)
+    worse = len(d) >= ABANDON_MIN_ROWS and a.mean() > b.mean() * (1 + ABANDON_ABOVE) and z > ABANDON_Z
+    return worse, float(a.mean()), float(b.mean()), z
+
+
 def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: Sequence[float], engine: str,
                      device: str, seed: int, tick: Callable[[], None]) -> None:
     """Walk the C grid upwards on the search folds; stop once the out-of-fold log-loss worsens
@@ -528,7 +548,7 @@ def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: 
     folds = [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
     probes = [_SklearnProbe(seed, family == "standardized") for _ in folds] if engine == "sklearn" else None
     leader = search.best()
-    leader = leader if leader is not None and leader[1].family != family and len(labels) >= ABANDON_MIN_ROWS else None
+    leader = leader if leader is not None and leader[1].family != family else None
     prev: tuple[np.ndarray, np.ndarray] | None = None  # previous setting's probabilities and rows done
     family_best = np.inf
     for C in sorted(grid):
@@ -540,20 +560,22 @@ def _evaluate_logreg(X, labels, fold_of, search: _Search, *, family: str, grid: 
         for f, (train, test) in enumerate(folds):
             screen = probes is not None and leader is not None and f < n_folds - 1
             if probes is not None:
+                # A screening fit starts from 0: from the previous C's weights a loose tolerance is met
+                # at once, and the fit would only repeat the previous C.
                 probs[test] = probes[f].fit_predict(X[train], labels[train], X[test], C, search.n_classes,
-                                                    tol=SCREEN_TOL if screen else 1e-4)
+                                                    tol=SCREEN_TOL if screen else 1e-4, warm=not screen)
             else:
                 probs[test] = _torch_fit_predict(X, labels, train, test, search.n_classes, setting=setting,
                                                  seed=seed, device=device)
             done[test] = True
             tick()
             if leader is not None and f < n_folds - 1:
-                part = _normalise(probs[done].copy())
-                mine, theirs = _log_loss(labels[done], part), _log_loss(labels[done], leader[2][done])
-                if mine > theirs * (1 + ABANDON_ABOVE):
+                worse, mine, theirs, z = _clearly_worse(labels[done], _normalise(probs[done].copy()), leader[2][done])
+                if worse:
                     search.skipped[setting.name] = (f"abandoned after {f + 1} of {n_folds} folds"
-                                                    f"{f' (fit to tolerance {SCREEN_TOL:g})' if screen else ''}: log-loss {mine:.4f} "
-                                                    f"vs {theirs:.4f} for {leader[1].name}")
+                                                    f"{f' (fit to tolerance {SCREEN_TOL:g})' if screen else ''}: "
+                                                    f"log-loss {mine:.4f} vs {theirs:.4f} for {leader[1].name} "
+                                                    f"(z = {z:.1f})")
                     abandoned = True
                     break
                 if screen:  # it stays: finish the fit at the default tolerance
@@ -597,12 +619,13 @@ def _evaluate_knn(X, labels, fold_of, search: _Search, *, k_grid: Sequence[int],
 
 def _evaluate_mlp(X, labels, fold_of, search: _Search, *, engine: str, device: str, seed: int,
                   tick: Callable[[], None]) -> None:
-    """Fold by fold (on `engine`: 'sklearn' or 'torch'); abandoned as soon as it trails the best candidate
-    by more than ABANDON_ABOVE on the folds done so far, since the remaining folds would have to undo that gap."""
+    """Fold by fold (on `engine`: 'sklearn' or 'torch'); abandoned as soon as it clearly trails the best
+    candidate on the folds done so far (:func:`_clearly_worse`), since the remaining folds would have to
+    undo that gap."""
     started = time.perf_counter()
     setting = _Setting("mlp")
     probs = np.zeros((len(labels), search.n_classes), np.float32)
-    leader = search.best() if len(labels) >= ABANDON_MIN_ROWS else None
+    leader = search.best()
     done = np.zeros(len(labels), bool)
     for f in range(search.n_folds):
         train, test = np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)
@@ -610,10 +633,10 @@ def _evaluate_mlp(X, labels, fold_of, search: _Search, *, engine: str, device: s
         tick()
         done[test] = True
         if leader is not None and f < search.n_folds - 1:
-            mine, theirs = _log_loss(labels[done], probs[done]), _log_loss(labels[done], leader[2][done])
-            if mine > theirs * (1 + ABANDON_ABOVE):
+            worse, mine, theirs, z = _clearly_worse(labels[done], probs[done], leader[2][done])
+            if worse:
                 search.skipped["mlp"] = (f"abandoned after {f + 1} of {search.n_folds} folds: log-loss {mine:.4f} "
-                                         f"vs {theirs:.4f} for {leader[1].name}")
+                                         f"vs {theirs:.4f} for {leader[1].name} (z = {z:.1f})")
                 return
     search.add(setting, probs, time.perf_counter() - started)
 

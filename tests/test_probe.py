@@ -260,3 +260,48 @@ def test_selection_beside_held_out_rows_reuses_the_callers_search(monkeypatch):
     p2, f2, c2 = get_out_of_sample_probs(X, y, holdout=holdout, probe="knn")
     assert c1.chosen == c2.chosen and c1.cv_log_loss == c2.cv_log_loss
     assert np.array_equal(f1, f2) and np.allclose(p1, p2, atol=1e-6)
+
+
+def test_every_screening_fit_starts_from_zero_weights():
+    """Settings abandoned on their first fold are each scored by a fit from zero weights to SCREEN_TOL (from
+    the previous C's weights that tolerance is met at once, and the fit would repeat the previous C)."""
+    from labelkit.probe import SCREEN_TOL, _fold_ids, _log_loss, _normalise, _SklearnProbe
+
+    # 20 tight clusters in random directions, 4 classes of 5 clusters each: no linear boundary, kNN wins.
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 3))
+    cluster = rng.integers(0, 20, 1500)
+    X = (centres[cluster] / np.linalg.norm(centres[cluster], axis=1, keepdims=True)
+         + rng.normal(scale=0.08, size=(1500, 3))).astype(np.float32)
+    y = cluster % 4
+    _, _, choice = get_out_of_sample_probs(X, y, C_grid=(), raw_C_grid=(0.1, 1.0), probe="auto")
+    fold = _fold_ids(y, 5, 0)
+    train, test = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
+    for C in (0.1, 1.0):
+        why = choice.skipped[f"raw C={C:g}"]
+        assert why.startswith("abandoned after 1 of 5 folds (fit to tolerance 0.001)")
+        cold = _SklearnProbe(0, standardize=False).fit_predict(X[train], y[train], X[test], C, 4, tol=SCREEN_TOL)
+        assert f"log-loss {_log_loss(y[test], _normalise(cold)):.4f} vs" in why
+
+
+def test_abandoning_needs_a_gap_beyond_the_margin_and_the_noise():
+    """A candidate is dropped only when it trails by more than 5 % and by more than 3 standard errors of
+    the rows' paired log-loss differences, on at least 100 rows."""
+    from labelkit.probe import _clearly_worse
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = np.zeros(n, np.int64)
+
+    def probs(p_true):
+        return np.c_[p_true, 1 - p_true].astype(np.float32)
+
+    theirs = probs(rng.uniform(0.5, 0.9, n))
+    steady = probs(theirs[:, 0] * 0.9)  # every row 0.105 nats worse: far beyond its (tiny) noise
+    assert _clearly_worse(labels, steady, theirs)[0]
+    assert not _clearly_worse(labels[:99], steady[:99], theirs[:99])[0]  # too few rows to judge
+    # 10 % worse on average, but rows scattered both ways (0.9 nats worse, 0.7 better): within the noise.
+    flat = probs(np.full(150, np.exp(-1.0)))
+    scattered = probs(np.exp(-1.0 - np.tile([0.9, -0.7], 75)))
+    worse, mine, their_loss, z = _clearly_worse(labels[:150], scattered, flat)
+    assert np.isclose(mine, 1.1) and np.isclose(their_loss, 1.0) and 1 < z < 3 and not worse
