@@ -13,22 +13,25 @@ from labelkit.errors import LabelkitError
 from labelkit.workspace import Workspace, embedding_matrix
 
 
-def resolve_device(device: str = "auto") -> str:
+def resolve_device(device: str = "auto", *, ask_torch: bool = False) -> str:
     """Return 'cuda' or 'cpu' for `device` in {auto, cpu, cuda, cuda:N}.
 
     Importing torch costs about 2 s, more than the whole pixel-baseline embed; so 'cpu' never
     imports it, and neither does 'auto' on a Linux machine without a GPU driver (no CUDA can be
     available there). torch is asked when it may know better: a driver is present, another OS,
-    or torch is already imported (then asking is free).
+    or torch is already imported (then asking is free), or the caller will need it anyway
+    (`ask_torch`).
     """
     check_device(device)
-    if device == "cpu" or device == "auto" and "torch" not in sys.modules and not gpu_driver_present():
+    if not ask_torch and (device == "cpu" or device == "auto" and "torch" not in sys.modules
+                          and not gpu_driver_present()):
         return "cpu"
     import torch
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if device in ("auto", "cpu"):
+        return "cuda" if device == "auto" and cuda else "cpu"
+    if not cuda:
         raise LabelkitError("--device cuda was requested but no CUDA GPU is available; use --device cpu or auto.")
     return device
 
@@ -95,10 +98,16 @@ def load_embedding_inputs(ws: Workspace, manifest: dict, usable_ids, content_has
     (:func:`near_duplicate_threshold`); `device` is resolved only here, since torch is only needed
     when there are embeddings.
     """
+    from labelkit.neighbors import EXACT_MAX_ROWS_CPU
+
     key, matrix = load_usable_embeddings(ws, usable_ids, content_hashes, embedding_key)
     if dup_threshold is None:
         dup_threshold = near_duplicate_threshold(key, manifest)
-    return key, matrix, dup_threshold, resolve_device(device)
+    # Above the exact search's size the approximate search imports torch anyway. Asking torch here,
+    # right after the embeddings are read, is free then, and measured lower: the peak RSS of
+    # bench/scale.py's `issues` at 100k rows was 1.65-1.72 GB in 6 runs so, 2.0-2.2 GB in 7 of 8
+    # runs with torch first imported inside the search (the allocator's cause was not pinned down).
+    return key, matrix, dup_threshold, resolve_device(device, ask_torch=len(matrix) > EXACT_MAX_ROWS_CPU)
 
 
 def embed_errors_path(embeddings_path: Path) -> Path:

@@ -145,3 +145,12 @@ def test_exact_neighbours_order_ties_by_row_index_and_report_each_block():
     assert set(idx[3]) < {0, 1, 2, 4} and idx[3].tolist() == sorted(idx[3])
     assert np.allclose(sim[[0, 1, 2, 4]], 1.0) and np.allclose(sim[3], 0.0)
     assert seen == [(2, 5), (4, 5), (5, 5)]
+
+
+def test_resolve_device_asks_torch_when_told_to_and_keeps_cpu_cpu():
+    """`ask_torch` (the approximate-search path, which imports torch anyway) asks torch; 'cpu' stays 'cpu'."""
+    code = ("import sys; from labelkit.features import resolve_device; "
+            "print(resolve_device('cpu', ask_torch=True), resolve_device('auto', ask_torch=True) in ('cpu', 'cuda'), "
+            "'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["cpu", "True", "True"]
