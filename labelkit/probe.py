@@ -775,7 +775,8 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     out-of-fold log-loss wins. If the subsample is all non-held-out rows its out-of-fold
     probabilities are returned; otherwise one k-fold at the chosen setting runs over all of them.
     Cheap candidates run first (kNN: one neighbour search for all its settings; then logistic
-    regression); the MLP is abandoned fold by fold once it trails the leader by more than 5 %.
+    regression); logistic regression and the MLP are abandoned fold by fold once they clearly trail the
+    leader (by more than 5 % and 3 standard errors of the rows' paired log-loss differences).
 
     Parameters
     ----------
