@@ -145,7 +145,7 @@ def embed(workspace: Path = WorkspaceOpt,
                                                               "if it does not load, the command stops (exit 2)."),
           device: str = typer.Option("auto", help="auto, cpu or cuda."),
           batch_size: Optional[int] = typer.Option(None, min=1, help="Images/texts per batch (default by device)."),
-          workers: Optional[int] = typer.Option(None, min=0, help="Image decoding processes (default by device)."),
+          workers: Optional[int] = typer.Option(None, min=0, help="Image decoding processes for CLIP, threads for the pixel baseline (default by device and model)."),
           offline: bool = OfflineOpt,
           engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
           as_json: bool = JsonOpt):
