@@ -179,7 +179,7 @@ def _exact(embeddings, k, device, max_block_bytes, progress):
     n = len(embeddings)
     report = phase_progress(progress, "neighbours (exact)")
     E = normalized_rows(embeddings)
-    block = max(1, min(n, max_block_bytes // (EXACT_BLOCK_BYTES_PER_PAIR * n)))
+    block = exact_block_rows(max_block_bytes, n)
     idx_out = np.empty((n, k), dtype=np.int64)
     sim_out = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, block):
@@ -192,13 +192,25 @@ def _exact(embeddings, k, device, max_block_bytes, progress):
 # Bytes per (query, row) pair that size an exact block (a float32 similarity and an int64 index: what a
 # block product and its partition held before FAISS; kept so blocks, and progress steps, stay as they were).
 EXACT_BLOCK_BYTES_PER_PAIR = 12
+# Exact blocks start at multiples of this many rows, and exact_block hands FAISS tiles of it: BLAS may
+# round a product's last bits by its shape, so however the rows are cut into blocks one process scores
+# the same bits. (Across processes, e.g. Ray workers, the BLAS that FAISS binds may differ: similarities
+# then agree to float32 rounding.)
+EXACT_TILE_ROWS = 256
+
+
+def exact_block_rows(max_block_bytes: int, n: int, cap: int | None = None) -> int:
+    """Return the rows of an exact block: within `max_block_bytes` (and `cap`), a multiple of EXACT_TILE_ROWS."""
+    rows = max_block_bytes // (EXACT_BLOCK_BYTES_PER_PAIR * max(1, n))
+    rows = min(rows, cap) if cap is not None else rows
+    return max(EXACT_TILE_ROWS, rows // EXACT_TILE_ROWS * EXACT_TILE_ROWS)
 
 
 def normalized_rows(embeddings: np.ndarray) -> np.ndarray:
     """Return a new float32 matrix of the rows divided by their L2 norm (at least 1e-12), as the exact search uses.
 
-    Always a copy, unlike :func:`_unit_rows`: the local and the Ray exact search must score the
-    same bits to return the same neighbours when similarities tie (e.g. copies of one image).
+    Always a copy, unlike :func:`_unit_rows`: the local and the Ray exact search start from the same
+    bits, so copies of one image tie in both and their ties break the same way (by row order).
     """
     E = np.asarray(embeddings, np.float32)
     return E / np.maximum(np.sqrt(np.einsum("ij,ij->i", E, E)), np.float32(1e-12))[:, None]
@@ -206,7 +218,8 @@ def normalized_rows(embeddings: np.ndarray) -> np.ndarray:
 
 def exact_block(E: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Return (indices, similarities) of the k < len(E) most similar other rows of rows start..stop of
-    the unit rows `E`, most similar first, equal similarities in row order.
+    the unit rows `E`, most similar first, equal similarities in row order. `start` is a multiple of
+    EXACT_TILE_ROWS (see :func:`exact_block_rows`).
 
     FAISS's brute-force inner-product search (float32 BLAS products in fixed tiles, a heap of k + 1
     per query, ties kept in row order): a third of the time of a product of the whole block and a
@@ -216,7 +229,11 @@ def exact_block(E: np.ndarray, start: int, stop: int, k: int) -> tuple[np.ndarra
     import faiss
 
     b, kk = stop - start, k + 1
-    sim, idx = faiss.knn(np.ascontiguousarray(E[start:stop]), E, kk, metric=faiss.METRIC_INNER_PRODUCT)
+    sim, idx = np.empty((b, kk), np.float32), np.empty((b, kk), np.int64)
+    for lo in range(start, stop, EXACT_TILE_ROWS):  # the same tiles whoever calls (see EXACT_TILE_ROWS)
+        hi = min(stop, lo + EXACT_TILE_ROWS)
+        sim[lo - start:hi - start], idx[lo - start:hi - start] = faiss.knn(
+            np.ascontiguousarray(E[lo:hi]), E, kk, metric=faiss.METRIC_INNER_PRODUCT)
     order = np.lexsort((idx, -sim), axis=1)
     idx, sim = np.take_along_axis(idx, order, 1), np.take_along_axis(sim, order, 1)
     is_self = idx == np.arange(start, stop)[:, None]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -216,7 +217,16 @@ def test_audit_ray_flags_the_same_rows_as_local(ray_cluster, cli, tmp_path):
     flagged = a.filter(a.column("is_label_issue")).column("id").to_pylist()
     assert len(flagged) > 45  # most of the 90 planted errors
     assert b.filter(b.column("is_label_issue")).column("id").to_pylist() == flagged
-    assert a.equals(b)
+    # Every column equal; similarities to float32 rounding: FAISS's exact search runs in the Ray workers
+    # on whichever BLAS that process bound first, which may round a product's last bits differently.
+    assert a.column_names == b.column_names
+    for name in a.column_names:
+        x, y = a.column(name), b.column(name)
+        if pa.types.is_floating(x.type):
+            assert np.allclose(x.to_numpy(zero_copy_only=False), y.to_numpy(zero_copy_only=False), rtol=1e-5,
+                               atol=1e-6, equal_nan=True), name
+        else:
+            assert x.equals(y), name
 
 
 # ---------------------------------------------------------------------------------------------

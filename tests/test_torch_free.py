@@ -122,7 +122,7 @@ def test_a_damaged_png_fails_its_row_only(tmp_path):
     assert [len(t) for t in two] == [2, 2] and [len(e) for e, _ in two] == [4, 3] and np.array_equal(np.concatenate([e for e, _ in two]), emb)
 
 
-@pytest.mark.parametrize("n, k, block_rows", [(300, 7, 37), (50, 49, 50), (2, 1, 1)])
+@pytest.mark.parametrize("n, k, block_rows", [(600, 7, 37), (300, 7, 300), (50, 49, 50), (2, 1, 1)])
 def test_exact_neighbours_on_cpu_equal_brute_force(n, k, block_rows):
     rng = np.random.default_rng(n)
     X = rng.standard_normal((n, 16)).astype(np.float32) * rng.uniform(0.1, 10, (n, 1)).astype(np.float32)
@@ -144,7 +144,11 @@ def test_exact_neighbours_order_ties_by_row_index_and_report_each_block():
     # Row 3 is equally far from all four: any three of them, in row order (which three is a tie).
     assert set(idx[3]) < {0, 1, 2, 4} and idx[3].tolist() == sorted(idx[3])
     assert np.allclose(sim[[0, 1, 2, 4]], 1.0) and np.allclose(sim[3], 0.0)
-    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert seen == [(5, 5)]  # one block: blocks are whole tiles of EXACT_TILE_ROWS rows
+    seen = []
+    find_nearest_neighbors(np.random.default_rng(0).standard_normal((600, 4)).astype(np.float32), k=3,
+                           max_block_bytes=12 * 600 * 300, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(256, 600), (512, 600), (600, 600)]
 
 
 def test_resolve_device_asks_torch_when_told_to_and_keeps_cpu_cpu():
@@ -154,3 +158,18 @@ def test_resolve_device_asks_torch_when_told_to_and_keeps_cpu_cpu():
             "'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["cpu", "True", "True"]
+
+
+def test_exact_blocks_give_the_same_bits_whatever_the_block_size():
+    """The Ray engine cuts exact blocks differently from the local one; the neighbours and their
+    similarities must be the same bits (FAISS gets the same tiles either way)."""
+    from labelkit.neighbors import exact_block, exact_block_rows, normalized_rows
+
+    rng = np.random.default_rng(3)
+    E = normalized_rows(rng.standard_normal((1000, 64)).astype(np.float32))
+    E[700] = E[10]  # an exact copy: a tie the two cuts must break the same way
+    whole = exact_block(E, 0, 1000, 9)
+    for rows in (exact_block_rows(12 * 1000 * 300, 1000), exact_block_rows(1 << 30, 1000, cap=300)):
+        parts = [exact_block(E, s, min(1000, s + rows), 9) for s in range(0, 1000, rows)]
+        assert np.array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+        assert np.array_equal(np.concatenate([p[1] for p in parts]), whole[1])

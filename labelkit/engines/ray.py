@@ -281,7 +281,7 @@ def find_nearest_neighbors(embeddings: np.ndarray, *, k: int = 10, address: str 
     if n <= exact_max_rows:
         E = neighbors.normalized_rows(embeddings)
         # Enough blocks to keep every CPU busy, none bigger than the scratch budget.
-        block = max(1, min(max_block_bytes // (neighbors.EXACT_BLOCK_BYTES_PER_PAIR * n), math.ceil(n / (2 * cpus))))
+        block = neighbors.exact_block_rows(max_block_bytes, n, cap=math.ceil(n / (2 * cpus)))
         remote, args = ray.remote(num_cpus=1)(_knn_block), (ray.put(E),)
         tail = (k,)
     else:
