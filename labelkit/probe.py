@@ -208,12 +208,12 @@ class _SklearnProbe:
     def fit_predict(self, X_train, y_train, X_test, C: float, n_classes: int, tol: float = 1e-4,
                     warm: bool = True) -> np.ndarray:
         """Fit at `C` to `tol`; from the previous fit's weights when `warm` (and there is one), else from 0."""
+        from threadpoolctl import threadpool_limits
+
         if not self.fitted_scaler:
             self.scaler.fit(X_train)
             self.X_train, self.X_test = self.scaler.transform(X_train), self.scaler.transform(X_test)
             self.fitted_scaler = True
-        from threadpoolctl import threadpool_limits
-
         self.model.set_params(C=C, tol=tol, warm_start=warm)
         out = np.zeros((len(X_test), n_classes), dtype=np.float32)
         # BLAS on one thread: lbfgs's products are skinny (rows x features by features x classes) and
@@ -263,7 +263,8 @@ def _sklearn_mlp_fit_predict(X: np.ndarray, labels: np.ndarray, train: np.ndarra
             bad += 1
             if bad >= 3:
                 break
-    model.coefs_, model.intercepts_ = best_weights
+    if best_weights is not None:  # None only if no epoch gave a finite validation log-loss
+        model.coefs_, model.intercepts_ = best_weights
     out = np.empty((len(test), n_classes), np.float32)
     for start in range(0, len(test), 65536):
         out[start:start + 65536] = model.predict_proba(scaler.transform(X[test[start:start + 65536]]))
@@ -871,9 +872,13 @@ def get_out_of_sample_probs(embeddings: np.ndarray, labels: np.ndarray, *, n_cla
     families = {"auto": ("knn", "logreg", "mlp"), "sklearn": ("logreg",), "torch": ("logreg",)}.get(probe, (probe,))
     if "knn" in families:
         # The caller's search over all rows serves the selection when it holds every row, or every
-        # row but the held-out ones (a few more neighbours, those in the selection kept).
-        shared = (neighbors if len(sel) == n else _within(neighbors, sel, n) if len(sel) == n_train else None) \
-            if neighbors is not None else None
+        # row but the held-out ones while they are at most half (it then asks n / len(sel) <= 2 times
+        # the neighbours, keeping those in the selection); else the selection searches its own rows.
+        shared = None
+        if neighbors is not None and len(sel) == n:
+            shared = neighbors
+        elif neighbors is not None and len(sel) == n_train and 2 * n_train >= n:
+            shared = _within(neighbors, sel, n)
         _evaluate_knn(Xs, ys, fs, search, k_grid=k_grid, smoothing_grid=KNN_SMOOTHING_GRID, device=device,
                       shared=shared)
     if "logreg" in families:

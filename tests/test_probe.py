@@ -305,3 +305,17 @@ def test_abandoning_needs_a_gap_beyond_the_margin_and_the_noise():
     scattered = probs(np.exp(-1.0 - np.tile([0.9, -0.7], 75)))
     worse, mine, their_loss, z = _clearly_worse(labels[:150], scattered, flat)
     assert np.isclose(mine, 1.1) and np.isclose(their_loss, 1.0) and 1 < z < 3 and not worse
+
+
+def test_selection_searches_its_own_rows_when_most_rows_are_held_out(monkeypatch):
+    """Reading the all-rows search costs n / len(selection) times the neighbours: above half held out
+    the selection searches its own rows instead (the cost stays bounded whatever the split)."""
+    import labelkit.neighbors as neighbors
+
+    searched = []
+    real = neighbors.find_nearest_neighbors
+    monkeypatch.setattr(neighbors, "find_nearest_neighbors", lambda X, **kw: searched.append(len(X)) or real(X, **kw))
+    X, y = blobs(n_per=100, k=3, d=8, spread=3.0)
+    holdout = np.arange(len(y)) % 10 < 7  # 70 % held out
+    get_out_of_sample_probs(X, y, holdout=holdout, probe="knn", neighbors=neighbors.SharedNeighbors(X))
+    assert searched == [(~holdout).sum(), len(X)]  # the selection's own search, then the shared one
