@@ -301,7 +301,7 @@ def _check_cells(n_items: int, n_annotators: int, what: str) -> None:
 def _group_long(df, source: Path, annotator_col: str, options: dict):
     """Return (one row per item, the annotators' label columns (Arrow strings, one per annotator), annotators)."""
     from labelkit.arrays import cells as _cells
-    from labelkit.ingest import detect_column
+    from labelkit.tables import detect_column
 
     columns = [str(c) for c in df.columns]
     if source.suffix.lower() in (".parquet", ".pq"):
