@@ -156,3 +156,133 @@ def test_regression_rows_get_the_text_checks_but_no_label_conflicts():
     assert texts_check.applies(ctx) is None and REGISTRY["spurious_correlations"].applies(ctx) == "not for regression data"
     r = texts_check.run(ctx)
     assert r.metrics["conflicting_text_rows"] is None and not r.columns["is_conflicting_text"].any()
+
+
+# ---------------------------------------------------------------------------------------------
+# The vectorised check against a straightforward per-row reference (the oracle below is the
+# check as it was written before its reasons were built with Arrow kernels: one Python pass per row).
+
+_ORACLE_BLANK = "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+_ORACLE_SPACE = "[ \t\n\x0b\x0c\r\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+"
+
+
+def _oracle_unreadable(ch):
+    import unicodedata
+
+    o = ord(ch)
+    return (o <= 8 or o in (0xB, 0xC) or 0xE <= o <= 0x1F or 0x7F <= o <= 0x9F or 0xFFFD <= o <= 0xFFFF
+            or unicodedata.category(ch) == "Co")
+
+
+def _oracle(texts, labels, classes, ids):
+    """Return (columns, reasons) of text_properties computed row by row in plain Python."""
+    import math
+    import re
+    import statistics
+
+    n = len(texts)
+    length = [len(t.strip(_ORACLE_BLANK)) if t is not None else 0 for t in texts]
+    raw = [len(t) if t is not None else 0 for t in texts]
+    empty = [L == 0 for L in length]
+    logs = [math.log(L) for L in length if L > 0]
+    med = statistics.median(logs)
+    dev = [abs(x - med) for x in logs]
+    mad = statistics.median(dev)
+    scale = max(mad / 0.6745 if mad > 0 else 1.2533 * statistics.fmean(dev), math.log(2.0) / 3.5)
+    z = [(math.log(L) - med) / scale if L > 0 else 0.0 for L in length]
+    median = statistics.median([L for L in length if L > 0])
+    bad = [sum(map(_oracle_unreadable, t)) / len(t) if t else 0.0 for t in texts]
+    keys = [None if e or t is None else re.sub(_ORACLE_SPACE, " ", t).lower().strip() for t, e in zip(texts, empty)]
+    groups = {}
+    for i, k in enumerate(keys):
+        if k is not None:
+            groups.setdefault(k, []).append(i)
+    conflicting, other, agreement = [False] * n, [-1] * n, [1.0] * n
+    for rows in groups.values():
+        present = sorted({labels[i] for i in rows})
+        for i in rows:
+            agreement[i] = sum(labels[j] == labels[i] for j in rows) / len(rows)
+            if len(present) > 1:
+                conflicting[i] = True
+                want = present[1] if labels[i] == present[0] else present[0]
+                other[i] = next(j for j in rows if labels[j] == want)
+    short = [not e and v < -3.5 for e, v in zip(empty, z)]
+    long = [not e and v > 3.5 for e, v in zip(empty, z)]
+    garbled = [not e and b >= 0.3 for e, b in zip(empty, bad)]
+    reasons = {}
+    for i in range(n):
+        parts = []
+        if empty[i]:
+            parts.append("text is empty" if raw[i] == 0 else
+                         f"text is blank: {raw[i]} whitespace or invisible characters")
+        if short[i] or long[i]:
+            parts.append(f"text is very {'short' if short[i] else 'long'}: {length[i]:,} characters "
+                         f"(median {median:,.0f}, robust z {z[i]:+.1f})")
+        if garbled[i]:
+            parts.append(f"text is garbled: {bad[i]:.0%} of {raw[i]:,} characters "
+                         "are control or U+FFFD replacement characters")
+        if conflicting[i]:
+            parts.append(f"same text as {ids[other[i]]} labelled {classes[labels[other[i]]]!r}"
+                         f" ({agreement[i]:.0%} of its copies labelled {classes[labels[i]]!r})")
+        if parts:
+            reasons[i] = "; ".join(parts)
+    columns = {"is_empty_text": empty, "is_short_text": short, "is_long_text": long, "is_garbled_text": garbled,
+               "is_conflicting_text": conflicting}
+    return columns, reasons, {"z": z, "bad": bad, "agreement": agreement}
+
+
+def _awkward_texts(n, seed):
+    """Seeded texts with the awkward cases: None, empty, blank, unicode, control characters, conflicts."""
+    rng = np.random.default_rng(seed)
+    pool = ["Café crème", "naïve FAÇADE", "日本語のレビュー", "🎬🎬", "x", "Ok", "the  plot\twas slow", "THE PLOT was slow",
+            "", " \u200b ", "\u00ad", "\ufffd\ufffd\ufffd", "a\x00b\x00c", "\ue000 private", "ÜBER   größe",
+            " ".join(["long review text"] * 60), "y", "1234567", "\u3000full width\u3000"]
+    texts = [None if rng.random() < 0.03 else str(rng.choice(pool)) if rng.random() < 0.5
+             else " ".join(rng.choice(WORDS, rng.integers(1, 12))) for _ in range(n)]
+    return texts, rng.integers(0, 3, n)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_text_properties_equal_the_per_row_reference(seed):
+    texts, labels = _awkward_texts(2000, seed)
+    classes = ["neg", "pos", "it's"]  # a name whose repr uses double quotes
+    ids = [f"r{i}" for i in range(len(texts))]
+    r = run_classes(texts, labels, classes)
+    columns, reasons, numbers = _oracle(texts, labels.tolist(), classes, ids)
+    for name, expected in columns.items():
+        assert r.columns[name].tolist() == expected, name
+    assert r.columns["garbled_score"] == pytest.approx(1 - np.array(numbers["bad"]), abs=1e-6)
+    assert dict(r.reasons) == reasons
+    assert r.reasons == reasons and len(r.reasons) == len(reasons)
+    assert sum(r.columns["is_conflicting_text"]) > 100 and sum(r.columns["is_empty_text"]) > 50
+
+
+def run_classes(texts, labels, classes):
+    return REGISTRY["text_properties"].run(context(texts, labels, classes))
+
+
+def test_reason_number_formats_equal_pythons():
+    from labelkit.checks import reasons as R
+
+    rng = np.random.default_rng(0)
+    ints = np.concatenate([[0, 1, -1, 999, 1000, -1000, 10 ** 6, 999_999, 1_234_567_890], rng.integers(-10 ** 10, 10 ** 10, 500)])
+    assert R.fmt_int(ints).to_pylist() == [f"{v:,}" for v in ints.tolist()]
+    assert R.fmt_int(ints, sep=False, sign=True).to_pylist() == [f"{v:+}" for v in ints.tolist()]
+    floats = np.concatenate([[0.0, -0.0, -0.001, 0.005, 0.015, 0.125, 2.5, -2.5, np.nan, np.inf, -np.inf],
+                             rng.normal(0, 100, 1000), np.round(rng.normal(0, 10, 1000), 3)])
+    for d in (0, 1, 2):
+        assert R.fmt_fixed(floats, d, sign=True).to_pylist() == [f"{v:+.{d}f}" for v in floats.tolist()]
+        assert R.fmt_fixed(floats, d, sep=True).to_pylist() == [f"{v:,.{d}f}" for v in floats.tolist()]
+    shares = rng.random(1000)
+    assert R.fmt_percent(shares).to_pylist() == [f"{v:.0%}" for v in shares.tolist()]
+
+
+def test_merged_reasons_join_dicts_and_arrow_reasons():
+    from labelkit.checks import reasons as R
+    from labelkit.checks.base import CheckResult
+
+    arrow = R.RowReasons(np.array([4, 1]), pa.array(["b4", "b1"]))
+    assert dict(arrow) == {1: "b1", 4: "b4"} and 4 in arrow and 2 not in arrow
+    a, b = CheckResult(reasons={3: "a3", 1: "a1"}), CheckResult(reasons=arrow)
+    merged = R.merge_reasons(6, {"a": a, "b": b})
+    assert merged.to_pylist() == [None, "a1; b1", None, "a3", "b4", None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from labelkit.checks import reasons as R
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
 
 Z_THRESHOLD = 3.5  # Iglewicz & Hoaglin's cut for the modified z-score
@@ -176,67 +177,90 @@ class TextProperties(Check):
 
     def run(self, ctx: CheckContext) -> CheckResult:
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         # The items column itself rather than ctx.column("text"): Arrow's string kernels, no Python objects.
         texts = ctx.items.column("text")
         texts = texts.combine_chunks() if isinstance(texts, pa.ChunkedArray) else texts
         if pa.types.is_dictionary(texts.type):
             texts = texts.cast(texts.type.value_type)
-        stripped = pc.utf8_trim(texts, characters=BLANK)
-        length = pc.utf8_length(stripped).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        raw_length = pc.utf8_length(texts).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-        empty = length == 0
-
-        z, median = get_text_length_zscores(length)
-        length_score = np.where(empty, np.float32(0), get_text_length_scores(z)).astype(np.float32)
-        short = ~empty & (z < -Z_THRESHOLD)
-        long = ~empty & (z > Z_THRESHOLD)
-
-        bad = pc.count_substring_regex(texts, UNREADABLE).fill_null(0).to_numpy(zero_copy_only=False)
-        bad_share = np.divide(bad, raw_length, out=np.zeros(ctx.n, np.float64), where=raw_length > 0)
-        garbled_score = (1.0 - bad_share).astype(np.float32)
-        garbled = ~empty & (bad_share >= GARBLED_THRESHOLD)
-
-        # Labels are comparable class indices for these tasks only (multi-label and regression: no conflicts).
-        comparable = ctx.task in ("multiclass", "multiannotator")
-        if comparable:
-            keys = normalize_texts(texts)
-            keys = pc.if_else(pa.array(empty), pa.scalar(None, keys.type), keys)
-            conflicting, other, agreement = find_conflicting_texts(keys, ctx.labels, len(ctx.classes))
-        else:
-            conflicting, other, agreement = np.zeros(ctx.n, bool), np.full(ctx.n, -1), np.ones(ctx.n, np.float32)
-
-        flagged = empty | short | long | garbled | conflicting
-        score = np.minimum(np.minimum(length_score, garbled_score), agreement).astype(np.float32)
-
-        reasons = {}
-        rows = np.flatnonzero(flagged)
-        partner = ctx.ids.take(pa.array(np.maximum(other[rows], 0))).to_pylist() if len(rows) else []
-        for row, pid in zip(rows.tolist(), partner):
-            parts = []
-            if empty[row]:
-                parts.append("text is empty" if raw_length[row] == 0 else
-                             f"text is blank: {raw_length[row]} whitespace or invisible characters")
-            if short[row] or long[row]:
-                parts.append(f"text is very {'short' if short[row] else 'long'}: {length[row]:,} characters "
-                             f"(median {median:,.0f}, robust z {z[row]:+.1f})")
-            if garbled[row]:
-                parts.append(f"text is garbled: {bad_share[row]:.0%} of {raw_length[row]:,} characters "
-                             "are control or U+FFFD replacement characters")
-            if conflicting[row]:
-                parts.append(f"same text as {pid} labelled {ctx.classes[ctx.labels[other[row]]]!r}"
-                             f" ({agreement[row]:.0%} of its copies labelled {ctx.classes[ctx.labels[row]]!r})")
-            reasons[row] = "; ".join(parts)
-
+        f = text_flags(texts, ctx.labels, len(ctx.classes), comparable=ctx.task in ("multiclass", "multiannotator"))
         n = max(ctx.n, 1)
         return CheckResult(
-            columns={"is_empty_text": empty, "text_length_score": length_score, "is_short_text": short,
-                     "is_long_text": long, "garbled_score": garbled_score, "is_garbled_text": garbled,
-                     "is_conflicting_text": conflicting, "text_property_score": score,
-                     "is_text_property_issue": flagged},
-            metrics={"empty_text_rate": float(empty.sum() / n), "short_text_rate": float(short.sum() / n),
-                     "long_text_rate": float(long.sum() / n), "garbled_text_rate": float(garbled.sum() / n),
-                     "conflicting_text_rows": int(conflicting.sum()) if comparable else None},
-            reasons=reasons,
-            details={"median_length": median, "z_threshold": Z_THRESHOLD, "garbled_threshold": GARBLED_THRESHOLD})
+            columns={"is_empty_text": f["empty"], "text_length_score": f["length_score"], "is_short_text": f["short"],
+                     "is_long_text": f["long"], "garbled_score": f["garbled_score"], "is_garbled_text": f["garbled"],
+                     "is_conflicting_text": f["conflicting"], "text_property_score": f["score"],
+                     "is_text_property_issue": f["flagged"]},
+            metrics={"empty_text_rate": float(f["empty"].sum() / n), "short_text_rate": float(f["short"].sum() / n),
+                     "long_text_rate": float(f["long"].sum() / n), "garbled_text_rate": float(f["garbled"].sum() / n),
+                     "conflicting_text_rows": int(f["conflicting"].sum()) if f["comparable"] else None},
+            reasons=text_reasons(f, ctx.ids, ctx.labels, ctx.classes),
+            details={"median_length": f["median"], "z_threshold": Z_THRESHOLD, "garbled_threshold": GARBLED_THRESHOLD})
+
+
+def text_flags(texts, labels: np.ndarray, n_classes: int, *, comparable: bool) -> dict:
+    """Return the per-row numbers and flags of :class:`TextProperties` for an Arrow string array.
+
+    Keys: ``length``, ``raw_length``, ``empty``, ``z``, ``median``, ``length_score``, ``short``,
+    ``long``, ``bad_share``, ``garbled_score``, ``garbled``, ``conflicting``, ``other``,
+    ``agreement``, ``score``, ``flagged``, ``comparable`` (whether labels could conflict).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = len(texts)
+    stripped = pc.utf8_trim(texts, characters=BLANK)
+    length = pc.utf8_length(stripped).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    raw_length = pc.utf8_length(texts).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    empty = length == 0
+    z, median = get_text_length_zscores(length)
+    length_score = np.where(empty, np.float32(0), get_text_length_scores(z)).astype(np.float32)
+    bad = pc.count_substring_regex(texts, UNREADABLE).fill_null(0).to_numpy(zero_copy_only=False)
+    bad_share = np.divide(bad, raw_length, out=np.zeros(n, np.float64), where=raw_length > 0)
+    # Labels are comparable class indices for multiclass and multi-annotator data only.
+    if comparable:
+        keys = normalize_texts(texts)
+        keys = pc.if_else(pa.array(empty), pa.scalar(None, keys.type), keys)
+        conflicting, other, agreement = find_conflicting_texts(keys, labels, n_classes)
+    else:
+        conflicting, other, agreement = np.zeros(n, bool), np.full(n, -1), np.ones(n, np.float32)
+    f = {"length": length, "raw_length": raw_length, "empty": empty, "z": z, "median": median,
+         "length_score": length_score, "short": ~empty & (z < -Z_THRESHOLD), "long": ~empty & (z > Z_THRESHOLD),
+         "bad_share": bad_share, "garbled_score": (1.0 - bad_share).astype(np.float32),
+         "garbled": ~empty & (bad_share >= GARBLED_THRESHOLD), "conflicting": conflicting, "other": other,
+         "agreement": agreement, "comparable": comparable}
+    f["flagged"] = empty | f["short"] | f["long"] | f["garbled"] | conflicting
+    f["score"] = np.minimum(np.minimum(length_score, f["garbled_score"]), agreement).astype(np.float32)
+    return f
+
+
+def text_reasons(f: dict, ids, labels: np.ndarray, classes: list[str]) -> R.RowReasons:
+    """Return the reasons of the rows :func:`text_flags` flagged, formatted column-wise (Arrow kernels)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rows = np.flatnonzero(f["flagged"])
+    at = {k: f[k][rows] for k in ("empty", "short", "long", "garbled", "conflicting", "raw_length", "length", "z",
+                                  "bad_share", "other", "agreement")}
+    parts = []
+    if at["empty"].any():
+        raw = at["raw_length"][at["empty"]]
+        blank = R.concat("text is blank: ", R.fmt_int(raw), " whitespace or invisible characters")
+        parts.append(R.scatter(pc.if_else(pa.array(raw == 0), pa.scalar("text is empty"), blank), at["empty"]))
+    odd = at["short"] | at["long"]
+    if odd.any():
+        parts.append(R.concat("text is very ", np.where(at["short"][odd], "short", "long"), ": ",
+                              R.fmt_int(at["length"][odd]), f" characters (median {f['median']:,.0f}, robust z ",
+                              R.fmt_fixed(at["z"][odd], 1, sign=True), ")", where=odd))
+    g = at["garbled"]
+    if g.any():
+        parts.append(R.concat("text is garbled: ", R.fmt_percent(at["bad_share"][g]), " of ",
+                              R.fmt_int(at["raw_length"][g]),
+                              " characters are control or U+FFFD replacement characters", where=g))
+    c = at["conflicting"]
+    if c.any():
+        names = np.array([repr(name) for name in classes], dtype=object)  # one repr per class, not per row
+        other = at["other"][c]
+        parts.append(R.concat("same text as ", ids.take(pa.array(other)), " labelled ", names[labels[other]], " (",
+                              R.fmt_percent(at["agreement"][c]), " of its copies labelled ", names[labels[rows[c]]],
+                              ")", where=c))
+    return R.RowReasons(rows, R.join_reasons(parts) if parts else pa.array([], pa.string()))
