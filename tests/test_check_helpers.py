@@ -23,14 +23,15 @@ def _regression_context(n: int = 2000, flagged: int = 300, seed: int = 0) -> Che
     z = (y - pred) / 1.0
     found = {"targets": y, "predictions": pred, "is_label_issue": flags, "residual_z": z,
              "label_quality": np.exp(-np.abs(z)), "center": 0.0, "scale": 1.0, "z_threshold": 3.5,
-             "probe": {"chosen": "ridge"}}
+             "residual": y - pred}
     return CheckContext(ids=pa.array([f"r{i}" for i in range(n)]), labels=np.full(n, -1), classes=[],
-                        task="regression", extra={"regression": found})
+                        task="regression", label_issues=found, targets=y, predictions=pred,
+                        probe_info={"chosen": "ridge"})
 
 
 def test_reasons_of_many_flagged_rows_equal_the_per_row_reasons():
     ctx = _regression_context()
-    r = ctx.extra["regression"]
+    r = ctx.label_issues
     y, pred, z = r["targets"], r["predictions"], r["residual_z"]
     result = RegressionTargets().run(ctx)
     rows = np.flatnonzero(r["is_label_issue"])

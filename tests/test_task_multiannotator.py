@@ -107,7 +107,7 @@ def test_consensus_check_on_a_context():
     found = get_consensus(matrix, probs, annotators=names)
     ctx = CheckContext(ids=pa.array([str(i) for i in range(300)]), labels=found["majority_label"],
                        classes=["w", "x", "y", "z"], task="multiannotator", modality="text", pred_probs=probs,
-                       extra={"multiannotator": found, "annotator_labels": matrix, "annotators": names})
+                       label_issues=found, annotator_labels=matrix, annotators=names)
     results, skipped = run_checks(ctx, ["annotator_consensus"])
     r = results["annotator_consensus"]
     assert r.metrics["consensus_changed_rows"] == int(found["consensus_changed"].sum()) > 0
@@ -119,7 +119,6 @@ def test_consensus_check_on_a_context():
     assert r.tables[0]["rows"][0][0] == "a5"  # the random annotator heads the table
     # Not for other tasks.
     ctx.task = "multiclass"
-    ctx.results = {}
     assert "annotator_consensus" in run_checks(ctx, ["annotator_consensus"])[1]
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from labelkit.checks.base import (NEEDS, REGISTRY, TASKS, Check, CheckContext, CheckResult, all_metrics,  # noqa: F401
-                                  get_checks, register)
+from labelkit.checks.base import (NEEDS, REGISTRY, Check, CheckContext, CheckResult, all_metrics,  # noqa: F401
+                                  default_issue_columns, get_checks, register)
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _module not in ("base", "__main__") and not _module.startswith("_"):
@@ -26,7 +26,11 @@ def markdown_table() -> str:
     for check in get_checks():
         lines += [f"## {check.title} (`{check.name}`)", "", check.description, ""]
         lines.append("Needs: " + (", ".join(NEEDS[n] for n in check.needs) if check.needs else "nothing beyond the items")
-                     + ". Tasks: " + ", ".join(check.tasks) + ".")
+                     + ". Tasks: " + (", ".join(check.tasks) if check.tasks is not None else "every task type") + ".")
+        if check.params:
+            lines.append("Parameters: " + "; ".join(f"`{k}` ({v})" for k, v in check.params.items()) + ".")
+        if check.prunable:
+            lines.append(f"`select prune` can drop the rows it flags (`{check.flag}`).")
         lines.append("")
         if check.metrics:
             lines += ["| metric | meaning |", "|---|---|"] + [f"| `{m}` | {d} |" for m, d in check.metrics.items()] + [""]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 
 NEEDS = {
     "probs": "out-of-sample predicted probabilities (the probe's, or --pred-probs)",
@@ -28,7 +29,6 @@ NEEDS = {
     "text": "text rows",
     "split": "a split per row (train/val/test folders or a split column)",
 }
-TASKS = ("multiclass", "multilabel", "multiannotator", "regression")
 
 
 @dataclass
@@ -36,27 +36,34 @@ class CheckContext:
     """The shared inputs of one `issues` run, over its usable rows (row i of every array is row i).
 
     Arrays that a run could not compute are None (no embeddings → no neighbours). Checks read
-    from it and never write to it; :attr:`results` holds the results of the checks that ran
-    before this one, in registry order.
+    from it and never write to it. Task inputs are named fields, filled by the task type's
+    :meth:`labelkit.tasks.base.TaskType.check_inputs`: a check declares in ``tasks`` which task
+    types it runs on and reads only the fields those fill.
     """
 
     ids: Any  # pyarrow string array of the usable rows' ids
-    labels: np.ndarray  # multiclass: int64 class index per row; other tasks: see `task`
-    classes: list[str]
+    labels: np.ndarray  # int64 per row: the class index (multi-label: the tag set's id; regression: unused)
+    classes: list[str]  # the names of `labels` (multi-label: each tag set's display label)
     task: str = "multiclass"
     modality: str = "image"
     items: Any = None  # pyarrow Table of the usable rows (every items.parquet column)
     embeddings: np.ndarray | None = None  # (n, d) float32 as stored: labelkit's embedders write unit rows, user vectors may not be
     embedding_key: str | None = None
-    pred_probs: np.ndarray | None = None  # (n, K) out of sample
+    pred_probs: np.ndarray | None = None  # (n, K) out of sample (multi-label: per-tag probabilities)
     folds: np.ndarray | None = None
-    label_issues: dict | None = None  # labelkit.issues.find_label_issues output, expanded to all rows
+    label_issues: dict | None = None  # the task finder's verdicts (multiclass: labelkit.issues.find_label_issues, expanded to all rows)
     neighbor_idx: np.ndarray | None = None  # (n, k) most similar first, -1 where missing (search_neighbors); self excluded
     neighbor_sims: np.ndarray | None = None  # (n, k) cosine similarity
     options: dict = field(default_factory=dict)  # the run's options: dup_threshold, seed, n_folds, …
-    extra: dict = field(default_factory=dict)  # task-specific inputs (e.g. the annotator label matrix)
     seed: int = 0
-    results: dict[str, "CheckResult"] = field(default_factory=dict)
+    probe_info: dict | None = None  # the probe's choice record (None: the user's predictions)
+    exact_duplicates: tuple | None = None  # labelkit.checks.duplicates.find_duplicates of the content hashes, precomputed
+    tags: list[str] | None = None  # multi-label: the tags (columns of tag_labels and pred_probs)
+    tag_labels: np.ndarray | None = None  # multi-label: (n, K) bool, the given tags
+    annotators: list[str] | None = None  # multi-annotator: the annotators (columns of annotator_labels)
+    annotator_labels: np.ndarray | None = None  # multi-annotator: (n, M) float32 class index, NaN = not labelled
+    targets: np.ndarray | None = None  # regression: float64 target per row
+    predictions: np.ndarray | None = None  # regression: float64 out-of-sample prediction per row
 
     @property
     def n(self) -> int:
@@ -123,18 +130,24 @@ class Check:
     title: ClassVar[str]  # shown in the report
     description: ClassVar[str]  # one sentence: what a flag means
     needs: ClassVar[tuple[str, ...]] = ()
-    tasks: ClassVar[tuple[str, ...]] = TASKS  # the task types the check applies to
+    tasks: ClassVar[tuple[str, ...] | None] = None  # the task types the check applies to; None: every one
     metrics: ClassVar[dict[str, str]] = {}  # gate metric → description
     columns: ClassVar[dict[str, str]] = {}  # issues.parquet column → description
     flag: ClassVar[str | None] = None  # the bool column that marks a flagged row
     score: ClassVar[str | None] = None  # the column flagged rows are ranked by in the report
     score_ascending: ClassVar[bool] = True  # True: lower score = worse (cleanlab's convention)
     pair: ClassVar[str | None] = None  # a column holding the id of a related row (shown beside it)
-    order: ClassVar[int] = 100  # run and show order; later checks may read earlier results
+    order: ClassVar[int] = 100  # run and show order
+    # Columns issues.parquet always has, with this value (per type) when the check did not run:
+    # column -> "false" (bool False), "nan" (float32 NaN), "null_float" (float32 null), "null_string".
+    default_columns: ClassVar[dict[str, str]] = {}
+    prunable: ClassVar[bool] = False  # whether `select prune` drops the rows of `flag` (--drop NAME)
+    baseline_title: ClassVar[str | None] = None  # how `audit --baseline` names the check's change (None: `title`)
+    params: ClassVar[dict[str, str]] = {}  # the run's options the check reads from ``ctx.options`` -> meaning
 
     def applies(self, ctx: CheckContext) -> str | None:
         """Return None when the check can run on `ctx`, else why not (a short phrase)."""
-        if ctx.task not in self.tasks:
+        if self.tasks is not None and ctx.task not in self.tasks:
             return f"not for {ctx.task} data"
         for need in self.needs:
             if not ctx.has(need):
@@ -181,8 +194,7 @@ def all_metrics() -> dict[str, str]:
 def run_checks(ctx: CheckContext, names=None) -> tuple[dict[str, CheckResult], dict[str, str]]:
     """Run every applicable check (or only `names`) in order; return (results, {skipped name: why}).
 
-    Results are also stored in ``ctx.results`` as they arrive, so a later check can read an
-    earlier one's columns. A check named in `names` that cannot run is reported as skipped.
+    A check named in `names` that cannot run is reported as skipped.
     """
     results: dict[str, CheckResult] = {}
     skipped: dict[str, str] = {}
@@ -197,8 +209,27 @@ def run_checks(ctx: CheckContext, names=None) -> tuple[dict[str, CheckResult], d
         unknown = set(result.columns) - set(check.columns)
         if unknown:
             raise RuntimeError(f"Check {check.name!r} returned undeclared columns {sorted(unknown)}.")
-        results[check.name] = ctx.results[check.name] = result
+        results[check.name] = result
     return results, skipped
+
+
+# How a declared default column (Check.default_columns) is filled for n rows when its check did not run.
+EMPTY_COLUMNS = {"false": lambda n: np.zeros(n, bool), "nan": lambda n: np.full(n, np.nan, np.float32),
+                 "null_float": lambda n: pa.nulls(n, pa.float32()), "null_string": lambda n: pa.nulls(n, pa.string())}
+
+
+def default_issue_columns(n: int, task: str) -> dict:
+    """Return the issues-table columns every reader may rely on for a `task` run, empty for `n` rows.
+
+    Each check that applies to `task` declares them (:attr:`Check.default_columns`); a check that
+    runs replaces them with its own values.
+    """
+    out: dict = {}
+    for check in get_checks():
+        if check.tasks is None or task in check.tasks:
+            for column, kind in check.default_columns.items():
+                out.setdefault(column, EMPTY_COLUMNS[kind](n))
+    return out
 
 
 def merged_reasons(n: int, results: dict[str, CheckResult]) -> list[str | None]:

@@ -78,10 +78,13 @@ class Duplicates(Check):
     score_ascending = False
     pair = "duplicate_of"
     order = 20
+    prunable = True
+    baseline_title = "duplicate"
+    params = {"dup_threshold": "cosine similarity at or above which two rows are near-duplicates"}
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        if "exact_duplicates" in ctx.extra:  # computed on a thread while confident learning ran
-            dup_of, score, exact = ctx.extra["exact_duplicates"]
+        if ctx.exact_duplicates is not None:  # computed on a thread while confident learning ran
+            dup_of, score, exact = ctx.exact_duplicates
         else:
             # Without neighbours the threshold is unused (and None: no embedder to take it from), so only
             # the exact part runs.

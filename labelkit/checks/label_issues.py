@@ -35,6 +35,10 @@ class LabelIssues(Check):
     flag = "is_label_issue"
     score = "label_quality"
     order = 10
+    default_columns = {"is_label_issue": "false", "label_quality": "null_float", "suggested_label": "null_string"}
+    prunable = True
+    baseline_title = "label issue"
+    params = {"filter_by": "cleanlab's filter_by", "rank_by": "cleanlab's rank_by (the label quality score)"}
 
     def run(self, ctx: CheckContext) -> CheckResult:
         found = ctx.label_issues

@@ -1,8 +1,9 @@
 """Multi-annotator consensus: items whose CROWDLAB consensus is weak or overturns the majority vote.
 
-Reads the consensus that :func:`labelkit.tasks.multiannotator.issues` computed (``ctx.extra
-['multiannotator']``, a :func:`labelkit.tasks.multiannotator.get_consensus` result) and turns it
-into per-row columns, evidence, the gate's metrics and the report's annotator table.
+Reads the consensus the multi-annotator task type computed (``ctx.label_issues``, a
+:func:`labelkit.tasks.multiannotator.get_consensus` result, with the annotators' labels in
+``ctx.annotator_labels``) and turns it into the per-row columns of issues.parquet (the core label
+columns among them), evidence, the gate's metrics and the report's annotator table.
 
 References
 ----------
@@ -13,6 +14,7 @@ scores for data with multiple annotators". NeurIPS 2022 Human in the Loop Learni
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
 from labelkit.checks._task_common import annotator_records
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
@@ -33,6 +35,9 @@ class AnnotatorConsensus(Check):
                                     "(items with two or more labels)",
     }
     columns = {
+        "is_label_issue": "the item's consensus is an issue (is_consensus_issue)",
+        "label_quality": "CROWDLAB quality of the consensus label (0-1, lower is worse)",
+        "suggested_label": "the CROWDLAB consensus label",
         "consensus_label": "CROWDLAB consensus label",
         "consensus_quality": "CROWDLAB quality of the consensus label (0-1, lower is worse)",
         "annotator_agreement": "fraction of the item's annotators who gave the consensus label",
@@ -45,15 +50,18 @@ class AnnotatorConsensus(Check):
     score = "consensus_quality"
     score_ascending = True
     order = 20
+    default_columns = {"is_label_issue": "false", "label_quality": "null_float", "suggested_label": "null_string"}
+    prunable = True
+    baseline_title = "consensus issue"
 
     def applies(self, ctx: CheckContext) -> str | None:
         why = super().applies(ctx)
-        if why is None and "multiannotator" not in ctx.extra:
+        if why is None and ctx.label_issues is None:
             return "needs the annotators' consensus (labelkit issues on multi-annotator data)"
         return why
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        found = ctx.extra["multiannotator"]
+        found = ctx.label_issues
         classes = np.asarray(ctx.classes, dtype=object)
         names = np.asarray(found["annotators"], dtype=object)
         consensus = found["consensus_label"]
@@ -65,6 +73,8 @@ class AnnotatorConsensus(Check):
         multi = found["num_annotations"] >= 2
         ann_quality = found["annotator_quality"]
         result = CheckResult(columns={
+            "is_label_issue": flags, "label_quality": pa.array(quality, pa.float32()),
+            "suggested_label": pa.array(ctx.classes, pa.string()).take(pa.array(consensus)),
             "consensus_label": classes[consensus],
             "consensus_quality": quality.astype(np.float32),
             "annotator_agreement": found["annotator_agreement"].astype(np.float32),
@@ -78,7 +88,7 @@ class AnnotatorConsensus(Check):
             "consensus_changed_rows": int(found["consensus_changed"].sum()),
             "mean_annotator_agreement": float(found["annotator_agreement"][multi].mean()) if multi.any() else None,
         }
-        matrix = ctx.extra.get("annotator_labels")
+        matrix = ctx.annotator_labels
         probs = ctx.pred_probs
         for row in np.flatnonzero(flags):  # a loop over flagged rows only
             result.reasons[int(row)] = self._reason(int(row), found, matrix, probs, classes, names)

@@ -16,8 +16,8 @@ class MultilabelLabelIssues(Check):
     """Confident learning per tag (cleanlab's multi-label module) over one-vs-rest out-of-sample probabilities.
 
     ``issues`` for a multi-label workspace computes the verdicts once
-    (:func:`labelkit.tasks.multilabel.find_multilabel_label_issues`, in ``ctx.extra['multilabel']``);
-    this check names them per row (which tags of the set are suspect, and in which direction),
+    (:func:`labelkit.tasks.multilabel.find_multilabel_label_issues`, in ``ctx.label_issues``; the
+    tags and the given multi-hot matrix in ``ctx.tags`` / ``ctx.tag_labels``); this check names them per row (which tags of the set are suspect, and in which direction),
     counts them and writes the evidence: the probe's out-of-sample probability of each suspect tag.
 
     References
@@ -47,10 +47,13 @@ class MultilabelLabelIssues(Check):
     flag = "is_label_issue"
     score = "label_quality"
     order = 10
+    default_columns = {"is_label_issue": "false", "label_quality": "null_float", "suggested_label": "null_string"}
+    prunable = True
+    baseline_title = "label issue"
+    params = {"filter_by": "cleanlab's filter_by, per tag", "rank_by": "cleanlab's multi-label rank_by"}
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        info = ctx.extra["multilabel"]
-        tags, Y, found = info["tags"], np.asarray(info["labels"], bool), info["found"]
+        tags, Y, found = ctx.tags, np.asarray(ctx.tag_labels, bool), ctx.label_issues
         flags = np.asarray(found["is_label_issue"], bool)
         suspect = np.asarray(found["suspect"], bool)
         suggested = np.asarray(found["suggested"], bool)

@@ -21,6 +21,10 @@ class Outliers(Check):
     flag = "is_outlier"
     score = "outlier_score"
     order = 30
+    default_columns = {"outlier_score": "nan", "is_outlier": "false"}
+    prunable = True
+    baseline_title = "outlier"
+    params = {"k_neighbors": "nearest rows the score averages over"}
 
     def run(self, ctx: CheckContext) -> CheckResult:
         from labelkit.neighbors import get_outlier_scores, mean_neighbor_similarity

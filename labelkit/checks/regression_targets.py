@@ -1,16 +1,18 @@
 """Regression targets far from their out-of-sample prediction (``--task regression``).
 
-The predictions, residuals and flags are computed once by :func:`labelkit.tasks.regression.issues`
-(probe, cleanlab's regression label quality, robust residual scale) and handed over in
-``ctx.extra['regression']``; this check turns them into per-row columns, evidence and the gate's
-metrics. ``label_issue_rate`` (declared by the label check) is in the summary too.
+The predictions and flags are computed once by the regression task type (the probe, then
+:func:`labelkit.tasks.regression.find_regression_issues`: cleanlab's regression label quality on
+a robust residual scale) and handed over as ``ctx.targets``, ``ctx.predictions`` and
+``ctx.label_issues``; this check turns them into the per-row columns of issues.parquet, evidence
+and the gate's metrics. ``label_issue_rate`` (declared by the label check) is in the summary too.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 
-from labelkit.checks._task_common import residual_reasons
+from labelkit.checks._task_common import format_numbers, residual_reasons
 from labelkit.checks.base import Check, CheckContext, CheckResult, register
 
 
@@ -29,18 +31,24 @@ class RegressionTargets(Check):
     columns = {
         "is_label_issue": "the target's residual is beyond the robust threshold",
         "label_quality": "cleanlab's regression label quality exp(−abs(z)) in [0, 1], lower is worse",
+        "suggested_label": "the out-of-sample prediction as text, rounded to the targets' scale",
+        "target": "the given target",
         "predicted_value": "the probe's out-of-sample prediction of the target",
         "residual": "target − predicted_value",
+        "residual_z": "the residual's robust z-score: (residual − median) / (1.4826 × MAD)",
     }
     flag = "is_label_issue"
     score = "label_quality"
     score_ascending = True
     order = 10
+    default_columns = {"is_label_issue": "false", "label_quality": "null_float", "suggested_label": "null_string"}
+    prunable = True
+    baseline_title = "label issue"
 
     def run(self, ctx: CheckContext) -> CheckResult:
-        r = ctx.extra["regression"]
-        y = np.asarray(r["targets"], np.float64)
-        pred = np.asarray(r["predictions"], np.float64)
+        r = ctx.label_issues
+        y = np.asarray(ctx.targets, np.float64)
+        pred = np.asarray(ctx.predictions, np.float64)
         flags = np.asarray(r["is_label_issue"], bool)
         err = pred - y
         var = float(np.var(y))
@@ -55,8 +63,10 @@ class RegressionTargets(Check):
                  "rows": [[ctx.ids[int(i)].as_py(), float(y[i]), round(float(pred[i]), 6),
                            round(float(y[i] - pred[i]), 6), round(float(r["residual_z"][i]), 2)] for i in worst]}
         return CheckResult(
-            columns={"is_label_issue": flags, "label_quality": np.asarray(r["label_quality"], np.float64),
-                     "predicted_value": pred, "residual": y - pred},
+            columns={"is_label_issue": pa.array(flags), "label_quality": pa.array(r["label_quality"], pa.float32()),
+                     "suggested_label": format_numbers(pred, reference=y), "target": pa.array(y, pa.float64()),
+                     "predicted_value": pa.array(pred, pa.float64()), "residual": pa.array(r["residual"], pa.float64()),
+                     "residual_z": pa.array(r["residual_z"], pa.float32())},
             metrics=metrics, reasons=reasons, tables=[table],
             details={"residual_center": r["center"], "residual_scale": r["scale"], "z_threshold": r["z_threshold"],
-                     "probe": r["probe"]["chosen"]})
+                     "probe": (ctx.probe_info or {}).get("chosen")})

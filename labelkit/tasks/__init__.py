@@ -1,61 +1,21 @@
-"""Task types beyond one label per item: multi-label, several annotators per item, regression.
+"""Task types: multiclass, multi-label, several annotators per item, regression — one plug-in each.
 
-``ingest`` reads every table the same way; a task module only turns the user's label columns
-into what the shared path expects and adds its own columns. Contract of a task module
-``labelkit/tasks/<task>.py``:
-
-- ``prepare_table(df, source, *, options) -> (df, TaskSpec)``: called right after the table is
-  loaded and before columns are detected. It may regroup rows (long-format annotations → one row
-  per item) and must add a column named ``spec.label_col`` holding each row's display label
-  (multi-label: the sorted labels joined by "; ", or "(no labels)"; multi-annotator: the
-  consensus; regression: the number as text). ``spec.columns`` are extra items columns, one value
-  per row of the returned df, appended to items.parquet; ``spec.errors`` marks rows unusable
-  (None = fine); ``spec.classes`` replaces the classes found in the display labels (regression:
-  []); ``spec.manifest`` is merged into the manifest (``task`` is always recorded).
-- ``issues(ws, **options) -> labelkit.issues.IssuesResult``: the task's whole `issues` run
-  (probe, cleanlab's task-specific finder, the shared checks through
-  :func:`labelkit.checks.base.run_checks`), writing issues.parquet/probs.parquet with the
-  workspace's fingerprints as the multiclass path does. ``labelkit.issues.issues`` calls it when
-  the manifest's task is not ``multiclass``.
+Every task type is a :class:`labelkit.tasks.base.TaskType` in its own module, listed in the one
+registry (:data:`labelkit.tasks.base.MODULES`); the verbs call its hooks (docs/tasks.md).
+``ingest`` reads every table the same way; the task's ``prepare_table`` only turns the user's
+label columns into what the shared path expects and adds its own columns.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from typing import Any
-
 from labelkit.errors import LabelkitError
-
-TASKS = ("multiclass", "multilabel", "multiannotator", "regression")
-TASK_LABEL_COL = "__labelkit_label__"  # the display-label column a task adds to the table
-
-
-@dataclass
-class TaskSpec:
-    task: str
-    label_col: str = TASK_LABEL_COL
-    classes: list[str] | None = None
-    columns: dict[str, Any] = field(default_factory=dict)  # name -> pyarrow Array (one per df row)
-    errors: list[str | None] | None = None
-    manifest: dict = field(default_factory=dict)
-
-
-def check_task(task: str, func: str = "ingest") -> str:
-    if task not in TASKS:
-        raise LabelkitError(f"The 'task' parameter of {func} must be one of {', '.join(TASKS)}. Got {task!r} instead.")
-    return task
+from labelkit.tasks.base import (TASK_LABEL_COL, IssuesOptions, ProbeInputs, ProbeOutput, Targets,  # noqa: F401
+                                 TaskSpec, TaskType, check_task, get_task, register, task_names, task_of_manifest)
 
 
 def task_module(task: str):
-    """Return the module that implements `task` (not for ``multiclass``, the built-in path)."""
-    check_task(task)
-    try:
-        return importlib.import_module(f"labelkit.tasks.{task}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"labelkit.tasks.{task}":
-            raise LabelkitError(f"Task {task!r} is not available in this version of labelkit.") from None
-        raise
+    """Return the registered task type `task` (its hooks are what callers used the module for)."""
+    return get_task(task)
 
 
 def infer_task(task: str | None, *, labels_col=None, annotator_cols=None, annotator_col=None) -> str:
@@ -71,9 +31,5 @@ def infer_task(task: str | None, *, labels_col=None, annotator_cols=None, annota
 
 
 def prepare_table(df, source, *, task: str, options: dict):
-    """Return (df, TaskSpec) from the task module's ``prepare_table``."""
-    return task_module(task).prepare_table(df, source, options=options)
-
-
-def task_of(manifest: dict) -> str:
-    return manifest.get("task", "multiclass")
+    """Return (df, TaskSpec) from the task type's :meth:`~labelkit.tasks.base.TaskType.prepare_table`."""
+    return get_task(task).prepare_table(df, source, options=options)

@@ -31,7 +31,6 @@ scores for data with multiple annotators". NeurIPS 2022 Human in the Loop Learni
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -41,7 +40,9 @@ import pyarrow.compute as pc
 
 from labelkit.checks._task_common import annotator_records
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.tasks import TASK_LABEL_COL, TaskSpec
+from labelkit.tasks._classify import ClassificationTrainer, class_prune_rows
+from labelkit.tasks.base import (TASK_LABEL_COL, IssuesOptions, ProbeInputs, ProbeOutput, Targets, TaskSpec, TaskType,
+                                 register)
 from labelkit.workspace import sort_classes
 
 QUALITY_FENCE = 1.5  # flag consensus quality below Q1 - QUALITY_FENCE * IQR (Tukey's lower fence) …
@@ -377,180 +378,128 @@ def _group_long(df, source: Path, annotator_col: str, options: dict):
 
 
 # ---------------------------------------------------------------------------------------------
-# issues
+# The task type
 
 
-def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: str = "auto",
-           filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence", dup_threshold=None,
-           k_neighbors: int = 10, embedding_key: str | None = None, device: str = "auto", seed: int = 0,
-           progress=None, engine: str = "local", ray_address: str | None = None, checks: Sequence[str] | None = None):
-    """Return the multi-annotator issues summary; writes probs, issues and annotators tables.
+@register
+class Multiannotator(TaskType):
+    """Several annotators per item: the shared probe on the majority vote, then CROWDLAB.
 
-    The probe (or the user's `pred_probs`) gives out-of-sample probabilities for the
-    majority-vote labels; CROWDLAB (:func:`get_consensus`) turns them and the annotators' labels
-    into a consensus label and quality per item and a quality per annotator. `filter_by` and
-    `rank_by` (confident learning's options) do not apply here and are ignored; `checks` limits
-    the shared checks that run (the consensus itself is always computed).
+    Writes annotators.parquet (one row per annotator) beside issues.parquet.
     """
-    from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
-    from labelkit.engines import check_engine
-    from labelkit.features import load_embedding_inputs
-    from labelkit.arrays import string_array as _string_array
-    from labelkit.issues import IssuesResult, check_issues_options, load_pred_probs, probe_classes
-    from labelkit.neighbors import phase_progress, search_neighbors
-    from labelkit.probe import get_out_of_sample_probs
-    from labelkit.splits import heldout_mask
-    from labelkit.workspace import (build_probs_table, current_items_fingerprint, fingerprint, with_fingerprint, write_issues_table,
-                                    write_table)
 
-    check_engine(engine, "issues")
-    check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
-                         n_folds=n_folds, probe=probe, seed=seed)
-    started = time.perf_counter()
-    phase_seconds: dict[str, float] = {}
-    manifest = ws.read_manifest()
-    items_fp = current_items_fingerprint(ws)
-    classes = manifest["classes"]
-    annotators = manifest.get("annotators")
-    K = len(classes)
-    import pyarrow.parquet as pq
+    name = "multiannotator"
+    label_check = "annotator_consensus"
+    relabel = True
+    uses_filter_by = False  # confident learning's options do not apply to CROWDLAB
+    finder_phase = "crowdlab"
 
-    if not annotators or "annotator_labels" not in pq.read_schema(ws.items_path).names:
-        raise LabelkitError(f"{ws.root} has no annotator labels; run `labelkit ingest --annotator-cols …` (or "
-                            "--annotator-col) again.")
-    items = ws.read_items_table()  # every column: the shared checks read text, paths, splits and properties
-    ids = _string_array(items.column("id"))
-    label_id = items.column("label_id").to_numpy()
-    usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & (label_id >= 0)
-    usable_rows = (lambda column: column) if usable.all() else (lambda column: column.filter(pa.array(usable)))
-    usable_ids = usable_rows(ids)
-    majority = label_id[usable].astype(np.int64)
-    matrix = annotator_matrix(usable_rows(items.column("annotator_labels").combine_chunks()), classes, len(annotators))
-    n = len(majority)
+    def prepare_table(self, df, source, *, options: dict):
+        return prepare_table(df, source, options=options)
 
-    emb = None
-    if pred_probs is None or manifest.get("stages", {}).get("embed"):
-        embedding_key, emb, dup_threshold, device = load_embedding_inputs(
-            ws, manifest, usable_ids, usable_rows(_string_array(items.column("content_hash"))),
-            embedding_key=embedding_key, dup_threshold=dup_threshold, device=device)
+    def read_targets(self, ws, manifest: dict, items: pa.Table) -> Targets:
+        from labelkit.tasks.multiclass import class_targets
 
-    held, held_record = heldout_mask(ws, usable_ids)
-    warnings: list[str] = []
-    excluded: dict[str, int] = {}
-    probe_info = None
-    if pred_probs is not None:
-        probs = load_pred_probs(pred_probs, ids=ids, usable=usable, classes=classes, classes_file=classes_file)
-        folds, origin = np.full(n, -1, np.int16), "user"
-    else:
-        # The probe learns the majority-vote labels; held-out rows and rows of classes too small
-        # for the folds are predicted by a model that never saw them.
-        train_counts = np.bincount(majority[~held], minlength=K)
-        included = probe_classes(majority[~held], K, n_folds)
-        present = np.bincount(majority, minlength=K) > 0
-        excluded = {classes[k]: int(train_counts[k]) for k in np.flatnonzero(present & ~included)}
-        if excluded:
-            warnings.append(f"{len(excluded)} class(es) have fewer than {n_folds} majority-vote training rows for the "
-                            f"{n_folds}-fold probe, which never predicts them: "
-                            + ", ".join(f"{c} ({k} rows)" for c, k in list(excluded.items())[:10]) + ".")
-        if included.sum() < 2:
-            raise LabelkitError(f"Multi-annotator issues need at least two classes with {n_folds} or more majority-vote "
-                                f"training rows for the probe; {ws.root} has {int(included.sum())}.")
-        phase_started = time.perf_counter()
-        probs, folds, choice = get_out_of_sample_probs(emb, majority, holdout=held | ~included[majority], n_classes=K,
-                                                       n_folds=n_folds, probe=probe, device=device, seed=seed,
-                                                       progress=phase_progress(progress, "probe"))
-        probe_info, origin = choice.to_dict(), "probe"
-        phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
-    probs = np.asarray(probs, np.float32)
+        annotators = manifest.get("annotators")
+        if not annotators or "annotator_labels" not in items.column_names:
+            raise LabelkitError(f"{ws.root} has no annotator labels; run `labelkit ingest --annotator-cols …` (or "
+                                "--annotator-col) again.")
+        targets = class_targets(items, manifest["classes"])
+        lists = items.column("annotator_labels").combine_chunks()
+        targets.annotator_labels = annotator_matrix(lists if targets.usable.all() else lists.filter(
+            pa.array(targets.usable)), targets.classes, len(annotators))
+        targets.annotators = list(annotators)
+        return targets
 
-    phase_started = time.perf_counter()
-    found = get_consensus(matrix, probs, majority=majority, annotators=annotators)
-    phase_seconds["crowdlab"] = round(time.perf_counter() - phase_started, 3)
+    def load_pred_probs(self, path, *, ids: pa.Array, targets: Targets, held: np.ndarray,
+                        options: IssuesOptions) -> ProbeOutput:
+        from labelkit.predfile import load_pred_probs
 
-    nn_idx = nn_sim = neighbors_info = None
-    if emb is not None and len(emb) > 1:
-        nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine, ray_address=ray_address,
-                                                          device=device, seed=seed, progress=progress)
-        phase_seconds |= neighbors_info["seconds"]
-    label_issues = {"is_label_issue": found["is_issue"], "label_quality": found["consensus_quality"].astype(np.float64),
-                    "suggested_label": found["consensus_label"]}
-    options_fp = fingerprint(items_fp, "multiannotator", embedding_key, origin, str(pred_probs) if pred_probs else None,
-                             n_folds, probe, dup_threshold, k_neighbors, seed, held_record["ids_fingerprint"],
-                             QUALITY_FENCE, QUALITY_CAP)
-    ctx = CheckContext(ids=usable_ids, labels=majority, classes=classes, task="multiannotator",
-                       modality=manifest.get("modality", "text"), items=usable_rows(items), embeddings=emb,
-                       embedding_key=embedding_key, pred_probs=probs, folds=folds, label_issues=label_issues,
-                       neighbor_idx=nn_idx, neighbor_sims=nn_sim,
-                       options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
-                                "seed": seed, "probe": probe, "heldout": held},
-                       extra={"multiannotator": found, "annotator_labels": matrix, "annotators": annotators},
-                       seed=seed)
-    phase_started = time.perf_counter()
-    results, skipped = run_checks(ctx, checks)
-    phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
+        probs = load_pred_probs(path, ids=ids, usable=targets.usable, classes=targets.classes,
+                                classes_file=options.classes_file)
+        return ProbeOutput(np.asarray(probs, np.float32), np.full(targets.n, -1, np.int16), "user")
 
-    probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
-                                    heldout_fp=held_record["ids_fingerprint"])
-    write_table(probs_table, ws.probs_path, row_group_size=65536, compression="none")
+    def probe(self, targets: Targets, inputs: ProbeInputs) -> ProbeOutput:
+        from dataclasses import replace
 
-    class_array = pa.array(classes, pa.string())
-    columns = {
-        "id": usable_ids,
-        "is_label_issue": found["is_issue"],
-        "label_quality": pa.array(found["consensus_quality"], pa.float32()),
-        "given_label": class_array.take(pa.array(majority)),
-        "suggested_label": class_array.take(pa.array(found["consensus_label"])),
-        # Columns every reader may rely on, present (empty) when their check could not run.
-        "outlier_score": np.full(n, np.nan, np.float32), "is_outlier": np.zeros(n, bool),
-    }
-    for result in results.values():
-        columns |= result.columns
-    columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-    write_issues_table(ws, columns, items_fp, options_fp)
-    write_table(with_fingerprint(annotator_table(found), items_fp, options_fp), annotators_path(ws))
+        from labelkit.tasks.multiclass import class_probe
 
+        # The probe learns the majority-vote labels; CROWDLAB always needs its probabilities.
+        out = class_probe(targets.values, targets.classes, replace(inputs, wants_probs=True),
+                          rows_word="majority-vote training rows", never_predicts=True)
+        if out.predictions is None:
+            raise LabelkitError(f"Multi-annotator issues need at least two classes with {inputs.options.n_folds} or more "
+                                f"majority-vote training rows for the probe; the workspace has "
+                                f"{int(out.included.sum())}.")
+        out.predictions = np.asarray(out.predictions, np.float32)
+        return out
+
+    def fingerprint(self, options: IssuesOptions, out: ProbeOutput, heldout_fp: str) -> tuple:
+        return (out.origin, str(options.pred_probs) if options.pred_probs else None, options.n_folds, options.probe,
+                options.dup_threshold, options.k_neighbors, options.seed, heldout_fp, QUALITY_FENCE, QUALITY_CAP)
+
+    def find_issues(self, targets: Targets, out: ProbeOutput, options: IssuesOptions, progress) -> dict:
+        return get_consensus(targets.annotator_labels, out.predictions, majority=targets.values,
+                             annotators=targets.annotators)
+
+    def check_inputs(self, targets: Targets, out: ProbeOutput, found: dict) -> dict:
+        return {"pred_probs": out.predictions, "label_issues": found, "annotators": targets.annotators,
+                "annotator_labels": targets.annotator_labels}
+
+    def issues_columns(self, targets: Targets, found: dict) -> dict:
+        return {"given_label": pa.array(targets.classes, pa.string()).take(pa.array(targets.values))}
+
+    def write_outputs(self, ws, found: dict, *, items_fp: str, options_fp: str) -> None:
+        from labelkit.workspace import with_fingerprint, write_table
+
+        write_table(with_fingerprint(annotator_table(found), items_fp, options_fp), annotators_path(ws))
+
+    def summary(self, targets: Targets, out: ProbeOutput, found: dict, *, n_rows: int) -> dict:
+        return consensus_summary(targets.values, targets.classes, out.predictions, found, n_rows=n_rows)
+
+    def top_issues(self, ids: pa.Array, targets: Targets, found: dict, limit: int = 20) -> list[dict]:
+        from labelkit.tasks.multiclass import class_top_issues
+
+        return class_top_issues(ids, targets.values, targets.classes, found["is_issue"], found["consensus_quality"],
+                                found["consensus_label"], limit)
+
+    # --- select / train / report / explain (labelkit.tasks._classify) ----------------------------
+
+    report_sections = ("class_balance",)
+
+    def prune_rows(self, ws, issues_df, keep: np.ndarray):
+        return class_prune_rows(issues_df, keep, ws.classes())
+
+    def trainer(self, request):
+        return ConsensusTrainer(request)
+
+    def report_data(self, ws) -> tuple[dict, dict]:
+        return report_data(ws)
+
+
+def consensus_summary(majority: np.ndarray, classes: list[str], probs: np.ndarray, found: dict, *,
+                      n_rows: int) -> dict:
+    """Return the multi-annotator part of the issues summary: per-class counts, annotators, the consensus record."""
+    K, n = len(classes), len(majority)
     flags = found["is_issue"]
     counts = np.bincount(majority, minlength=K)
     flagged_per_class = np.bincount(majority, weights=flags, minlength=K)
     quality_per_class = np.bincount(majority, weights=found["consensus_quality"], minlength=K)
-    summary = {
-        "task": "multiannotator", "rows": items.num_rows, "usable_rows": n, "unusable_rows": items.num_rows - n,
-        "n_classes": K,
-        "label_issues_checked_rows": n,
-        "class_counts": {c: int(x) for c, x in zip(classes, counts)},
+    return {
+        "task": "multiannotator", "rows": n_rows, "usable_rows": n, "unusable_rows": n_rows - n, "n_classes": K,
+        "label_issues_checked_rows": n, "class_counts": {c: int(x) for c, x in zip(classes, counts)},
         "per_class": {c: {"count": int(counts[k]), "label_issues": int(flagged_per_class[k]),
                           "issue_rate": float(flagged_per_class[k] / counts[k]) if counts[k] else None,
                           "mean_label_quality": float(quality_per_class[k] / counts[k]) if counts[k] else None}
                       for k, c in enumerate(classes)},
-        "noise_matrix": None, "joint": None,
-        "annotators": annotator_records(found, classes),
-        "consensus": {"method": "crowdlab", "quality_threshold": round(found["quality_threshold"], 6), "model_weight": found["model_weight"],
-                      "low_quality_rows": int(found["low_quality"].sum()),
+        "noise_matrix": None, "joint": None, "annotators": annotator_records(found, classes),
+        "consensus": {"method": "crowdlab", "quality_threshold": round(found["quality_threshold"], 6),
+                      "model_weight": found["model_weight"], "low_quality_rows": int(found["low_quality"].sum()),
                       "majority_tie_break": TIE_BREAK},
         "probe_accuracy": float((probs.argmax(1) == majority).mean()) if n else None,
         "probe_accuracy_vs_consensus": float((probs.argmax(1) == found["consensus_label"]).mean()) if n else None,
-        "origin": origin, "probe": probe_info, "embedding_key": embedding_key, "dup_threshold": dup_threshold,
-        "probe_excluded_classes": excluded,
-        "heldout": {"rows": int(held.sum()), "ids_fingerprint": held_record["ids_fingerprint"],
-                    "in_probe_training": False},
-        "items_fingerprint": items_fp, "fingerprint": options_fp, "neighbors": neighbors_info,
-        "checks": checks_summary(results, skipped), "phase_seconds": phase_seconds,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    for check in get_checks(checks):  # every check's gate metrics, flat, where the gate reads them
-        summary |= {metric: None for metric in check.metrics} | (results[check.name].metrics if check.name in results else {})
-    # The label-issue metrics (declared by the multiclass label_issues check) count consensus issues here.
-    summary |= {"label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None}
-    for result in results.values():
-        warnings.extend(result.warnings)
-    ws.update_stage("issues", summary, warnings=warnings)
-
-    flagged = np.flatnonzero(flags)
-    flagged = flagged[np.argsort(found["consensus_quality"][flagged], kind="stable")][:20]
-    top = [{"id": usable_ids[int(i)].as_py(), "given_label": classes[majority[i]],
-            "suggested_label": classes[found["consensus_label"][i]],
-            "label_quality": round(float(found["consensus_quality"][i]), 4)} for i in flagged]
-    return IssuesResult(summary=summary, top=top, warnings=list(warnings))
+        # The label-issue metrics (declared by the multiclass label_issues check) count consensus issues here.
+        "label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None}
 
 
 def annotator_table(found: dict) -> pa.Table:
@@ -595,6 +544,13 @@ def read_consensus_labels(ws, ids: Sequence[str], classes: Sequence[str]) -> np.
     majority = _positions(table.column("given_label").combine_chunks(), list(classes))
     at = np.maximum(row, 0)
     return np.where(row < 0, -1, np.where(held, majority[at], consensus[at])).astype(np.int64)
+
+
+class ConsensusTrainer(ClassificationTrainer):
+    """Multi-annotator training: the multiclass trainer on the CROWDLAB consensus (:func:`read_consensus_labels`)."""
+
+    def given(self, ws, ids: Sequence[str]) -> np.ndarray:
+        return read_consensus_labels(ws, ids, ws.classes())
 
 
 def report_data(ws) -> tuple[dict, dict]:

@@ -29,7 +29,9 @@ import pyarrow.compute as pc
 from labelkit.checks._task_common import (DISPLAY_SEP, NO_LABELS, display_labels, rows_from_pairs,  # noqa: F401
                                           tag_lists)
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.tasks import TASK_LABEL_COL, TaskSpec
+from labelkit.heads import FitPlan, OutputLoss, Trainer, TrainTargets
+from labelkit.tasks.base import (TASK_LABEL_COL, IssuesOptions, ProbeInputs, ProbeOutput, Targets, TaskSpec, TaskType,
+                                 register)
 
 LABELS_COLUMN = "labels"  # items column: list<string>, the row's tags in class order
 LABELS_CANDIDATES = ("labels", "tags", "label", "categories")
@@ -614,153 +616,135 @@ def read_multilabel_items(ws, classes: Sequence[str]) -> tuple[pa.Table, np.ndar
     return items, usable, multi_hot(lists.filter(pa.array(usable)) if not usable.all() else lists, classes)
 
 
-def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: str = "auto",
-           filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence", dup_threshold=None,
-           k_neighbors: int = 10, embedding_key=None, device: str = "auto", seed: int = 0, progress=None,
-           engine: str = "local", ray_address=None, checks=None, **_ignored):
-    """Return the issues summary of a multi-label workspace; writes probs.parquet, issues.parquet and the manifest.
-
-    Mirrors :func:`labelkit.issues.issues`: out-of-sample per-tag probabilities from
-    :func:`get_multilabel_out_of_sample_probs` (held-out rows never train it), cleanlab's
-    multi-label confident learning (:func:`find_multilabel_label_issues`), the neighbour graph,
-    then every registered check that applies to multi-label data. ``issues.parquet`` holds the
-    core columns (``given_label`` and ``suggested_label`` are display labels "a; b"), the
-    multi-label check's per-row tag lists (``suspect_labels``, …) and the other checks' columns.
-    """
-    from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
-    from labelkit.features import load_embedding_inputs
-    from labelkit.arrays import empty_issue_columns, string_array as _string_array
-    from labelkit.issues import IssuesResult, PendingProbs, check_issues_options
-    from labelkit.neighbors import phase_progress, search_neighbors
-    from labelkit.splits import heldout_mask
-    from labelkit.workspace import build_probs_table, current_items_fingerprint, fingerprint, write_issues_table
-
-    check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
-                         n_folds=n_folds, probe=probe, seed=seed)
-    if classes_file is not None:
-        raise LabelkitError("--classes-file is not used with --task multilabel: the tags found at ingest are the classes.")
-    started = time.perf_counter()
-    phase_seconds: dict[str, float] = {}
-    manifest = ws.read_manifest()
-    items_fp = current_items_fingerprint(ws)
-    classes = list(manifest["classes"])
-    K = len(classes)
-    items, usable, Y = read_multilabel_items(ws, classes)
-    ids = _string_array(items.column("id"))
-    usable_rows = (lambda column: column) if usable.all() else (lambda column: column.filter(pa.array(usable)))
-    usable_ids = usable_rows(ids)
-    n = len(usable_ids)
-
-    emb = None
-    if pred_probs is None or embedding_key or manifest.get("stages", {}).get("embed"):
-        embedding_key, emb, dup_threshold, device = load_embedding_inputs(
-            ws, manifest, usable_ids, usable_rows(_string_array(items.column("content_hash"))),
-            embedding_key=embedding_key, dup_threshold=dup_threshold, device=device)
-
-    held, held_record = heldout_mask(ws, usable_ids)
-    warnings: list[str] = []
+def rare_tag_warnings(Y: np.ndarray, held: np.ndarray, classes: Sequence[str], n_folds: int) -> list[str]:
+    """Return the warning for tags with fewer training rows than folds (their verdicts rest on little evidence)."""
     train_counts = Y[~held].sum(0)
     rare = [f"{classes[k]} ({int(train_counts[k])} rows)" for k in np.flatnonzero(train_counts < n_folds)]
-    if rare:
-        warnings.append(f"{len(rare)} tag(s) have fewer than {n_folds} training rows; their verdicts rest on very "
-                        "little evidence: " + ", ".join(rare[:10]) + (", …" if len(rare) > 10 else "") + ".")
-    if pred_probs is not None:
-        probs = load_multilabel_pred_probs(pred_probs, ids=ids, usable=usable, classes=classes)
-        folds, origin, probe_info = np.full(n, -1, np.int16), "user", None
-    else:
-        phase_started = time.perf_counter()
-        probs, folds, choice = get_multilabel_out_of_sample_probs(emb, Y, holdout=held, n_folds=n_folds, probe=probe,
-                                                                  device=device, seed=seed,
-                                                                  progress=phase_progress(progress, "probe"))
-        phase_seconds["probe"] = round(time.perf_counter() - phase_started, 3)
-        origin, probe_info = "probe", choice.to_dict()
-    options_fp = fingerprint(items_fp, "multilabel", embedding_key, origin, str(pred_probs) if pred_probs else None,
-                             n_folds, probe, filter_by, rank_by, dup_threshold, k_neighbors, seed,
-                             held_record["ids_fingerprint"])
-    probs_table = build_probs_table(usable_ids, probs, folds, origin, items_fp=items_fp, options_fp=options_fp,
-                                    heldout_fp=held_record["ids_fingerprint"])
-    with PendingProbs(ws, probs_table):  # renamed over probs.parquet only once the run has succeeded
-        phase_started = time.perf_counter()
-        found = find_multilabel_label_issues(Y, probs, filter_by=filter_by, rank_by=rank_by)
-        phase_seconds["confident_learning"] = round(time.perf_counter() - phase_started, 3)
+    if not rare:
+        return []
+    return [f"{len(rare)} tag(s) have fewer than {n_folds} training rows; their verdicts rest on very little "
+            "evidence: " + ", ".join(rare[:10]) + (", …" if len(rare) > 10 else "") + "."]
 
-        nn_idx = nn_sim = neighbors_info = None
-        if emb is not None and n > 1:
-            nn_idx, nn_sim, neighbors_info = search_neighbors(emb, k=k_neighbors, engine=engine,
-                                                              ray_address=ray_address, device=device, seed=seed,
-                                                              progress=progress)
-            phase_seconds |= neighbors_info["seconds"]
 
+@register
+class Multilabel(TaskType):
+    """A set of tags per item: the one-vs-rest probe and cleanlab's multi-label confident learning.
+
+    ``issues.parquet`` holds the core columns (``given_label`` and ``suggested_label`` are display
+    labels "a; b"), ``given_labels`` and the multi-label check's per-row tag lists.
+    """
+
+    name = "multilabel"
+    label_check = "multilabel_label_issues"
+
+    def prepare_table(self, df, source, *, options: dict):
+        return prepare_table(df, source, options=options)
+
+    def check_options(self, options: IssuesOptions) -> None:
+        super().check_options(options)
+        if options.classes_file is not None:
+            raise LabelkitError("--classes-file is not used with --task multilabel: the tags found at ingest are the "
+                                "classes.")
+
+    def read_targets(self, ws, manifest: dict, items: pa.Table) -> Targets:
+        classes = list(manifest["classes"])
+        if LABELS_COLUMN not in items.column_names:
+            raise LabelkitError(f"{ws.items_path} has no {LABELS_COLUMN!r} column; run `labelkit ingest --task "
+                                "multilabel` again.")
+        usable = items.column("error").is_null().to_numpy(zero_copy_only=False)
+        lists = items.column(LABELS_COLUMN).combine_chunks()
+        Y = multi_hot(lists.filter(pa.array(usable)) if not usable.all() else lists, classes)
+        # The shared checks compare labels as ids: two multi-label rows agree when their whole tag sets do.
         set_codes, set_names = label_set_codes(Y, classes)
-        # `labels`/`classes` are tag-set ids and their display labels, what the shared checks compare;
-        # the tags themselves, their probabilities and cleanlab's verdicts are in `extra`.
-        ctx = CheckContext(ids=usable_ids, labels=set_codes, classes=set_names, task="multilabel",
-                           modality=manifest.get("modality", "text"), items=usable_rows(items), embeddings=emb,
-                           embedding_key=embedding_key, pred_probs=probs, folds=folds, label_issues=None,
-                           neighbor_idx=nn_idx, neighbor_sims=nn_sim,
-                           options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
-                                    "filter_by": filter_by, "rank_by": rank_by, "heldout": held}, seed=seed,
-                           extra={"multilabel": {"tags": classes, "labels": Y, "found": found}})
-        phase_started = time.perf_counter()
-        results, skipped = run_checks(ctx, checks)
-        phase_seconds["checks"] = round(time.perf_counter() - phase_started, 3)
-        for result in results.values():
-            warnings.extend(result.warnings)
+        return Targets(usable=usable, values=Y, classes=classes, check_labels=set_codes, check_classes=set_names)
 
-        given_lists = tag_lists(Y, classes)
-        columns = {"id": usable_ids, "given_label": display_labels(given_lists), "given_labels": given_lists}
-        columns |= empty_issue_columns(n)
-        for result in results.values():
-            columns |= result.columns
-        columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-        write_issues_table(ws, columns, items_fp, options_fp)
+    def load_pred_probs(self, path, *, ids: pa.Array, targets: Targets, held: np.ndarray,
+                        options: IssuesOptions) -> ProbeOutput:
+        probs = load_multilabel_pred_probs(path, ids=ids, usable=targets.usable, classes=targets.classes)
+        return ProbeOutput(probs, np.full(targets.n, -1, np.int16), "user",
+                           warnings=rare_tag_warnings(targets.values, held, targets.classes, options.n_folds))
 
+    def probe(self, targets: Targets, inputs: ProbeInputs) -> ProbeOutput:
+        from labelkit.neighbors import phase_progress
+
+        opts = inputs.options
+        probs, folds, choice = get_multilabel_out_of_sample_probs(
+            inputs.embeddings, targets.values, holdout=inputs.held, n_folds=opts.n_folds, probe=opts.probe,
+            device=inputs.device, seed=opts.seed, progress=phase_progress(inputs.progress, "probe"))
+        return ProbeOutput(probs, folds, "probe", info=choice.to_dict(),
+                           warnings=rare_tag_warnings(targets.values, inputs.held, targets.classes, opts.n_folds))
+
+    def find_issues(self, targets: Targets, out: ProbeOutput, options: IssuesOptions, progress) -> dict:
+        return find_multilabel_label_issues(targets.values, out.predictions, filter_by=options.filter_by,
+                                            rank_by=options.rank_by)
+
+    def check_inputs(self, targets: Targets, out: ProbeOutput, found: dict) -> dict:
+        return {"pred_probs": out.predictions, "label_issues": found, "tags": targets.classes,
+                "tag_labels": targets.values}
+
+    def issues_columns(self, targets: Targets, found: dict) -> dict:
+        given_lists = tag_lists(targets.values, targets.classes)
+        return {"given_label": display_labels(given_lists), "given_labels": given_lists}
+
+    def summary(self, targets: Targets, out: ProbeOutput, found: dict, *, n_rows: int) -> dict:
+        return multilabel_summary(targets.values, targets.classes, out.predictions, found, n_rows=n_rows)
+
+    def top_issues(self, ids: pa.Array, targets: Targets, found: dict, limit: int = 20) -> list[dict]:
+        Y, classes = targets.values, targets.classes
+        flagged = np.flatnonzero(found["is_label_issue"])
+        flagged = flagged[np.argsort(found["label_quality"][flagged], kind="stable")][:limit]
+        suggested_display = display_labels(tag_lists(found["suggested"][flagged], classes)).to_pylist()
+        given_display = display_labels(tag_lists(Y[flagged], classes)).to_pylist()
+        return [{"id": ids[int(i)].as_py(), "given_label": g, "suggested_label": s,
+                 "label_quality": round(float(found["label_quality"][i]), 4)}
+                for i, g, s in zip(flagged.tolist(), given_display, suggested_display)]
+
+    # --- select / train / report / explain ----------------------------------------------------
+
+    def prune_rows(self, ws, issues_df, keep: np.ndarray):
+        return prune_rows(ws, issues_df, keep)
+
+    def trainer(self, request):
+        return MultilabelTrainer(request)
+
+    def report_data(self, ws) -> tuple[dict, dict]:
+        return report_data(ws)
+
+    def explain_fields(self, ws, row_id: str, issue_row: dict | None, *, top_classes: int) -> dict:
+        # Tags are scored independently: the row's own tags are listed too, so a given tag the
+        # probe doubts is shown even when it is not among the most likely.
+        from labelkit.tasks._classify import top_probabilities
+
+        also = (issue_row or {}).get("given_labels") or []
+        return {"probabilities": top_probabilities(ws, row_id, top_classes, also=also)}
+
+
+def multilabel_summary(Y: np.ndarray, classes: Sequence[str], probs: np.ndarray, found: dict, *, n_rows: int) -> dict:
+    """Return the multi-label part of the issues summary: counts per tag, probe agreement, tag frequencies."""
+    n, K = Y.shape
     flags = found["is_label_issue"]
     per_tag = found["per_tag"]
-    summary = {}
-    for check in get_checks(checks):  # the gate's metrics of every check that applies to multi-label data
-        if "multilabel" in check.tasks:
-            summary |= {m: None for m in check.metrics} | (results[check.name].metrics if check.name in results else {})
-    summary |= {"rows": items.num_rows, "usable_rows": n, "unusable_rows": items.num_rows - n, "n_classes": K,
-               "task": "multilabel", "label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None,
-               "label_issues_checked_rows": n,
-               "class_counts": {c: int(x) for c, x in zip(classes, per_tag["count"])},
-               "per_class": {c: {"count": int(per_tag["count"][k]), "label_issues": int(per_tag["given_suspect"][k]),
-                                 "missing_label_issues": int(per_tag["missing_suspect"][k]),
-                                 "issue_rate": float(per_tag["given_suspect"][k] / per_tag["count"][k])
-                                 if per_tag["count"][k] else None,
-                                 "tag_quality": float(per_tag["quality"][k])}
-                             for k, c in enumerate(classes)},
-               "rows_without_labels": int((~Y.any(1)).sum()), "mean_labels_per_row": float(Y.sum(1).mean()) if n else 0.0}
-    present = per_tag["count"][per_tag["count"] > 0]
-    # Tag frequencies in the fields the report's facts panel reads for classes.
-    summary |= {"imbalance_ratio": float(present.max() / present.min()) if len(present) else None,
-                "class_min_count": int(per_tag["count"].min()) if K else 0}
     quality_sum = found["label_quality"] @ Y
-    for k, c in enumerate(classes):
-        summary["per_class"][c]["mean_label_quality"] = (float(quality_sum[k] / per_tag["count"][k])
-                                                        if per_tag["count"][k] else None)
-    summary |= {"origin": origin, "probe": probe_info, "embedding_key": embedding_key, "filter_by": filter_by,
-                "rank_by": rank_by, "dup_threshold": dup_threshold, "seconds": round(time.perf_counter() - started, 3),
-                # Out of sample: rows whose predicted tag set (probability >= 0.5) is exactly the given set.
-                "probe_accuracy": float(((probs >= 0.5) == Y).all(1).mean()) if n else None,
-                "probe_tag_accuracy": float(((probs >= 0.5) == Y).mean()) if n and K else None,
-                "label_issues_not_measured": None,
-                "heldout": {"rows": int(held.sum()), "ids_fingerprint": held_record["ids_fingerprint"],
-                            "in_probe_training": False},
-                "items_fingerprint": items_fp, "fingerprint": options_fp, "neighbors": neighbors_info,
-                "confident_learning": found["cl"], "phase_seconds": phase_seconds,
-                "checks": checks_summary(results, skipped)}
-    ws.update_stage("issues", summary, warnings=warnings)
-
-    flagged = np.flatnonzero(flags)
-    flagged = flagged[np.argsort(found["label_quality"][flagged], kind="stable")][:20]
-    suggested_display = display_labels(tag_lists(found["suggested"][flagged], classes)).to_pylist()
-    given_display = display_labels(tag_lists(Y[flagged], classes)).to_pylist()
-    top = [{"id": usable_ids[int(i)].as_py(), "given_label": g, "suggested_label": s,
-            "label_quality": round(float(found["label_quality"][i]), 4)}
-           for i, g, s in zip(flagged.tolist(), given_display, suggested_display)]
-    return IssuesResult(summary=summary, top=top, warnings=list(warnings))
+    per_class = {c: {"count": int(per_tag["count"][k]), "label_issues": int(per_tag["given_suspect"][k]),
+                     "missing_label_issues": int(per_tag["missing_suspect"][k]),
+                     "issue_rate": float(per_tag["given_suspect"][k] / per_tag["count"][k]) if per_tag["count"][k]
+                     else None,
+                     "tag_quality": float(per_tag["quality"][k]),
+                     "mean_label_quality": float(quality_sum[k] / per_tag["count"][k]) if per_tag["count"][k] else None}
+                 for k, c in enumerate(classes)}
+    present = per_tag["count"][per_tag["count"] > 0]
+    return {"rows": n_rows, "usable_rows": n, "unusable_rows": n_rows - n, "n_classes": K, "task": "multilabel",
+            "label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None,
+            "label_issues_checked_rows": n, "class_counts": {c: int(x) for c, x in zip(classes, per_tag["count"])},
+            "per_class": per_class, "rows_without_labels": int((~Y.any(1)).sum()),
+            "mean_labels_per_row": float(Y.sum(1).mean()) if n else 0.0,
+            # Tag frequencies in the fields the report's facts panel reads for classes.
+            "imbalance_ratio": float(present.max() / present.min()) if len(present) else None,
+            "class_min_count": int(per_tag["count"].min()) if K else 0,
+            # Out of sample: rows whose predicted tag set (probability >= 0.5) is exactly the given set.
+            "probe_accuracy": float(((probs >= 0.5) == Y).all(1).mean()) if n else None,
+            "probe_tag_accuracy": float(((probs >= 0.5) == Y).mean()) if n and K else None,
+            "label_issues_not_measured": None, "confident_learning": found["cl"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -850,42 +834,25 @@ def report_data(ws) -> tuple[dict, dict]:
 # select prune
 
 
-def select_prune(ws, issues_df, keep: np.ndarray, *, name: str, drop: Sequence[str], keep_fraction: float | None):
-    """Write ``subsets/NAME.parquet`` with the kept rows of a multi-label workspace; return the SelectResult.
+def prune_rows(ws, issues_df, keep: np.ndarray):
+    """Return what ``select prune`` writes for a multi-label workspace.
 
-    As the multiclass prune; ``label`` is the display label ("a; b") and ``labels`` the tag list,
-    and the class counts are per tag (a row counts once for each of its tags).
+    ``label`` is the display label ("a; b") and ``labels`` the tag list; the class counts are
+    per tag (a row counts once for each of its tags).
     """
-    from labelkit.arrays import empty_lists
-    from labelkit.selection import SelectResult
-    from labelkit.workspace import current_items_fingerprint, with_fingerprint, write_table
+    from labelkit.tasks.base import PruneRows
 
     tags = ws.classes()
-    list_type = pa.list_(pa.string())
     if "given_labels" in issues_df:
-        given = pa.array(issues_df["given_labels"], list_type, from_pandas=True)
+        given = pa.array(issues_df["given_labels"], pa.list_(pa.string()), from_pandas=True)
     else:
         given = lists_from_display(pa.array(issues_df["given_label"], pa.string(), from_pandas=True))
     Y = multi_hot(given, tags)
-    mask = pa.array(np.asarray(keep, bool))
-    kept_ids, kept_lists = pa.array(issues_df["id"], pa.string(), from_pandas=True).filter(mask), given.filter(mask)
-    n = len(kept_ids)
-    table = pa.table({"id": kept_ids, "label": display_labels(kept_lists),
-                      "synthetic": pa.array(np.zeros(n, bool)),
-                      "parent_ids": empty_lists(n),
-                      "epoch": pa.nulls(n, pa.int32()), LABELS_COLUMN: kept_lists})
-    items_fp = current_items_fingerprint(ws)
-    path = write_table(with_fingerprint(table, items_fp), ws.subset_path(name))
-    counts = lambda M: {t: int(c) for t, c in zip(tags, M.sum(0))}
-    details = {"dropped": int((~keep).sum()), "drop": list(drop) if keep_fraction is None else [],
-               "keep_fraction": keep_fraction, "task": "multilabel", "rows_before": int(len(issues_df))}
-    result = SelectResult(name=name, method="prune", path=path.relative_to(ws.root), size=n,
-                          class_counts_before=counts(Y), class_counts_after=counts(Y[np.asarray(keep, bool)]),
-                          details=details)
-    record = dict(ws.read_manifest().get("stages", {}).get("select", {}))
-    record[name] = {k: v for k, v in result.to_dict().items() if k != "name"} | {"items_fingerprint": items_fp}
-    ws.update_stage("select", record)
-    return result
+    keep = np.asarray(keep, bool)
+    kept = given.filter(pa.array(keep))
+    counts = lambda M: {t: int(c) for t, c in zip(tags, M.sum(0))}  # noqa: E731
+    return PruneRows(label=display_labels(kept), before=counts(Y), after=counts(Y[keep]), columns={LABELS_COLUMN: kept},
+                     details={"task": "multilabel", "rows_before": int(len(issues_df))})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -930,145 +897,82 @@ def multilabel_metrics(probs: np.ndarray, labels: np.ndarray, *, threshold: floa
             "bce": _binary_log_loss(Y, np.asarray(probs)) if Y.size else None, "rows": int(len(Y))}
 
 
-def train(ws, *, loss: str = "ce", labels: str = "label", subset: str | None = None, name: str | None = None,
-          head: str = "mlp", hidden: int = 256, max_epochs: int = 200, batch_size: int = 128, lr: float = 1e-3,
-          weight_decay: float = 1e-4, patience: int = 20, check: bool = False, fail_on=None, config_start=".",
-          device: str = "auto", seed: int = 0, progress=None, **options):
-    """Train a per-tag sigmoid head with binary cross-entropy; score it on the held-out rows (micro/macro F1).
+class MultilabelTrainer(Trainer):
+    """A per-tag sigmoid head with binary cross-entropy, scored on the held-out rows (micro/macro F1).
 
     ``loss`` 'ce' or 'bce' (both mean BCE here); ``labels`` 'label' (the given tags) or
-    'suggested' (the tags after the issues run's suspect ones are flipped); ``subset`` names a
-    ``select`` subset of training rows. Early stopping on a fixed 10 % of the training rows.
+    'suggested' (the tags after the issues run's suspect ones are flipped); held-out rows are
+    scored against the given tags. Early stopping on the BCE of the inner validation rows.
     """
-    import hashlib
-    from datetime import datetime, timezone
 
-    import torch
+    task = "multilabel"
+    metrics_doc = TRAIN_METRICS
+    check_example = "micro_f1<0.9"
+    link = "sigmoid"
+    min_batch = 1
+    tolerance = 1e-5
+    standardize = False
+    all_embedded = True
+    value_name = "val_bce"
+    item_columns = ("id", LABELS_COLUMN, "content_hash", "error")
 
-    from labelkit import gate
-    from labelkit.features import load_workspace_embeddings, resolve_device
-    from labelkit.splits import heldout_mask, heldout_split
-    from labelkit.train import TrainResult, read_subset
-    from labelkit.workspace import versions as _versions
-    from labelkit.workspace import (atomic_path, current_items_fingerprint, require_current,
-                                    require_current_embeddings, write_json)
+    def __init__(self, request):
+        super().__init__(request)
+        if request.teachers:
+            raise LabelkitError("train --task multilabel does not support 'teachers' yet.")
+        if request.loss not in ("ce", "bce"):
+            raise LabelkitError(f"train --task multilabel trains with binary cross-entropy (--loss bce); "
+                                f"--loss {request.loss} is not supported for multi-label data yet.")
+        if request.labels not in ("label", "suggested"):
+            raise LabelkitError(f"The 'labels' parameter of train must be 'label' or 'suggested' for multi-label data. "
+                                f"Got {request.labels!r} instead.")
+        self.loss_name = "bce"
 
-    unsupported = sorted(k for k, v in options.items() if v not in (None, (), [], "label", False)
-                         and k not in ("eval_labels", "monitor", "loss_params"))
-    if options.get("teachers"):
-        unsupported.append("teachers")
-    if unsupported:
-        raise LabelkitError(f"train --task multilabel does not support {unsupported[0]!r} yet.")
-    if loss not in ("ce", "bce"):
-        raise LabelkitError(f"train --task multilabel trains with binary cross-entropy (--loss bce); "
-                            f"--loss {loss} is not supported for multi-label data yet.")
-    if labels not in ("label", "suggested"):
-        raise LabelkitError(f"The 'labels' parameter of train must be 'label' or 'suggested' for multi-label data. "
-                            f"Got {labels!r} instead.")
-    if head not in ("linear", "mlp"):
-        raise LabelkitError(f"The 'head' parameter of train must be one of linear, mlp. Got {head!r} instead.")
-    check_in_range(max_epochs, "max_epochs", "train", low=1, kind="an int")
-    rules, rules_source = gate.resolve_check_rules(check, fail_on, config_start=config_start, metrics=TRAIN_METRICS,
-                                                   example="micro_f1<0.9")
-    started = time.perf_counter()
-    tags = ws.classes()
-    K = len(tags)
-    device = resolve_device(device)
-    items, usable, Y_all = read_multilabel_items(ws, tags)
-    ids = items.column("id").combine_chunks().filter(pa.array(usable))
-    key, emb_ids, matrix = load_workspace_embeddings(ws)
-    require_current_embeddings(ws, key, ids, items.column("content_hash").combine_chunks().filter(pa.array(usable)))
-    from labelkit.arrays import positions
+    def targets(self, ws, ids, items) -> TrainTargets:
+        self.classes = ws.classes()
+        Y = multi_hot(items.column(LABELS_COLUMN).combine_chunks(), self.classes)
+        Y_train = Y
+        if self.request.labels == "suggested":
+            import pyarrow.parquet as pq
 
-    rows = positions(ids, emb_ids)
-    if (rows < 0).any():
-        raise LabelkitError(f"{int((rows < 0).sum())} usable rows have no embedding; run `labelkit embed -w {ws.root}`.")
-    X = np.asarray(matrix[rows], np.float32)
-    held, held_record = heldout_mask(ws, ids)
-    Y_train_all = Y_all
-    if labels == "suggested":
-        if not ws.issues_path.exists():
-            raise LabelkitError(f"--labels suggested needs `labelkit issues -w {ws.root}` first.")
-        require_current(ws, ws.issues_path)
-        import pyarrow.parquet as pq
+            from labelkit.arrays import positions
+            from labelkit.workspace import require_current
 
-        iss = pq.read_table(ws.issues_path, columns=["id", "suggested_labels"])
-        at = positions(iss.column("id").combine_chunks(), ids)
-        Y_train_all = Y_all.copy()
-        sug = multi_hot(iss.column("suggested_labels"), tags)
-        Y_train_all[at[at >= 0]] = sug[at >= 0]
-    train_mask = ~held
-    if subset is not None:
-        sub = read_subset(ws, subset)
-        train_mask &= pc.is_in(ids, value_set=pa.array(sub["id"].astype(str).tolist())).to_numpy(zero_copy_only=False)
-    train_rows = np.flatnonzero(train_mask)
-    if len(train_rows) < 10:
-        raise LabelkitError(f"Only {len(train_rows)} training rows remain (held-out split"
-                            + (f", subset {subset!r}" if subset else "") + "); nothing to train on.")
-    fit_ids = ids.take(pa.array(train_rows)).to_pylist()  # the training rows' ids only (the split hashes each)
-    inner = heldout_split(fit_ids, np.zeros(len(train_rows), np.int64),
-                          fraction=0.1, salt="inner")
-    fit, val = train_rows[~inner], train_rows[inner]
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
-    d = X.shape[1]
-    model = (torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, K))
-             if head == "mlp" else torch.nn.Linear(d, K)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    Xt = lambda r: torch.as_tensor(X[r], device=device)
-    Yt = lambda r: torch.as_tensor(Y_train_all[r], dtype=torch.float32, device=device)
-    best, best_state, bad, epochs = np.inf, None, 0, 0
-    for epoch in range(max_epochs):
-        model.train()
-        order = fit[torch.randperm(len(fit), generator=g).numpy()]
-        for s in range(0, len(order), batch_size):
-            r = order[s:s + batch_size]
-            loss_value = bce(model(Xt(r)), Yt(r))
-            opt.zero_grad(set_to_none=True)
-            loss_value.backward()
-            opt.step()
-        epochs = epoch + 1
-        model.eval()
-        with torch.no_grad():
-            v = float(bce(model(Xt(val)), Yt(val))) if len(val) else 0.0
-        if progress:
-            progress(epochs, max_epochs)
-        if v < best - 1e-5:
-            best, bad, best_epoch = v, 0, epochs
-            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    model.load_state_dict(best_state)
-    model.eval()
-    eval_rows = np.flatnonzero(held)
-    with torch.no_grad():
-        probs = torch.sigmoid(model(Xt(eval_rows))).cpu().numpy() if len(eval_rows) else np.zeros((0, K), np.float32)
-    metrics = multilabel_metrics(probs, Y_all[eval_rows])
-    name = name or "-".join(["bce", labels] + ([subset] if subset else []))
-    out_dir = ws.model_dir(name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"state_dict": model.state_dict(), "d_in": d, "n_classes": K, "hidden": hidden if head == "mlp" else 0,
-                    "classes": tags, "embedding_key": key, "task": "multilabel", "output": "sigmoid"}, tmp)
-    data_hash = hashlib.sha256(training_lines(ids.take(pa.array(train_rows)), Y_train_all[train_rows])).hexdigest()
-    card = {"name": name, "task": "multilabel", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "embedding_key": key, "labels": labels, "eval_labels": "label", "subset": subset,
-            "loss": {"name": "bce", "params": {}}, "head": {"type": head, "hidden": hidden if head == "mlp" else 0},
-            "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
-            "training": {"rows": int(len(fit)), "inner_validation_rows": int(len(val)), "epochs": epochs,
-                         "best_epoch": best_epoch, "best_val_bce": best, "early_stopping_patience": patience},
-            "heldout": {"rows": int(len(eval_rows)), "fraction": held_record.get("fraction"),
-                        "source": held_record["source"], "ids_fingerprint": held_record["ids_fingerprint"]},
-            "items_fingerprint": current_items_fingerprint(ws), "data_hash": data_hash, "metrics": metrics,
-            "classes": tags, "seed": seed, "device": device, "versions": _versions(),
-            "seconds": round(time.perf_counter() - started, 3)}
-    verdict = None
-    if rules is not None:
-        verdict = gate.evaluate(rules, metrics) | {"source": rules_source}
-        card["check"] = verdict
-    write_json(card, out_dir / "model_card.json")
-    ws.update_stage("train", {"latest": name, "metrics": metrics})
-    return TrainResult(name=name, model_dir=out_dir, card=card, check=verdict)
+            if not ws.issues_path.exists():
+                raise LabelkitError(f"--labels suggested needs `labelkit issues -w {ws.root}` first.")
+            require_current(ws, ws.issues_path)
+            iss = pq.read_table(ws.issues_path, columns=["id", "suggested_labels"])
+            at = positions(iss.column("id").combine_chunks(), pa.array(ids, pa.string()))
+            Y_train = Y.copy()
+            Y_train[at[at >= 0]] = multi_hot(iss.column("suggested_labels"), self.classes)[at >= 0]
+        n = len(Y)
+        return TrainTargets(y_train=Y_train, y_eval=Y, trainable=np.ones(n, bool), scored=np.ones(n, bool),
+                            strata=np.zeros(n, np.int64))
+
+    def outputs(self, data) -> int:
+        return len(self.classes)
+
+    def plan(self, ws, data, fit_ids, Y_fit, X_fit, X_val, Y_val) -> FitPlan:
+        import torch
+
+        bce = torch.nn.functional.binary_cross_entropy_with_logits
+        device = self.request.device
+        Xv = torch.as_tensor(X_val, device=device)
+        Yv = torch.as_tensor(Y_val, dtype=torch.float32, device=device)
+
+        def validate(model):
+            model.eval()
+            with torch.no_grad():
+                v = float(bce(model(Xv), Yv)) if len(Xv) else 0.0
+            return (v,), v
+
+        return FitPlan(loss=OutputLoss(bce), targets=Y_fit.astype(np.float32), validate=validate)
+
+    def metrics(self, outputs, y_eval) -> dict:
+        return multilabel_metrics(outputs, y_eval)
+
+    def hash_lines(self, ids, Y) -> bytes:
+        return training_lines(pa.array(list(ids), pa.string()), Y)
+
+    def extras(self) -> dict:
+        return {"card": {"monitor": "val_bce"}, "ckpt": {"output": "sigmoid"}}

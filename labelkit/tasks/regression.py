@@ -23,7 +23,9 @@ import pyarrow.compute as pc
 
 from labelkit.checks._task_common import format_numbers, residual_reason, residual_reasons  # noqa: F401  (public API)
 from labelkit.errors import LabelkitError, check_in_range
-from labelkit.tasks import TASK_LABEL_COL, TaskSpec
+from labelkit.heads import FitPlan, OutputLoss, Trainer, TrainTargets, model_outputs
+from labelkit.tasks.base import (TASK_LABEL_COL, IssuesOptions, ProbeInputs, ProbeOutput, Targets, TaskSpec, TaskType,
+                                 register)
 
 # Column names recognised as the target when --label-col is not given (case-insensitive).
 TARGET_COLUMNS = ("target", "label", "y", "value", "score")
@@ -392,152 +394,116 @@ def find_regression_issues(targets: np.ndarray, predictions: np.ndarray, *, z_th
 
 
 # ---------------------------------------------------------------------------------------------
-# The issues verb for regression
+# The task type
 
 
-def issues(ws, *, pred_probs=None, classes_file=None, n_folds: int = 5, probe: str = "auto",
-           filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence", dup_threshold: float | None = None,
-           k_neighbors: int = 10, embedding_key: str | None = None, device: str = "auto", seed: int = 0,
-           progress: Progress | None = None, engine: str = "local", ray_address: str | None = None,
-           checks: Sequence[str] | None = None):
-    """Return the issues summary of a regression workspace; writes probs.parquet and issues.parquet.
+@register
+class Regression(TaskType):
+    """A numeric target per item: the ridge / kNN probe and robust residual flags.
 
-    ``probs.parquet`` holds each usable row's out-of-sample ``prediction`` (float64) and ``fold``;
-    ``issues.parquet`` the core columns (``given_label`` and ``suggested_label`` are the target
-    and the prediction as text), ``target``, ``predicted_value``, ``residual``, ``residual_z``,
-    the shared checks' columns and ``reason``. `filter_by`, `rank_by` and `classes_file` are
-    classification options and are ignored; `checks` limits the shared checks as in
-    :func:`labelkit.issues.issues`.
+    probs.parquet holds each usable row's out-of-sample ``prediction`` (float64), ``fold`` and
+    ``origin`` (docs/workspace.md); issues.parquet the core columns (``given_label`` and
+    ``suggested_label`` are the target and the prediction as text) and the regression check's
+    ``target``, ``predicted_value``, ``residual``, ``residual_z``.
     """
-    from labelkit.checks.base import CheckContext, checks_summary, get_checks, merged_reasons, run_checks
-    from labelkit.engines import check_engine
-    from labelkit.features import load_embedding_inputs
-    from labelkit.arrays import string_array as _string_array
-    from labelkit.issues import IssuesResult, check_issues_options
-    from labelkit.neighbors import find_nearest_neighbors, phase_progress
-    from labelkit.splits import HELDOUT_FINGERPRINT_KEY, heldout_mask
-    from labelkit.workspace import (current_items_fingerprint, fingerprint, with_fingerprint, write_issues_table,
-                                    write_table)
 
-    check_engine(engine, "issues")
-    check_issues_options(filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
-                         n_folds=n_folds, probe=probe, seed=seed)
-    if probe not in PROBE_FAMILIES:
-        raise LabelkitError(f"The 'probe' parameter of issues must be one of {', '.join(PROBE_FAMILIES)} for "
-                            f"--task regression ('logreg' is ridge regression). Got {probe!r} instead.")
-    if pred_probs is not None:
-        raise LabelkitError("--pred-probs is not supported for --task regression: the targets are predicted by the "
-                            "probe on the workspace embeddings (run `labelkit embed`, or ingest with --embedding-col).")
-    started = time.perf_counter()
-    phase_seconds: dict[str, float] = {}
-    manifest = ws.read_manifest()
-    items_fp = current_items_fingerprint(ws)
-    items = ws.read_items_table()
-    target = items.column("target").to_numpy(zero_copy_only=False).astype(np.float64)
-    usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & np.isfinite(target)
-    items_usable = items if usable.all() else items.filter(pa.array(usable))
-    ids = _string_array(items_usable.column("id"))
-    y = target[usable]
-    n = len(y)
+    name = "regression"
+    label_check = "regression_targets"
+    default_modality = "embedding"
+    uses_filter_by = False  # filter_by, rank_by and classes_file are classification options, ignored here
+    finder_phase = None
+    issues_dictionary = False  # targets rarely repeat
 
-    key, emb, dup_threshold, device = load_embedding_inputs(
-        ws, manifest, ids, _string_array(items_usable.column("content_hash")),
-        embedding_key=embedding_key, dup_threshold=dup_threshold, device=device)
+    def prepare_table(self, df, source, *, options: dict):
+        return prepare_table(df, source, options=options)
 
-    held, held_record = heldout_mask(ws, ids)
-    families = PROBE_FAMILIES[probe]
-    # One neighbour search serves the kNN probe and the shared checks (duplicates, outliers).
-    phase = time.perf_counter()
-    k_search = max(k_neighbors, _knn_search_k(max(KNN_K_GRID), n_folds, float(held.mean())) if "knn" in families
-                   else 0)
-    k_search = int(min(k_search, n - 1))
-    if engine == "ray":
-        from labelkit.engines.ray import find_nearest_neighbors as ray_neighbors
+    def check_options(self, options: IssuesOptions) -> None:
+        super().check_options(options)
+        if options.probe not in PROBE_FAMILIES:
+            raise LabelkitError(f"The 'probe' parameter of issues must be one of {', '.join(PROBE_FAMILIES)} for "
+                                f"--task regression ('logreg' is ridge regression). Got {options.probe!r} instead.")
+        if options.pred_probs is not None:
+            raise LabelkitError("--pred-probs is not supported for --task regression: the targets are predicted by the "
+                                "probe on the workspace embeddings (run `labelkit embed`, or ingest with --embedding-col).")
 
-        nn_idx, nn_sim = ray_neighbors(_unit(emb), k=k_search, address=ray_address, seed=seed)
-        neighbors_info = {"index": "ray"}
-    else:
-        nn_idx, nn_sim, neighbors_info = find_nearest_neighbors(_unit(emb), k=k_search, device=device, seed=seed,
-                                                                progress=phase_progress(progress, "neighbours"),
-                                                                return_info=True)
-    phase_seconds["neighbours"] = round(time.perf_counter() - phase, 3)
-    phase = time.perf_counter()
-    predictions, folds, choice = get_out_of_sample_predictions(emb, y, holdout=held, n_folds=n_folds, probe=probe,
-                                                               neighbor_idx=nn_idx, device=device, seed=seed)
-    phase_seconds["probe"] = round(time.perf_counter() - phase, 3)
-    found = find_regression_issues(y, predictions)
-    options_fp = fingerprint(items_fp, "regression", key, n_folds, probe, dup_threshold, k_neighbors, seed,
-                             Z_THRESHOLD, held_record["ids_fingerprint"])
+    def read_targets(self, ws, manifest: dict, items: pa.Table) -> Targets:
+        target = items.column("target").to_numpy(zero_copy_only=False).astype(np.float64)
+        usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & np.isfinite(target)
+        y = target[usable]
+        return Targets(usable=usable, values=y, classes=[], check_labels=y, check_classes=[],
+                       ingest_record=manifest.get("target"))
 
-    ctx = CheckContext(ids=ids, labels=y, classes=[], task="regression", modality=manifest.get("modality", "embedding"),
-                       items=items_usable, embeddings=emb, embedding_key=key, folds=folds,
-                       neighbor_idx=nn_idx[:, :k_neighbors], neighbor_sims=nn_sim[:, :k_neighbors],
-                       options={"dup_threshold": dup_threshold, "k_neighbors": k_neighbors, "n_folds": n_folds,
-                                "probe": probe, "seed": seed, "heldout": held},
-                       extra={"regression": {"targets": y, "predictions": predictions, **found,
-                                             "z_threshold": Z_THRESHOLD, "probe": choice.to_dict()}},
-                       seed=seed)
-    phase = time.perf_counter()
-    results, skipped = run_checks(ctx, checks)
-    phase_seconds["checks"] = round(time.perf_counter() - phase, 3)
+    def probe_neighbors(self, options: IssuesOptions, held: np.ndarray) -> int:
+        if "knn" not in PROBE_FAMILIES[options.probe]:
+            return 0
+        return _knn_search_k(max(KNN_K_GRID), options.n_folds, float(held.mean()))
 
-    given = format_numbers(y)
-    columns = {
-        "id": ids,
-        "is_label_issue": pa.array(found["is_label_issue"]),
-        "label_quality": pa.array(found["label_quality"], pa.float32()),
-        "given_label": given,
-        "suggested_label": format_numbers(predictions, reference=y),
-        "target": pa.array(y, pa.float64()),
-        "predicted_value": pa.array(predictions, pa.float64()),
-        "residual": pa.array(found["residual"], pa.float64()),
-        "residual_z": pa.array(found["residual_z"], pa.float32()),
-        # present (empty) when the outlier check did not run, as in the multiclass table
-        "outlier_score": pa.array(np.full(n, np.nan, np.float32)), "is_outlier": pa.array(np.zeros(n, bool)),
-    }
-    for result in results.values():
-        for name, values in result.columns.items():
-            if name not in columns or name in ("outlier_score", "is_outlier"):
-                columns[name] = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values)
-    columns["reason"] = pa.array(merged_reasons(n, results), pa.string())
-    write_issues_table(ws, columns, items_fp, options_fp, use_dictionary=False)
-    probs_table = with_fingerprint(pa.table({
-        "id": ids, "prediction": pa.array(predictions, pa.float64()), "fold": pa.array(folds, pa.int16()),
-        "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int8)), pa.array(["probe"]))}),
-        items_fp, options_fp)
-    probs_table = probs_table.replace_schema_metadata(
-        probs_table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: held_record["ids_fingerprint"].encode()})
-    write_table(probs_table, ws.probs_path, row_group_size=65536)
+    def probe(self, targets: Targets, inputs: ProbeInputs) -> ProbeOutput:
+        opts = inputs.options
+        idx = None
+        wanted = self.probe_neighbors(opts, inputs.held)
+        if wanted and inputs.neighbors is not None:  # the skeleton's search, at least this wide
+            idx = inputs.neighbors(min(max(wanted, opts.k_neighbors), len(inputs.embeddings) - 1))[0]
+        predictions, folds, choice = get_out_of_sample_predictions(
+            inputs.embeddings, targets.values, holdout=inputs.held, n_folds=opts.n_folds, probe=opts.probe,
+            neighbor_idx=idx, device=inputs.device, seed=opts.seed)
+        return ProbeOutput(predictions, folds, "probe", info=choice.to_dict())
 
-    flags = found["is_label_issue"]
-    summary = {
-        "task": "regression", "rows": items.num_rows, "usable_rows": n, "unusable_rows": items.num_rows - n,
-        "n_classes": 0, "class_counts": {}, "per_class": {},
-        "label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None,
-        "label_issues_checked_rows": n,
-        "regression": {"residual_center": found["center"], "residual_scale": found["scale"],
-                       "z_threshold": Z_THRESHOLD, "probe": choice.to_dict(),
-                       "target": manifest.get("target"),
-                       "quality_method": "cleanlab.regression.rank residual, on the robust residual scale"},
-        "probe": None, "origin": "probe", "embedding_key": key, "dup_threshold": dup_threshold,
-        "heldout": {"rows": int(held.sum()), "ids_fingerprint": held_record["ids_fingerprint"],
-                    "in_probe_training": False},
-        "items_fingerprint": items_fp, "fingerprint": options_fp, "neighbors": neighbors_info,
-        "phase_seconds": phase_seconds,
-    }
-    for check in get_checks(checks):  # every metric of the checks asked for: None when not measured
-        summary |= dict.fromkeys(check.metrics) | (results[check.name].metrics if check.name in results else {})
-    # label_issue_rate is the label check's metric (multiclass); here it is this task's flag rate.
-    summary |= {"label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None}
-    summary["checks"] = checks_summary(results, skipped)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
-    warnings = [w for r in results.values() for w in r.warnings]
-    ws.update_stage("issues", summary, warnings=warnings)
-    return IssuesResult(summary=summary, top=top_issues(ids, y, predictions, found), warnings=warnings)
+    def fingerprint(self, options: IssuesOptions, out: ProbeOutput, heldout_fp: str) -> tuple:
+        return (options.n_folds, options.probe, options.dup_threshold, options.k_neighbors, options.seed, Z_THRESHOLD,
+                heldout_fp)
 
+    def probs_table(self, ids: pa.Array, out: ProbeOutput, *, items_fp: str, options_fp: str,
+                    heldout_fp: str) -> pa.Table:
+        from labelkit.splits import HELDOUT_FINGERPRINT_KEY
+        from labelkit.workspace import with_fingerprint
 
-def _unit(X: np.ndarray) -> np.ndarray:
-    return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), np.float32(1e-12))).astype(np.float32, copy=False)
+        table = with_fingerprint(pa.table({
+            "id": ids, "prediction": pa.array(out.predictions, pa.float64()), "fold": pa.array(out.folds, pa.int16()),
+            "origin": pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(ids), np.int8)), pa.array([out.origin]))}),
+            items_fp, options_fp)
+        return table.replace_schema_metadata(table.schema.metadata | {HELDOUT_FINGERPRINT_KEY: heldout_fp.encode()})
+
+    def find_issues(self, targets: Targets, out: ProbeOutput, options: IssuesOptions, progress) -> dict:
+        """Return :func:`find_regression_issues`'s dict plus ``predictions`` and ``z_threshold``."""
+        return find_regression_issues(targets.values, out.predictions) | {"predictions": out.predictions,
+                                                                          "z_threshold": Z_THRESHOLD}
+
+    def check_inputs(self, targets: Targets, out: ProbeOutput, found: dict) -> dict:
+        return {"label_issues": found, "targets": targets.values, "predictions": out.predictions}
+
+    def issues_columns(self, targets: Targets, found: dict) -> dict:
+        return {"given_label": format_numbers(targets.values)}
+
+    def summary(self, targets: Targets, out: ProbeOutput, found: dict, *, n_rows: int) -> dict:
+        flags, n = found["is_label_issue"], targets.n
+        return {"task": "regression", "rows": n_rows, "usable_rows": n, "unusable_rows": n_rows - n,
+                "n_classes": 0, "class_counts": {}, "per_class": {},
+                "label_issues": int(flags.sum()), "label_issue_rate": float(flags.mean()) if n else None,
+                "label_issues_checked_rows": n,
+                "regression": {"residual_center": found["center"], "residual_scale": found["scale"],
+                               "z_threshold": Z_THRESHOLD, "probe": out.info, "target": targets.ingest_record,
+                               "quality_method": "cleanlab.regression.rank residual, on the robust residual scale"},
+                "probe": None}
+
+    def top_issues(self, ids: pa.Array, targets: Targets, found: dict, limit: int = 20) -> list[dict]:
+        return top_issues(ids, targets.values, found["predictions"], found, limit)
+
+    # --- select / train / report / explain ----------------------------------------------------
+
+    select_methods = ("prune",)  # rs2/dsir/smote read class ids, which numeric targets do not have
+
+    def prune_rows(self, ws, issues_df, keep: np.ndarray):
+        return prune_rows(issues_df, keep)
+
+    def trainer(self, request):
+        return RegressionTrainer(request)
+
+    def report_data(self, ws) -> tuple[dict, dict]:
+        return report_data(ws)
+
+    def explain_fields(self, ws, row_id: str, issue_row: dict | None, *, top_classes: int) -> dict:
+        return explain_prediction(ws, row_id, issue_row)
 
 
 def top_issues(ids, y: np.ndarray, predictions: np.ndarray, found: dict, limit: int = 20) -> list[dict]:
@@ -611,41 +577,33 @@ def report_data(ws) -> tuple[dict, dict]:
     return data, figures
 
 
+def explain_prediction(ws, row_id: str, issue_row: dict | None) -> dict:
+    """Return the row's out-of-sample ``prediction`` and ``residual`` (target − prediction) for ``explain``."""
+    import pyarrow.parquet as pq
+
+    if "prediction" not in pq.read_schema(ws.probs_path).names:
+        raise LabelkitError(f"{ws.probs_path} has no prediction column; run `labelkit issues -w {ws.root}` again.")
+    table = pq.read_table(ws.probs_path, columns=["id", "prediction"], filters=pc.field("id").isin([row_id]))
+    value = table.column("prediction")[0].as_py() if table.num_rows else None
+    prediction = None if value is None else float(value)
+    target = (issue_row or {}).get("target")
+    known = prediction is not None and target is not None and not np.isnan(target)
+    return {"prediction": prediction, "residual": float(target) - prediction if known else None}
+
+
 # ---------------------------------------------------------------------------------------------
 # select prune
 
 
-def select_prune(ws, issues_df, keep: np.ndarray, *, name: str, drop: Sequence[str],
-                 keep_fraction: float | None):
-    """Write ``subsets/NAME.parquet`` with the kept rows of a regression workspace; return the SelectResult.
+def prune_rows(issues_df, keep: np.ndarray):
+    """Return what ``select prune`` writes for a regression workspace: no class counts, the target's mean before/after."""
+    from labelkit.tasks.base import PruneRows
 
-    As the multiclass prune, without class counts: the record holds the rows and the target's
-    mean before and after (``class_counts_*`` are empty).
-    """
-    from labelkit.arrays import empty_lists
-    from labelkit.selection import SelectResult
-    from labelkit.workspace import current_items_fingerprint, with_fingerprint, write_table
-
-    kept = issues_df[keep]
-    n = len(kept)
-    table = pa.table({"id": pa.array(kept["id"], pa.string(), from_pandas=True),
-                      "label": pa.array(kept["given_label"], pa.string(), from_pandas=True),
-                      "synthetic": pa.array(np.zeros(n, bool)),
-                      "parent_ids": empty_lists(n),
-                      "epoch": pa.nulls(n, pa.int32())})
-    items_fp = current_items_fingerprint(ws)
-    path = write_table(with_fingerprint(table, items_fp), ws.subset_path(name))
     target = issues_df["target"].to_numpy(np.float64)
-    details = {"dropped": int((~keep).sum()), "drop": list(drop) if keep_fraction is None else [],
-               "keep_fraction": keep_fraction, "task": "regression", "rows_before": int(len(issues_df)),
-               "target_mean_before": float(target.mean()) if len(target) else None,
-               "target_mean_after": float(target[keep].mean()) if keep.any() else None}
-    result = SelectResult(name=name, method="prune", path=path.relative_to(ws.root), size=n,
-                          class_counts_before={}, class_counts_after={}, details=details)
-    record = dict(ws.read_manifest().get("stages", {}).get("select", {}))
-    record[name] = {k: v for k, v in result.to_dict().items() if k != "name"} | {"items_fingerprint": items_fp}
-    ws.update_stage("select", record)
-    return result
+    return PruneRows(label=pa.array(issues_df["given_label"][keep], pa.string(), from_pandas=True), before={}, after={},
+                     details={"task": "regression", "rows_before": int(len(issues_df)),
+                              "target_mean_before": float(target.mean()) if len(target) else None,
+                              "target_mean_after": float(target[keep].mean()) if keep.any() else None})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -671,167 +629,77 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
             "rows": int(len(y))}
 
 
-def train(ws, *, loss: str = "mse", loss_params: dict | None = None, labels: str = "label", subset: str | None = None,
-          eval_labels: str = "label", name: str | None = None, head: str = "mlp", hidden: int = 256,
-          max_epochs: int = 200, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 1e-4,
-          patience: int = 20, teachers: Sequence[str] = (), check: bool = False, fail_on: list[str] | None = None,
-          config_start=".", device: str = "auto", seed: int = 0, progress: Progress | None = None,
-          heldout_fraction: float | None = None):
-    """Train a regression head (linear or MLP, one output) with MSE or Huber loss; return a TrainResult.
+class RegressionTrainer(Trainer):
+    """A one-output head with MSE or Huber loss on standardised targets; MAE, RMSE and R² in target units.
 
-    Called by :func:`labelkit.train.train` for a regression workspace, with its arguments.
-    Targets are standardised by the training rows' mean and std for optimisation; the model card
-    records MAE, RMSE and R² on the held-out rows fixed at ingest (in target units). Early stopping
-    watches the MSE of an inner 10 % of the training rows. ``loss='ce'`` (the CLI default) means
-    MSE here; `loss_params` may set Huber's ``delta`` (in standardised units, default 1.0).
+    Targets are standardised by the fit rows' mean and std for optimisation; early stopping
+    watches the MSE of the inner validation rows. ``loss='ce'`` (the CLI default) means MSE here;
+    `loss_params` may set Huber's ``delta`` (in standardised units, default 1.0). Trains on the
+    given targets only (no label versions, no teachers).
     """
-    import hashlib
-    from datetime import datetime, timezone
 
-    import torch
+    task = "regression"
+    metrics_doc = TRAIN_METRICS
+    check_example = "r2<0.8"
+    link = "identity"
+    value_name = "val_mse"
+    item_columns = ("id", "target", "content_hash", "error")
+    classes: list = []
 
-    from labelkit import gate
-    from labelkit.features import load_workspace_embeddings, resolve_device
-    from labelkit.splits import heldout_mask, heldout_split
-    from labelkit.heads import HEADS, head_class as _head_class
-    from labelkit.train import TrainResult, read_subset
-    from labelkit.workspace import versions as _versions
-    from labelkit.workspace import atomic_path, current_items_fingerprint, require_current_embeddings, write_json
+    def __init__(self, request):
+        super().__init__(request)
+        self.loss_name = "mse" if request.loss == "ce" else request.loss
+        if self.loss_name not in LOSSES:
+            raise LabelkitError(f"The 'loss' parameter of train must be one of {', '.join(LOSSES)} for --task "
+                                f"regression. Got {self.loss_name!r} instead.")
+        if request.labels != "label" or request.eval_labels != "label" or request.teachers:
+            raise LabelkitError("train --task regression trains on the given targets only (no --labels/--eval-labels "
+                                "versions, no --teacher).")
+        params = dict(request.loss_params or {})
+        unknown = set(params) - ({"delta"} if self.loss_name == "huber" else set())
+        if unknown:
+            raise LabelkitError(f"Loss {self.loss_name!r} has no parameter {sorted(unknown)[0]!r}"
+                                + ("; it takes delta." if self.loss_name == "huber" else "; it takes none."))
+        self.delta = float(params.get("delta", 1.0))
+        if self.loss_name == "huber":
+            check_in_range(self.delta, "delta", "train", low=0, low_closed=False)
 
-    started = time.perf_counter()
-    loss = "mse" if loss == "ce" else loss
-    if loss not in LOSSES:
-        raise LabelkitError(f"The 'loss' parameter of train must be one of {', '.join(LOSSES)} for --task regression. "
-                            f"Got {loss!r} instead.")
-    if head not in HEADS:
-        raise LabelkitError(f"The 'head' parameter of train must be one of {', '.join(HEADS)}. Got {head!r} instead.")
-    if labels != "label" or eval_labels != "label" or teachers:
-        raise LabelkitError("train --task regression trains on the given targets only (no --labels/--eval-labels "
-                            "versions, no --teacher).")
-    params = dict(loss_params or {})
-    unknown = set(params) - ({"delta"} if loss == "huber" else set())
-    if unknown:
-        raise LabelkitError(f"Loss {loss!r} has no parameter {sorted(unknown)[0]!r}"
-                            + ("; it takes delta." if loss == "huber" else "; it takes none."))
-    delta = float(params.get("delta", 1.0))
-    if loss == "huber":
-        check_in_range(delta, "delta", "train", low=0, low_closed=False)
-    check_in_range(max_epochs, "max_epochs", "train", low=1, kind="an int")
-    rules, rules_source = gate.resolve_check_rules(check, fail_on, config_start=config_start, metrics=TRAIN_METRICS,
-                                                   example="r2<0.8")
-    device = resolve_device(device)
-    key, emb_ids, matrix = load_workspace_embeddings(ws)
-    items_fp = current_items_fingerprint(ws)
-    items = ws.read_items_table(["id", "target", "content_hash", "error"])
-    require_current_embeddings(ws, key, items.column("id").combine_chunks(),
-                               items.column("content_hash").combine_chunks())
-    target = items.column("target").to_numpy(zero_copy_only=False).astype(np.float64)
-    usable = items.column("error").is_null().to_numpy(zero_copy_only=False) & np.isfinite(target)
-    from labelkit.arrays import positions as _positions, string_array as _string_array
+    def usable(self, items) -> np.ndarray:
+        target = items.column("target").to_numpy(zero_copy_only=False).astype(np.float64)
+        return super().usable(items) & np.isfinite(target)
 
-    ids_arr = _string_array(items.column("id")).filter(pa.array(usable))
-    row = _positions(ids_arr, emb_ids)
-    ids_arr, y_all = ids_arr.filter(pa.array(row >= 0)), target[usable][row >= 0]
-    X_all = matrix[row[row >= 0]]
-    held, held_record = heldout_mask(ws, ids_arr)
-    if heldout_fraction is not None and heldout_fraction != held_record.get("fraction"):
-        raise LabelkitError(f"The held-out split of {ws.root} was fixed at ingest ({held_record['rows']} rows, "
-                            f"{held_record['source']}, fraction {held_record.get('fraction')}); 'heldout_fraction' "
-                            f"{heldout_fraction} cannot change it.")
-    train_mask = ~held
-    if subset is not None:
-        sub = read_subset(ws, subset)
-        train_mask &= pc.is_in(ids_arr, value_set=pa.array(sub["id"].astype(str).tolist(), pa.string())) \
-            .to_numpy(zero_copy_only=False)
-    train_rows = np.flatnonzero(train_mask)
-    eval_rows = np.flatnonzero(held)
-    if len(train_rows) < 10:
-        raise LabelkitError(f"Only {len(train_rows)} training rows remain (held-out split"
-                            + (f", subset {subset!r}" if subset else "") + "); nothing to train on.")
-    train_ids = ids_arr.take(pa.array(train_rows)).to_pylist()  # the training rows' ids only, for the hashes
-    inner = heldout_split(train_ids, np.zeros(len(train_rows), np.int64), fraction=0.1,
-                          salt="inner")
-    fit_rows, val_rows = train_rows[~inner], train_rows[inner]
-    mu, sd = float(y_all[fit_rows].mean()), float(y_all[fit_rows].std()) or 1.0
+    def targets(self, ws, ids, items) -> TrainTargets:
+        y = items.column("target").to_numpy(zero_copy_only=False).astype(np.float64)
+        n = len(y)
+        return TrainTargets(y_train=y, y_eval=y, trainable=np.ones(n, bool), scored=np.ones(n, bool),
+                            strata=np.zeros(n, np.int64))
 
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    Head = _head_class()
-    hidden_units = hidden if head == "mlp" else 0
-    model = Head(X_all.shape[1], 1, hidden=hidden_units)
-    Xf = X_all[fit_rows]
-    scale = Xf.std(0)
-    model.mean.copy_(torch.as_tensor(Xf.mean(0)))
-    model.scale.copy_(torch.as_tensor(np.where(scale > 1e-6, scale, 1.0)))
-    model.to(device)
-    Xt = torch.as_tensor(Xf, dtype=torch.float32, device=device)
-    Yt = torch.as_tensor((y_all[fit_rows] - mu) / sd, dtype=torch.float32, device=device)
-    Xv = torch.as_tensor(X_all[val_rows], dtype=torch.float32, device=device)
-    yv = (y_all[val_rows] - mu) / sd
-    loss_fn = torch.nn.MSELoss() if loss == "mse" else torch.nn.HuberLoss(delta=delta)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    best, best_state, since, history = np.inf, None, 0, {"val_mse": [], "epochs": 0, "best_epoch": 0}
-    for epoch in range(max_epochs):
-        model.train()
-        order = torch.randperm(len(Xt), generator=gen).to(device)
-        for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
-            if len(idx) < 2 and len(order) > 1:
-                continue
-            value = loss_fn(model(Xt[idx])[:, 0], Yt[idx])
-            opt.zero_grad(set_to_none=True)
-            value.backward()
-            opt.step()
-        model.eval()
-        with torch.inference_mode():
-            val = float(np.mean((model(Xv)[:, 0].cpu().numpy() - yv) ** 2)) if len(yv) else 0.0
-        history["val_mse"].append(val)
-        history["epochs"] = epoch + 1
-        if progress:
-            progress(epoch + 1, max_epochs)
-        if val < best - 1e-6:
-            best, since, history["best_epoch"] = val, 0, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            since += 1
-            if since >= patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    with torch.inference_mode():
-        pred = (model(torch.as_tensor(X_all[eval_rows], dtype=torch.float32, device=device))[:, 0].cpu().numpy()
-                .astype(np.float64) * sd + mu)
-    metrics = regression_metrics(y_all[eval_rows], pred)
+    def outputs(self, data) -> int:
+        return 1
 
-    name = name or "-".join([loss, labels] + ([subset] if subset else []))
-    out_dir = ws.model_dir(name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = {"state_dict": model.state_dict(), "d_in": int(X_all.shape[1]), "n_classes": 1, "hidden": hidden_units,
-            "classes": [], "embedding_key": key, "task": "regression", "target_mean": mu, "target_std": sd}
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save(ckpt, tmp)
-    data_hash = hashlib.sha256("\n".join(f"{i}\t{t!r}" for i, t in zip(train_ids, y_all[train_rows]))
-                               .encode()).hexdigest()
-    card = {
-        "name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "task": "regression",
-        "embedding_key": key, "labels": labels, "eval_labels": eval_labels, "subset": subset,
-        "loss": {"name": loss, "params": {"delta": delta} if loss == "huber" else {}}, "teachers": [],
-        "head": {"type": head, "hidden": hidden_units},
-        "optimizer": {"name": "AdamW", "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size},
-        "training": {"rows": int(len(fit_rows)), "synthetic_rows": 0, "inner_validation_rows": int(len(val_rows)),
-                     "epochs": history["epochs"], "best_epoch": history["best_epoch"],
-                     "best_val_mse": best if np.isfinite(best) else None, "early_stopping_patience": patience,
-                     "monitor": "val_mse", "schedule": "full passes", "target_mean": mu, "target_std": sd},
-        "heldout": {"rows": int(len(eval_rows)), "fraction": held_record.get("fraction"),
-                    "source": held_record["source"], "ids_fingerprint": held_record["ids_fingerprint"]},
-        "items_fingerprint": items_fp, "data_hash": data_hash, "metrics": metrics, "classes": [], "seed": seed,
-        "device": device, "versions": _versions(), "seconds": round(time.perf_counter() - started, 3),
-    }
-    verdict = None
-    if rules is not None:
-        verdict = gate.evaluate(rules, metrics) | {"source": rules_source}
-        card["check"] = verdict
-    write_json(card, out_dir / "model_card.json")
-    ws.update_stage("train", {"latest": name, "metrics": metrics})
-    return TrainResult(name=name, model_dir=out_dir, card=card, check=verdict)
+    def plan(self, ws, data, fit_ids, Y_fit, X_fit, X_val, Y_val) -> FitPlan:
+        import torch
+
+        self.mu, self.sd = float(Y_fit.mean()), float(Y_fit.std()) or 1.0
+        fn = torch.nn.MSELoss() if self.loss_name == "mse" else torch.nn.HuberLoss(delta=self.delta)
+        yv = (Y_val - self.mu) / self.sd
+
+        def validate(model):
+            model.eval()
+            with torch.inference_mode():
+                Xv = torch.as_tensor(X_val, dtype=torch.float32, device=self.request.device)
+                val = float(np.mean((model(Xv)[:, 0].cpu().numpy() - yv) ** 2)) if len(yv) else 0.0
+            return (val,), val
+
+        return FitPlan(loss=OutputLoss(fn, first_column=True), targets=((Y_fit - self.mu) / self.sd).astype(np.float32),
+                       validate=validate, params={"delta": self.delta} if self.loss_name == "huber" else {})
+
+    def predict(self, model, X, device) -> np.ndarray:
+        return model_outputs(model, X, link="identity", device=device)[:, 0].astype(np.float64) * self.sd + self.mu
+
+    def metrics(self, outputs, y_eval) -> dict:
+        return regression_metrics(y_eval, outputs)
+
+    def extras(self) -> dict:
+        stats = {"target_mean": self.mu, "target_std": self.sd}
+        return {"card": {"monitor": "val_mse", **stats}, "ckpt": stats}
