@@ -44,7 +44,7 @@ class PlantedSet:
 
 def make_planted(n_images: int = 400, *, n_classes: int = 4, max_boxes: int = 6, noise: float = 0.08,
                  empty: float = 0.1, miss: float = 0.03, clutter: float = 1.0, seed: int = 0,
-                 size: tuple[int, int] = (96, 160)) -> PlantedSet:
+                 size: tuple[int, int] = (96, 160), box_size: tuple[float, float] = (0.12, 0.45)) -> PlantedSet:
     """Return a planted set: `noise` of the images per kind get one error; `empty` have no object.
 
     Parameters
@@ -63,12 +63,15 @@ def make_planted(n_images: int = 400, *, n_classes: int = 4, max_boxes: int = 6,
         Seed of every draw.
     size : (int, int)
         Smallest and largest image side in pixels.
+    box_size : (float, float)
+        Smallest and largest object side, as a share of the image side (objects overlapping an
+        earlier one at IoU ≥ 0.2 are dropped, so small objects let more of them fit).
     """
     rng = np.random.default_rng(seed)
     widths = rng.integers(size[0], size[1] + 1, n_images)
     heights = rng.integers(size[0], size[1] + 1, n_images)
     counts = np.where(rng.random(n_images) < empty, 0, rng.integers(1, max_boxes + 1, n_images))
-    truth = _objects(rng, counts, widths, heights, n_classes)
+    truth = _objects(rng, counts, widths, heights, n_classes, box_size)
     predictions = _detector(rng, truth, widths, heights, n_classes, miss=miss, clutter=clutter)
     boxes, kind = _plant(rng, truth, widths, heights, n_classes, noise)
     classes = [f"class{k}" for k in range(n_classes)] + ["unused"]
@@ -77,11 +80,11 @@ def make_planted(n_images: int = 400, *, n_classes: int = 4, max_boxes: int = 6,
     return PlantedSet(files, widths, heights, classes, category_ids, truth, boxes, predictions, kind)
 
 
-def _objects(rng, counts, widths, heights, n_classes) -> Boxes:
-    """Return true objects: boxes of 12-45 % of the image side, overlapping earlier ones at IoU < 0.2."""
+def _objects(rng, counts, widths, heights, n_classes, box_size) -> Boxes:
+    """Return true objects: sides within `box_size` of the image side, overlapping earlier ones at IoU < 0.2."""
     image = np.repeat(np.arange(len(counts)), counts)
-    w = rng.uniform(0.12, 0.45, len(image)) * widths[image]
-    h = rng.uniform(0.12, 0.45, len(image)) * heights[image]
+    w = rng.uniform(*box_size, len(image)) * widths[image]
+    h = rng.uniform(*box_size, len(image)) * heights[image]
     x1 = rng.uniform(0, 1, len(image)) * (widths[image] - w)
     y1 = rng.uniform(0, 1, len(image)) * (heights[image] - h)
     boxes = Boxes.make(image, rng.integers(0, n_classes, len(image)), np.column_stack([x1, y1, x1 + w, y1 + h]),
