@@ -398,3 +398,30 @@ def test_the_knn_probe_and_the_checks_share_one_neighbour_search(digits_copy, mo
     idx3, sims3, _ = shared(3)
     idx2, sims2, _ = shared(2)
     assert shared.searches == 1 and (idx2 == idx3[:, :2]).all() and (sims2 == sims3[:, :2]).all()
+
+
+def _break(monkeypatch, where: str) -> None:
+    """Make an issues run fail after its probe and before probs.parquet is renamed into place."""
+    import labelkit.issues
+    from labelkit.checks.duplicates import Duplicates
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("failed after the probe")
+
+    if where == "check":
+        monkeypatch.setattr(Duplicates, "run", broken)
+    else:  # the issues table's write, the last step before the rename
+        monkeypatch.setattr(labelkit.issues, "write_issues_table", broken)
+
+
+@pytest.mark.parametrize("where", ["check", "issues table"])
+def test_a_run_killed_after_the_probe_keeps_the_last_good_tables(digits_copy, monkeypatch, where):
+    """Multiclass: probs.parquet and issues.parquet stay the last good run's, byte for byte; nothing hidden is left."""
+    from labelkit.issues import issues
+
+    before = {name: (digits_copy / name).read_bytes() for name in ("probs.parquet", "issues.parquet")}
+    _break(monkeypatch, where)
+    with pytest.raises(RuntimeError, match="failed after the probe"):
+        issues(digits_copy, seed=1, n_folds=3)  # other folds: other probabilities
+    assert {name: (digits_copy / name).read_bytes() for name in before} == before
+    assert not [p.name for p in digits_copy.iterdir() if p.name.startswith(".")]

@@ -320,3 +320,29 @@ def test_long_layout_over_the_cell_budget_is_refused_before_building_the_matrix(
     wide = pd.DataFrame({"a": ["cat"] * 3, "b": ["dog"] * 3})
     out, spec = prepare_table(wide, tmp_path / "w.csv", options={"annotator_cols": "a,b"})
     assert spec.columns["annotator_labels"].to_pylist() == [["cat", "dog"]] * 3
+
+
+@pytest.mark.parametrize("where", ["check", "issues table"])
+def test_a_run_killed_after_the_probe_keeps_the_last_good_tables(audited, tmp_path, monkeypatch, where):
+    """probs.parquet (and issues.parquet) stay the last good run's, byte for byte, when a run fails after its probe."""
+    import shutil
+
+    import labelkit.issues
+    from labelkit.checks.duplicates import Duplicates
+    from labelkit.issues import issues
+
+    _, _, ws = audited
+    ws = shutil.copytree(ws, tmp_path / "ws")
+    before = {name: (ws / name).read_bytes() for name in ("probs.parquet", "issues.parquet")}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("failed after the probe")
+
+    if where == "check":
+        monkeypatch.setattr(Duplicates, "run", broken)
+    else:  # the issues table's write, the last step before probs.parquet is renamed into place
+        monkeypatch.setattr(labelkit.issues, "write_issues_table", broken)
+    with pytest.raises(RuntimeError, match="failed after the probe"):
+        issues(ws, seed=1, n_folds=3)  # other folds: other predictions
+    assert {name: (ws / name).read_bytes() for name in before} == before
+    assert not [p.name for p in ws.iterdir() if p.name.startswith(".")]

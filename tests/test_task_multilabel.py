@@ -383,3 +383,29 @@ def test_explain_lists_the_rows_own_tags_with_the_most_likely(sample, cli):
     shown = {p["class"]: p["probability"] for p in json.loads(out)["probabilities"]}
     assert set(iss.loc[row["id"], "given_labels"]) <= set(shown) and len(shown) >= 5
     assert shown[row["tag"]] == pytest.approx(probs.loc[row["id"], "pred_probs"][tags.index(row["tag"])], abs=1e-4)
+
+
+@pytest.mark.parametrize("where", ["check", "issues table"])
+def test_a_run_killed_after_the_probe_keeps_the_last_good_tables(sample, tmp_path, monkeypatch, where):
+    """probs.parquet (and issues.parquet) stay the last good run's, byte for byte, when a run fails after its probe."""
+    import shutil
+
+    import labelkit.issues
+    from labelkit.checks.duplicates import Duplicates
+    from labelkit.issues import issues
+
+    ws = sample[0]
+    ws = shutil.copytree(ws, tmp_path / "ws")
+    before = {name: (ws / name).read_bytes() for name in ("probs.parquet", "issues.parquet")}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("failed after the probe")
+
+    if where == "check":
+        monkeypatch.setattr(Duplicates, "run", broken)
+    else:  # the issues table's write, the last step before probs.parquet is renamed into place
+        monkeypatch.setattr(labelkit.issues, "write_issues_table", broken)
+    with pytest.raises(RuntimeError, match="failed after the probe"):
+        issues(ws, seed=1, n_folds=3)  # other folds: other predictions
+    assert {name: (ws / name).read_bytes() for name in before} == before
+    assert not [p.name for p in ws.iterdir() if p.name.startswith(".")]

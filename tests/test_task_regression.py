@@ -302,3 +302,29 @@ def test_explain_shows_the_out_of_sample_prediction_and_residual(planted, cli):
     assert code == 0, err
     assert f"Out-of-sample prediction {result['prediction']:.4g}" in one_line(out)
     assert f"residual (target − prediction) {result['residual']:+.4g}" in one_line(out)
+
+
+@pytest.mark.parametrize("where", ["check", "issues table"])
+def test_a_run_killed_after_the_probe_keeps_the_last_good_tables(planted, tmp_path, monkeypatch, where):
+    """probs.parquet (and issues.parquet) stay the last good run's, byte for byte, when a run fails after its probe."""
+    import shutil
+
+    import labelkit.issues
+    from labelkit.checks.duplicates import Duplicates
+    from labelkit.issues import issues
+
+    ws, _, _ = planted
+    ws = shutil.copytree(ws, tmp_path / "ws")
+    before = {name: (ws / name).read_bytes() for name in ("probs.parquet", "issues.parquet")}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("failed after the probe")
+
+    if where == "check":
+        monkeypatch.setattr(Duplicates, "run", broken)
+    else:  # the issues table's write, the last step before probs.parquet is renamed into place
+        monkeypatch.setattr(labelkit.issues, "write_issues_table", broken)
+    with pytest.raises(RuntimeError, match="failed after the probe"):
+        issues(ws, seed=1, n_folds=3)  # other folds: other predictions
+    assert {name: (ws / name).read_bytes() for name in before} == before
+    assert not [p.name for p in ws.iterdir() if p.name.startswith(".")]
