@@ -291,3 +291,31 @@ def test_box_statistics_counts_sizes_duplicates():
     assert summary["images_without_boxes"] == 1 and summary["boxes_per_image"] == {"0": 1, "2": 1, "3": 1}
     assert summary["duplicate_boxes"] == 1 and summary["conflicting_boxes"] == 1
     assert sum(summary["size_histogram"]["a"]) == 3 and summary["size_histogram"]["a"][-1] == 1
+
+
+# --- the task type (ingest side) ----------------------------------------------------------------
+
+
+def test_task_read_source_gives_one_row_per_image_and_the_boxes_table(planted, written):
+    from labelkit.tasks import get_task
+    from labelkit.tasks.base import TASK_LABEL_COL
+
+    task = get_task("detection")
+    frames = []
+    for source, options in ((written["instances"], {"images": written["root"] / "coco" / "images"}),
+                            (written["yolo"], {})):
+        df, spec = task.read_source(source, options=options)
+        assert len(df) == planted.n_images and df["id"].tolist() == planted.files
+        assert spec.task == "detection" and spec.classes == planted.classes and "unused" in spec.classes
+        boxes = spec.tables["boxes.parquet"]
+        assert boxes.num_rows == len(planted.boxes) and boxes.column_names[:4] == ["id", "box_id", "label", "label_id"]
+        counts = spec.columns["n_boxes"].to_numpy()
+        assert counts.tolist() == planted.boxes.counts(planted.n_images).tolist() and (counts == 0).any()
+        assert (df[TASK_LABEL_COL][counts == 0] == "").all() and spec.errors == [None] * planted.n_images
+        assert (spec.image_root / df["image_path"][0]).is_file()
+        frames.append(df[TASK_LABEL_COL].tolist())
+    assert frames[0] == frames[1]
+    i = int(np.flatnonzero(planted.boxes.counts(planted.n_images) > 1)[0])
+    a = planted.boxes.starts(planted.n_images)
+    assert frames[0][i] == ";".join(sorted({planted.classes[k] for k in planted.boxes.label[a[i]:a[i + 1]]},
+                                           key=planted.classes.index))
