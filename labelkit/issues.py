@@ -190,7 +190,8 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
            filter_by: str = "prune_by_noise_rate", rank_by: str = "self_confidence",
            dup_threshold: float | None = None, k_neighbors: int = 10, embedding_key: str | None = None,
            device: str = "auto", seed: int = 0, progress: Progress | None = None, engine: str = "local",
-           ray_address: str | None = None, checks: Sequence[str] | None = None) -> IssuesResult:
+           ray_address: str | None = None, checks: Sequence[str] | None = None,
+           pred_boxes: Path | str | None = None) -> IssuesResult:
     """Return the issues summary; writes probs.parquet, issues.parquet and the manifest summary.
 
     Out-of-sample predictions come from `pred_probs` (a file of the user's model outputs) or from
@@ -199,8 +200,9 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     neighbour search and runs the probe's final k-fold models as tasks on the cluster at
     `ray_address`; the probe's candidate selection and the label finder stay on the driver.
     `checks` names the checks to run (default: every registered check whose needs are met; see
-    ``python -m labelkit.checks`` or docs/checks.md). probs.parquet is replaced only when the whole
-    run succeeds (:class:`PendingProbs`).
+    ``python -m labelkit.checks`` or docs/checks.md). `pred_boxes` is the user's predicted boxes
+    (detection workspaces only). probs.parquet is replaced only when the whole run succeeds
+    (:class:`PendingProbs`).
     """
     from labelkit.engines import check_engine
 
@@ -210,7 +212,7 @@ def issues(workspace: Workspace | Path | str = "labelkit-out", *, pred_probs: Pa
     options = IssuesOptions(pred_probs=pred_probs, classes_file=classes_file, n_folds=n_folds, probe=probe,
                             filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, k_neighbors=k_neighbors,
                             embedding_key=embedding_key, device=device, seed=seed, engine=engine,
-                            ray_address=ray_address, checks=parse_checks(checks))
+                            ray_address=ray_address, checks=parse_checks(checks), pred_boxes=pred_boxes)
     started = time.perf_counter()
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     run = _open_run(ws, options, progress)
