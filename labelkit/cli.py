@@ -13,19 +13,18 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from labelkit import console
+from labelkit.console import err, out, print_json as _print_json, progress as _progress, warn as _warn  # noqa: F401
 from labelkit.errors import LabelkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find what is wrong with your labels, and what to do about it.")
-out = Console()  # results (stdout)
-err = Console(stderr=True)  # progress, warnings, errors
-
 WorkspaceOpt = typer.Option(Path("labelkit-out"), "--workspace", "-w", help="Workspace folder.")
 JsonOpt = typer.Option(False, "--json", help="Print a machine-readable summary on stdout, nothing else.")
+VerboseOpt = typer.Option(False, "--verbose", help="Also print every probe candidate's score and every check, "
+                                                   "including those that do not apply to the data.")
 OfflineOpt = typer.Option(False, "--offline", help="Never download model weights (as HF_HUB_OFFLINE=1): the default "
                                                    "CLIP loads from the local cache or falls back to pixels.")
 EngineOpt = typer.Option("local", "--engine", help="Where the work runs: local (this machine) or ray (a Ray cluster; "
@@ -53,33 +52,6 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
         from labelkit import __version__
         out.print(f"labelkit {__version__}")
         raise typer.Exit(0)
-
-
-def _progress(description: str, quiet: bool = False):
-    """Return (rich Progress context, callback(done, total)) drawing on stderr."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=True, disable=quiet)
-    task = progress.add_task(description, total=None)
-
-    def update(done: int, total: int | None, what: str | None = None) -> None:
-        # `what` names a step inside the command for a while (e.g. a weights download)
-        if (what or description) != progress.tasks[0].description:
-            progress.reset(task)  # a new phase: its ETA must not be estimated from the last one's speed
-        progress.update(task, completed=done, total=total, description=what or description)
-
-    return progress, update
-
-
-def _print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _warn(messages) -> None:
-    for m in messages:
-        err.print(f"[bold red]WARNING:[/] {escape(m)}", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,20 +91,7 @@ def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>
                      annotator_col=annotator_col, properties=properties)
     if as_json:
         return _print_json(result.to_dict())
-    detected = {k: v for k, v in result.columns.items() if v}
-    if detected:
-        out.print("Columns: " + ", ".join(f"{k}=[bold]{v}[/]" for k, v in detected.items()), highlight=False)
-    out.print(f"Ingested [bold]{result.rows}[/] rows ({result.usable_rows} usable, {result.modality}) "
-              f"from {result.source} into {workspace}/items.parquet", highlight=False)
-    if result.embedding_key:
-        out.print(f"Your embeddings of the usable rows: {workspace}/embeddings/{result.embedding_key}.parquet "
-                  "(`labelkit issues` uses them; no `embed` needed)", highlight=False)
-    table = Table("class", "rows", title=f"{len(result.classes)} classes", title_justify="left")
-    for c, k in result.class_counts.items():
-        table.add_row(c, str(k))
-    out.print(table)
-    if result.unusable_by_reason:
-        _warn([f"{k} unusable rows: {reason}" for reason, k in result.unusable_by_reason.items()])
+    console.print_ingest(result, workspace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -158,19 +117,7 @@ def embed(workspace: Path = WorkspaceOpt,
                      workers=workers, progress=update, engine=engine, ray_address=ray_address, offline=offline)
     if as_json:
         return _print_json(result.to_dict())
-    if result.warning:
-        _warn([result.warning])
-    if result.up_to_date:
-        out.print(f"Up to date: {result.rows} rows already embedded with {result.key}; nothing to do.")
-    else:
-        out.print(f"Embedded {result.embedded_now} rows with {result.key} ({result.dim}-d, {result.device}) in "
-                  f"{result.seconds:.1f}s; {result.cached} cached, {result.skipped_unusable} unusable skipped"
-                  + (f", [red]{result.failed} failed to decode[/]" if result.failed else "")
-                  + f" → {workspace}/{result.path}", highlight=False)
-    if result.failed:
-        _warn([f"{result.failed} rows could not be embedded"
-               + (f" (reasons in {workspace}/{result.errors_path}), first:" if result.errors_path else ".")]
-              + [f"  {e['id']}: {e['error']}" for e in result.first_errors[:3]])
+    console.print_embed(result, workspace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +151,7 @@ def issues(workspace: Path = WorkspaceOpt,
            seed: int = typer.Option(0, help="Seed of the fold split."),
            checks: Optional[str] = ChecksOpt,
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
-           as_json: bool = JsonOpt):
+           verbose: bool = VerboseOpt, as_json: bool = JsonOpt):
     """Find label issues (confident learning), duplicates, outliers, class imbalance and every other registered check."""
     from labelkit.issues import issues as run
 
@@ -216,51 +163,7 @@ def issues(workspace: Path = WorkspaceOpt,
     if as_json:
         return _print_json(result.to_dict())
     _warn(result.warnings)
-    _print_issues(result.summary, result.top, workspace)
-
-
-def _print_issues(s: dict, top: list[dict], workspace: Path) -> None:
-    classes = list(s.get("class_counts") or {})
-    if classes:
-        out.print(f"Class order: {', '.join(classes)}", highlight=False)
-    if s.get("probe"):
-        p = s["probe"]
-        chosen = p.get("chosen") or f"{p['features']} C={p['C']:g}"
-        scores = p.get("candidates") or {k: {"log_loss": v} for k, v in p["cv_log_loss"].items()}
-        listed = [f"{k}: {v['log_loss']:.3f}" + (f", acc {v['accuracy']:.3f}" if "accuracy" in v else "")
-                  for k, v in scores.items()] + [f"{k}: {why}" for k, why in (p.get("skipped") or {}).items()]
-        out.print(f"Probe: {chosen} chosen by {p['n_folds']}-fold log-loss on {p.get('selection_rows') or 'all'} rows "
-                  f"({'; '.join(listed)}); out-of-sample accuracy {p['cv_accuracy']:.3f}", highlight=False)
-    # One line per registered check (labelkit.checks): flagged rows, or why it did not run, and its metrics.
-    table = Table("check", "flagged", "metrics", title="Issues", title_justify="left")
-    n = max(1, s.get("usable_rows") or 0)
-    for name, c in (s.get("checks") or {}).items():
-        if "skipped" in c:
-            table.add_row(c["title"], "—", f"[dim]skipped: {c['skipped']}[/]")
-            continue
-        flagged = "" if c.get("flagged") is None else f"{c['flagged']} ({c['flagged'] / n:.1%})"
-        metrics = ", ".join(f"{k}={'—' if v is None else (f'{v:.4g}' if isinstance(v, float) else v)}"
-                            for k, v in c["metrics"].items())
-        table.add_row(c["title"], flagged, metrics)
-    table.add_row("Unusable rows", str(s.get("unusable_rows", 0)), "")
-    out.print(table)
-    if top:
-        t = Table("id", "given", "suggested", "quality", title="Most likely label errors", title_justify="left")
-        for row in top[:10]:
-            t.add_row(row["id"], row["given_label"], row["suggested_label"], f"{row['label_quality']:.3g}")
-        out.print(t)
-    # No probs.parquet when no probabilities were computed (one class; --checks without a probability check).
-    written = [f"{workspace}/{name}" for name in ("issues.parquet", "probs.parquet") if (Path(workspace) / name).exists()]
-    out.print("→ " + ", ".join(written))
-
-
-def _print_gate(verdict: dict, source: str, what: str = "Gate") -> None:
-    for r in verdict["results"]:
-        mark = "[red]FAIL[/]" if r["failed"] else "[green]pass[/]"
-        value = "not measured" if r["value"] is None else "value " + (f"{r['value']:.4g}" if isinstance(r["value"], float) else str(r["value"]))
-        err.print(f"  {mark} {r['rule']} ({value})", highlight=False)
-    err.print((f"[bold green]{what} passed[/]" if verdict["passed"] else f"[bold red]{what} failed[/]")
-              + f" (rules from {source})")
+    console.print_issues(result.summary, result.top, workspace, verbose=verbose)
 
 
 @app.command()
@@ -287,7 +190,7 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
                                                   "(+ report.rows.parquet beside it): report what changed and gate on it, "
                                                   "e.g. --fail-on 'new_label_issues>5,label_issue_rate.delta>0.01'."),
           engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
-          as_json: bool = JsonOpt):
+          verbose: bool = VerboseOpt, as_json: bool = JsonOpt):
     """Ingest, embed, find issues and write the report in one go; exit 1 when the gate fails."""
     from labelkit.audit import audit as run
 
@@ -301,15 +204,7 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
     if as_json:
         _print_json(result)
     else:
-        _warn(w["message"] for w in result["warnings"])
-        _print_issues(result["summary"], result["top_label_issues"], workspace)
-        if result.get("baseline"):
-            from labelkit.baseline import describe
-
-            out.print("\n".join(describe(result["baseline"])), highlight=False, markup=False)
-        if result.get("report"):
-            out.print(f"Report: {result['report']}")
-        _print_gate(result["gate"], result["gate_source"])
+        console.print_audit(result, workspace, verbose=verbose)
     if not result["gate"]["passed"]:
         raise typer.Exit(1)
 
@@ -338,45 +233,7 @@ def explain(row_id: str = typer.Argument(..., metavar="ID", help="The row's id (
     result = run(workspace, row_id, k=k)
     if as_json:
         return _print_json(result.to_dict())
-    _print_explain(result)
-
-
-def _print_explain(r) -> None:
-    out.print(f"[bold]{escape(r.id)}[/]: labelled {escape(repr(r.label))}"
-              + ("" if r.usable else f"; [red]unusable[/]: {escape(r.error or '')}"), highlight=False)
-    if not r.usable:
-        return
-    if r.findings:
-        t = Table("check", "flags", "score", title="Findings", title_justify="left")
-        for f in r.findings:
-            s = f.get("score")
-            score = "" if not s or s["value"] is None else f"{s['name']} {s['value']:.3g}"
-            t.add_row(escape(f["title"]), ", ".join(f["flags"]) + (f" → {f['related_id']}" if f.get("related_id") else ""),
-                      score)
-        out.print(t)
-        if r.reason:
-            out.print(f"Reason: {escape(r.reason)}", highlight=False)
-    else:
-        out.print("Not flagged by any check.")
-    if r.prediction is not None:
-        out.print(f"Out-of-sample prediction {r.prediction:.4g}"
-                  + (f", residual (target − prediction) {r.residual:+.4g}" if r.residual is not None else ""),
-                  highlight=False)
-    elif r.suggested_label is not None and r.suggested_label != r.label:
-        out.print(f"Probe suggests {escape(repr(r.suggested_label))}"
-                  + (f" (label quality {r.label_quality:.3g})" if r.label_quality is not None else ""), highlight=False)
-    if r.probabilities:
-        t = Table("class", "out-of-sample probability", title="Probabilities", title_justify="left")
-        for p in r.probabilities:
-            t.add_row(escape(p["class"]), f"{p['probability']:.3f}")
-        out.print(t)
-    if r.neighbors:
-        t = Table("id", "label", "cosine", "flagged", title=f"Nearest rows ({r.embedding_key})", title_justify="left")
-        for nb in r.neighbors:
-            t.add_row(escape(nb["id"]), escape(str(nb["label"])), f"{nb['similarity']:.4f}",
-                      ", ".join(nb["flags"]) if nb["flagged"] else "")
-        out.print(t)
-    _warn(r.warnings)
+    console.print_explain(result)
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,18 +279,7 @@ def select(method: str = typer.Argument(..., help="rs2, dsir, smote or prune."),
     result = run(workspace, method, name=name, **options)
     if as_json:
         return _print_json(result.to_dict())
-    d = result.to_dict()
-    extra = {key: v for key, v in d.items() if key not in ("name", "method", "path", "size", "class_counts_before",
-                                                          "class_counts_after")}
-    out.print(f"Subset [bold]{result.name}[/] ({method}): {result.size} rows → {workspace}/{result.path}", highlight=False)
-    if "kl_reduction" in d:
-        out.print(f"KL reduction towards the target: {d['kl_reduction']:.4f}")
-    table = Table("class", "before", "after" + (" (epoch 0)" if d.get("per_epoch") else ""), title="Class counts",
-                  title_justify="left")
-    for c, before in result.class_counts_before.items():
-        table.add_row(c, str(before), str(result.class_counts_after.get(c, 0)))
-    out.print(table)
-    out.print(", ".join(f"{key}={v}" for key, v in extra.items() if key != "kl_reduction"), highlight=False)
+    console.print_select(result, method, workspace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,21 +320,7 @@ def relabel(workspace: Path = WorkspaceOpt,
                      temperature=temperature, device=device, apply=apply, progress=update)
     if as_json:
         return _print_json(result.to_dict())
-    out.print(f"{result.method}: asked {result.asked}, answered {result.answered}, abstained {result.abstained}, "
-              f"failed {result.failed}" + (f" ({result.cached} from cache)" if result.cached else "")
-              + f"; accepted {result.accepted}", highlight=False)
-    for error, n in result.errors.items():
-        _warn([f"{n} requests failed: {error}"])
-    changes = [p for p in result.proposals if p["proposed_label"] and p["proposed_label"] != p["given_label"]]
-    if changes:
-        t = Table("id", "given", "proposed", "accepted", title="Proposed changes", title_justify="left")
-        for p in changes[:15]:
-            t.add_row(p["id"], p["given_label"], p["proposed_label"], "yes" if p["accepted"] else "no")
-        out.print(t)
-    out.print(f"→ {workspace}/relabels.parquet, {workspace}/soft_labels.parquet")
-    if result.label_version:
-        out.print(f"Applied: [bold]{result.label_version}[/] ({result.changed} labels changed); train on it with "
-                  f"`labelkit train --labels {result.label_version}`", highlight=False)
+    console.print_relabel(result, workspace)
 
 
 # --------------------------------------------------------------------------------------------
@@ -542,25 +374,10 @@ def train(workspace: Path = WorkspaceOpt,
                      eval_labels=eval_labels, name=name, head=head, hidden=hidden, max_epochs=max_epochs,
                      patience=patience, monitor=None if monitor == "none" else monitor, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                      teachers=teacher or (), check=check, fail_on=fail_on, device=device, seed=seed, progress=update)
-    card = result.card
     if as_json:
         _print_json(result.to_dict())
     else:
-        m, t = card["metrics"], card["training"]
-        out.print(f"Model [bold]{card['name']}[/]: loss {card['loss']['name']} {card['loss']['params'] or ''}, labels "
-                  f"{card['labels']}" + (f", subset {card['subset']}" if card["subset"] else "")
-                  + f"; {t['rows']} training rows, stopped after {t['epochs']} epochs (best {t['best_epoch']})",
-                  highlight=False)
-        table = Table("metric", "value", title=f"Held-out: {card['heldout']['rows']} rows", title_justify="left",
-                      caption=f"scored against {card['eval_labels']!r} labels", caption_justify="left")
-        for k in ("accuracy", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "nll", "ece", "brier", "mae",
-                  "rmse", "r2"):  # classification, multi-label or regression
-            if m.get(k) is not None:
-                table.add_row(k, f"{m[k]:.4f}")
-        out.print(table)
-        out.print(f"→ {result.model_dir}/model_card.json")
-        if result.check is not None:
-            _print_gate(result.check, result.check["source"], "Check")
+        console.print_train(result)
     if not result.passed:
         raise typer.Exit(1)
 

@@ -184,3 +184,110 @@ def test_the_console_script_exits_with_mains_code_and_flushed_output(tmp_path):
     assert done.returncode == 2 and "nope" in done.stderr
     done = subprocess.run([sys.executable, "-m", "labelkit", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "audit" in done.stdout
+
+
+# --------------------------------------------------------------------------------------------- console (issue 29)
+PROBE = {"chosen": "knn k=5", "n_folds": 5, "selection_rows": 1433, "cv_accuracy": 0.9372,
+         "candidates": {"knn k=10": {"log_loss": 0.3608, "accuracy": 0.93, "seconds": 0.2},
+                        "knn k=5": {"log_loss": 0.3511, "accuracy": 0.94, "seconds": 0.2},
+                        "raw C=1": {"log_loss": 0.52, "accuracy": 0.90, "seconds": 1.5}},
+         "skipped": {"mlp": "abandoned after 1 of 5 folds"}}
+
+
+def test_the_probe_line_names_the_choice_and_the_runner_up_only():
+    from labelkit.console import probe_line
+
+    assert probe_line(PROBE) == ("Probe: knn k=5, 5-fold log-loss 0.351 on 1433 rows (runner-up knn k=10: 0.361; "
+                                 "4 candidates, 1 abandoned early; --verbose lists them); out-of-sample accuracy 0.937")
+    assert probe_line(PROBE, verbose=True).count("--verbose") == 0
+    only = {"chosen": "logreg C=1", "n_folds": 3, "cv_accuracy": None, "candidates": {"logreg C=1": {"log_loss": 0.5}}}
+    assert probe_line(only) == "Probe: logreg C=1, 3-fold log-loss 0.500 on all rows"
+    old = {"features": "raw", "C": 1.0, "n_folds": 5, "cv_accuracy": 0.8, "cv_log_loss": {"raw C=1": 0.4, "raw C=10": 0.45}}
+    assert probe_line(old) == ("Probe: raw C=1, 5-fold log-loss 0.400 on all rows (runner-up raw C=10: 0.450; "
+                               "2 candidates; --verbose lists them); out-of-sample accuracy 0.800")
+
+
+def checks_summary_of(task: str | None) -> dict:
+    """A summary whose checks are the registry's, each skipped for its own kind of reason or run."""
+    from labelkit.checks import get_checks
+
+    task = task or "multiclass"
+    checks = {}
+    for c in get_checks():
+        if c.tasks is not None and task not in c.tasks:
+            checks[c.name] = {"title": c.title, "skipped": f"not for {task} data"}
+        elif c.name == "split_leakage":
+            checks[c.name] = {"title": c.title, "skipped": "needs a split per row"}
+        elif c.name == "text_properties":
+            checks[c.name] = {"title": c.title, "skipped": "needs text rows"}
+        else:
+            checks[c.name] = {"title": c.title, "metrics": {"m": 0.5}, "flagged": 1}
+    return {"usable_rows": 10, "unusable_rows": 0, "checks": checks, **({"task": task} if task != "multiclass" else {})}
+
+
+@pytest.mark.parametrize("task", [None, "regression"])
+def test_checks_of_another_task_are_hidden_and_those_wanting_input_named_on_one_line(task):
+    from rich.console import Console
+
+    from labelkit.checks import get_checks
+    from labelkit.console import checks_table
+
+    summary = checks_summary_of(task)
+    table, line = checks_table(summary)
+    titles = {c.name: c.title for c in get_checks()}
+    assert line == (f"Could run with more input: {titles['text_properties']} (with text rows); "
+                    f"{titles['split_leakage']} (with a split per row).")
+    shown = Console(width=300, record=True)
+    shown.print(table)
+    text = shown.export_text()
+    assert "skipped" not in text and "not for" not in text
+    for name, c in summary["checks"].items():
+        assert (c["title"] in text) == ("skipped" not in c), name
+    table, line = checks_table(summary, verbose=True)  # --verbose: every check, with its reason
+    shown.print(table)
+    text = shown.export_text()
+    assert line is None and all(c["title"] in text for c in summary["checks"].values())
+    assert text.count(f"skipped: not for {task or 'multiclass'} data") == sum(
+        c.get("skipped", "").startswith("not for") for c in summary["checks"].values())
+
+
+def test_issues_console_is_short_by_default_complete_under_verbose_and_json(cli, vector_ws, monkeypatch):
+    from labelkit import console
+
+    monkeypatch.setattr(console.out, "width", 400)  # long candidate names stay on one table row
+    code, out, err = cli("issues", "-w", vector_ws, "--json")
+    assert code == 0, err
+    import json
+
+    summary = json.loads(out)["summary"]
+    probe, checks = summary["probe"], summary["checks"]
+    ranked = sorted(probe["candidates"], key=lambda k: probe["candidates"][k]["log_loss"])
+    runner_up = next(k for k in ranked if k != probe["chosen"])
+    others = [k for k in ranked if k not in (probe["chosen"], runner_up)]
+    assert len(others) > 5  # the wall this replaces
+    other_task = [c["title"] for c in checks.values() if c.get("skipped", "").startswith("not for")]
+    wanting = [c["title"] for c in checks.values() if c.get("skipped", "").startswith("needs")]
+    assert other_task and wanting
+
+    code, out, err = cli("issues", "-w", vector_ws)
+    assert code == 0, err
+    text = one_line(out)
+    probe_text = text.split("Probe: ")[1].split(" Issues ")[0]
+    assert f"{probe['chosen']}," in probe_text and f"runner-up {runner_up}:" in probe_text
+    assert not any(f"{k}:" in probe_text or f"{k} " in probe_text for k in others)
+    assert "skipped" not in text and not any(t in text for t in other_task)
+    wanting_line = text.split("Could run with more input: ")[1].split(" Most likely")[0].split(" →")[0]
+    assert all(t in wanting_line for t in wanting) and text.count("Could run with more input") == 1
+
+    code, out, err = cli("issues", "-w", vector_ws, "--verbose")
+    assert code == 0, err
+    text = one_line(out)
+    assert "Probe candidates" in text and all(k in text for k in others)
+    assert all(t in text for t in other_task + wanting) and "Could run with more input" not in text
+
+
+def test_verbose_is_an_option_of_issues_and_audit_only_where_it_changes_output(cli, tmp_path):
+    code, _, err = cli("issues", "-w", tmp_path / "nope", "--verbose")
+    assert code == 2 and one_line(err).startswith(f"error: No labelkit workspace at {tmp_path / 'nope'}")
+    code, _, err = cli("report", "-w", tmp_path / "nope", "--verbose")
+    assert code == 2 and "No such option: --verbose" in err
