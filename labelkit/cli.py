@@ -38,6 +38,11 @@ AnnotatorColsOpt = typer.Option(None, "--annotator-cols", help="Multi-annotator 
                                                                "per annotator; an empty cell = not labelled.")
 AnnotatorColOpt = typer.Option(None, "--annotator-col", help="Multi-annotator (long): the annotator column; one row "
                                                              "per item and annotator, grouped by --id-col.")
+LabelColOpt = typer.Option(None, "--label-col", help="Label column of a table.")
+TextColOpt = typer.Option(None, "--text-col", help="Text column of a table.")
+ImageColOpt = typer.Option(None, "--image-col", help="Image-path column of a table (relative to the table's folder).")
+IdColOpt = typer.Option(None, "--id-col", help="Unique id column of a table (default: row number).")
+DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
 RayAddressOpt = typer.Option(None, "--ray-address", help="--engine ray: cluster to join, e.g. ray://head:10001 "
                                                           "(default: RAY_ADDRESS, else a new local cluster).")
 
@@ -58,11 +63,11 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 @app.command()
 def ingest(source: Path = typer.Argument(..., help="Image folder (SOURCE/<class>/<file>) or CSV/TSV/JSONL/Parquet table."),
            workspace: Path = WorkspaceOpt,
-           label_col: Optional[str] = typer.Option(None, help="Label column of a table."),
-           text_col: Optional[str] = typer.Option(None, help="Text column of a table."),
-           image_col: Optional[str] = typer.Option(None, help="Image-path column of a table (relative to the table's folder)."),
+           label_col: Optional[str] = LabelColOpt,
+           text_col: Optional[str] = TextColOpt,
+           image_col: Optional[str] = ImageColOpt,
            split_col: Optional[str] = typer.Option(None, help="Split column of a table."),
-           id_col: Optional[str] = typer.Option(None, help="Unique id column of a table (default: row number)."),
+           id_col: Optional[str] = IdColOpt,
            classes: Optional[Path] = typer.Option(None, "--classes", help="File with one class per line: fixes the class order."),
            allow_outside_root: bool = typer.Option(False, help="Accept image paths outside the table's folder, and "
                                                                "image-folder symlinks that lead out of the folder."),
@@ -102,7 +107,7 @@ def embed(workspace: Path = WorkspaceOpt,
                                                  "minilm-l6-v2, or an open_clip model name."),
           pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or local checkpoint path; "
                                                               "if it does not load, the command stops (exit 2)."),
-          device: str = typer.Option("auto", help="auto, cpu or cuda."),
+          device: str = DeviceOpt,
           batch_size: Optional[int] = typer.Option(None, min=1, help="Images/texts per batch (default by device)."),
           workers: Optional[int] = typer.Option(None, min=0, help="Image decoding processes for CLIP, threads for the pixel baseline (default by device and model)."),
           offline: bool = OfflineOpt,
@@ -147,7 +152,7 @@ def issues(workspace: Path = WorkspaceOpt,
            filter_by: str = FilterByOpt, rank_by: str = RankByOpt,
            dup_threshold: Optional[float] = typer.Option(None, help="Cosine similarity at which two rows are "
                                                                      "near-duplicates; default: the embedder's own."),
-           device: str = typer.Option("auto", help="auto, cpu or cuda."),
+           device: str = DeviceOpt,
            seed: int = typer.Option(0, help="Seed of the fold split."),
            checks: Optional[str] = ChecksOpt,
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
@@ -172,20 +177,20 @@ def audit(source: Path = typer.Argument(..., help="Image folder or table, as for
           fail_on: Optional[List[str]] = typer.Option(None, "--fail-on", help="Gate rule(s), e.g. 'label_issue_rate>0.05,"
                                                       "duplicates>0'. Default: [tool.labelkit.gate] in pyproject.toml, "
                                                       "labelkit.toml, else label_issue_rate>0.03."),
-          label_col: Optional[str] = typer.Option(None, help="Label column of a table."),
-          text_col: Optional[str] = typer.Option(None, help="Text column of a table."),
-          image_col: Optional[str] = typer.Option(None, help="Image-path column of a table."),
+          label_col: Optional[str] = LabelColOpt,
+          text_col: Optional[str] = TextColOpt,
+          image_col: Optional[str] = ImageColOpt,
           embedding_col: Optional[str] = typer.Option(None, help="Column holding your own embeddings (skips embedding; "
                                                                  "see `labelkit ingest --help`)."),
           model: str = typer.Option("auto", help="Embedding model (see `labelkit embed --help`)."),
           pretrained: Optional[str] = typer.Option(None, help="open_clip pretrained tag or checkpoint path."),
           pred_probs: Optional[Path] = typer.Option(None, help="Your own out-of-sample probabilities (skips embedding)."),
-          device: str = typer.Option("auto", help="auto, cpu or cuda."),
+          device: str = DeviceOpt,
           report: bool = typer.Option(True, help="Write report.html and report.json."),
           offline: bool = OfflineOpt,
           task: Optional[str] = TaskOpt, labels_col: Optional[str] = LabelsColOpt, label_sep: str = LabelSepOpt,
           annotator_cols: Optional[str] = AnnotatorColsOpt, annotator_col: Optional[str] = AnnotatorColOpt,
-          id_col: Optional[str] = typer.Option(None, help="Unique id column of a table (default: row number)."),
+          id_col: Optional[str] = IdColOpt,
           baseline: Optional[Path] = typer.Option(None, "--baseline", help="An earlier workspace folder or its report.json "
                                                   "(+ report.rows.parquet beside it): report what changed and gate on it, "
                                                   "e.g. --fail-on 'new_label_issues>5,label_issue_rate.delta>0.01'."),
@@ -305,7 +310,7 @@ def relabel(workspace: Path = WorkspaceOpt,
             top_k_per_class: Optional[int] = typer.Option(None, help="clip: accept at most K proposals per class."),
             temperature: Optional[float] = typer.Option(None, help="clip: softmax temperature (default: the model's "
                                                                    "1/logit_scale)."),
-            device: str = typer.Option("auto", help="auto, cpu or cuda."),
+            device: str = DeviceOpt,
             apply: bool = typer.Option(False, "--apply", help="Write the next label version (label_v2, …) from the "
                                                               "aggregated votes; `label` is never changed."),
             as_json: bool = JsonOpt):
@@ -362,7 +367,7 @@ def train(workspace: Path = WorkspaceOpt,
           check: bool = typer.Option(False, "--check", help="Check held-out metrics against thresholds; exit 1 on a miss."),
           fail_on: Optional[List[str]] = typer.Option(None, "--fail-on", help="Threshold rule(s), e.g. 'accuracy<0.9,ece>0.05' "
                                                       "(default: [tool.labelkit.train] fail_on in pyproject.toml)."),
-          device: str = typer.Option("auto", help="auto, cpu or cuda."),
+          device: str = DeviceOpt,
           seed: int = typer.Option(0, help="Seed of initialisation, batch order and mixing."),
           as_json: bool = JsonOpt):
     """Train a checked model on the embeddings; report accuracy, macro-F1, NLL, ECE and Brier on held-out rows."""
