@@ -155,6 +155,8 @@ def issues(workspace: Path = WorkspaceOpt,
            device: str = DeviceOpt,
            seed: int = typer.Option(0, help="Seed of the fold split."),
            checks: Optional[str] = ChecksOpt,
+           pred_boxes: Optional[Path] = typer.Option(None, help="Detection: your model's predicted boxes (COCO results "
+                                                                "JSON or a YOLO txt folder); see docs/tasks.md."),
            engine: str = EngineOpt, ray_address: Optional[str] = RayAddressOpt,
            verbose: bool = VerboseOpt, as_json: bool = JsonOpt):
     """Find label issues (confident learning), duplicates, outliers, class imbalance and every other registered check."""
@@ -164,7 +166,8 @@ def issues(workspace: Path = WorkspaceOpt,
     with progress:
         result = run(workspace, pred_probs=pred_probs, classes_file=classes, n_folds=folds, probe=probe,
                      filter_by=filter_by, rank_by=rank_by, dup_threshold=dup_threshold, device=device, seed=seed,
-                     progress=update, engine=engine, ray_address=ray_address, checks=checks)
+                     progress=update, engine=engine, ray_address=ray_address, checks=checks,
+                     pred_boxes=pred_boxes)
     if as_json:
         return _print_json(result.to_dict())
     _warn(result.warnings)
