@@ -191,6 +191,101 @@ def rates(flags: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return recall, fp
 
 
+# ---------------------------------------------------------------------------------------------
+# Relative thresholds: planted near-white, blurred and dark images among normal ones, several kinds
+# and sizes of image (all generated here), labelkit vs CleanVision.
+
+RELATIVE_KINDS = ("texture", "shapes", "glyph")
+PLANTS = {"near_white": "light", "blurred": "blurry", "dark": "dark"}  # planted kind -> the property that should flag it
+RELATIVE_RECALL, RELATIVE_FP = 0.8, 0.05
+
+
+def _normal_image(rng, kind: str, side: int):
+    """Return a normal image of `kind`: smoothed colour noise, flat shapes with sensor noise, or a pen stroke."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+    if kind == "texture":
+        noise = rng.normal(0, 1, (side, side, 3)).astype(np.float32)
+        im = Image.fromarray(((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8))
+        return ImageOps.autocontrast(im.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0))))
+    if kind == "shapes":
+        im = Image.new("RGB", (side, side), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(3, 9))):
+            x0, y0 = rng.integers(0, side, 2)
+            w, h = rng.integers(side // 8, side // 2, 2)
+            box = [int(x0), int(y0), int(x0 + w), int(y0 + h)]
+            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        arr = np.asarray(im, np.float32) + rng.normal(0, 4, (side, side, 3))
+        return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    im = Image.new("L", (side, side), int(rng.integers(0, 40)))  # glyph: a digit-like stroke, grayscale
+    points = [tuple(int(v) for v in rng.integers(side // 6, 5 * side // 6, 2)) for _ in range(int(rng.integers(3, 6)))]
+    ImageDraw.Draw(im).line(points, fill=int(rng.integers(180, 256)), width=max(1, side // 10))
+    return im.filter(ImageFilter.GaussianBlur(side / 64))
+
+
+def _plant(rng, im, plant: str | None):
+    """Return `im` made near-white (80-92 % white), blurred (Gaussian radius 5 at 64 px) or dark (8-25 %)."""
+    from PIL import Image, ImageFilter
+
+    if plant == "near_white":
+        a = rng.uniform(0.8, 0.92)
+        return Image.fromarray((255 * a + np.asarray(im, np.float32) * (1 - a)).astype(np.uint8))
+    if plant == "blurred":
+        side = im.size[0]
+        small = im if side == 64 else im.resize((64, 64), Image.Resampling.LANCZOS)
+        small = small.filter(ImageFilter.GaussianBlur(5))
+        return small if side == 64 else small.resize((side, side), Image.Resampling.BICUBIC)
+    if plant == "dark":
+        return Image.fromarray((np.asarray(im, np.float32) * rng.uniform(0.08, 0.25)).astype(np.uint8))
+    return im
+
+
+def make_relative_set(root: Path, kind: str, side: int, n_normal: int, n_plant: int, seed: int) -> dict[str, str | None]:
+    """Write `n_normal` normal and `n_plant` of each planted kind under `root`; return {path: plant or None}."""
+    rng = np.random.default_rng(seed)
+    plan = [None] * n_normal + [p for p in PLANTS for _ in range(n_plant)]
+    rng.shuffle(plan)
+    truth = {}
+    for i, plant in enumerate(plan):
+        path = root / "ab"[i % 2] / f"{i:05d}_{plant or 'normal'}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _plant(rng, _normal_image(rng, kind, side), plant).save(path)
+        truth[str(path.resolve())] = plant
+    return truth
+
+
+def relative_bench(kinds, sides, n_normal: int, n_plant: int, seed: int, jobs: int) -> bool:
+    """Print recall per planted property and normal images flagged, labelkit vs CleanVision; return whether met."""
+    from labelkit.ingest import ingest
+
+    print(f"{'set':<14} {'rows':>5} | " + " ".join(f"{p + ' (' + PLANTS[p] + ')':>22}" for p in PLANTS)
+          + f" | {'normal flagged':>15} | labelkit / CleanVision")
+    ok = True
+    for kind in kinds:
+        for side in sides:
+            with tempfile.TemporaryDirectory() as tmp:
+                truth = make_relative_set(Path(tmp) / "data", kind, side, n_normal, n_plant, seed)
+                ingest(Path(tmp) / "data", Path(tmp) / "ws", workers=0)
+                paths, ours, _ = labelkit_columns(Path(tmp) / "ws")
+                cv, _ = cleanvision_issues(paths, jobs)
+            plant = np.array([truth[p] or "" for p in paths])
+            cells = []
+            for p, prop in PLANTS.items():
+                r, cr = ours[f"is_{prop}"][plant == p].mean(), cv[f"is_{prop}_issue"].to_numpy(bool)[plant == p].mean()
+                ok &= r >= RELATIVE_RECALL and r >= cr
+                cells.append(f"{r:.2f} / {cr:.2f}".rjust(22))
+            normal = plant == ""
+            fp = ours["is_image_property_issue"][normal].mean()
+            cv_any = cv[[f"is_{k}_issue" for k in KINDS if k != "grayscale"]].to_numpy(bool).any(1)
+            ok &= fp <= RELATIVE_FP
+            print(f"{kind + ' ' + str(side) + 'px':<14} {len(paths):>5} | " + " ".join(cells)
+                  + f" | {fp:>6.3f} / {cv_any[normal].mean():.3f}")
+    print(f"target: recall >= {RELATIVE_RECALL} and >= CleanVision's per planted property, normal images flagged "
+          f"<= {RELATIVE_FP} (CleanVision's column: any issue but grayscale): {'met' if ok else 'NOT met'}")
+    return ok
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=360, help="images with planted truth")
@@ -200,7 +295,16 @@ def main(argv=None) -> int:
                     help="thumbnail:draft sizes to compare with CleanVision's scores (draft 0: full JPEG decode)")
     ap.add_argument("--keep", type=Path, default=None, help="build the planted set here and keep it")
     ap.add_argument("--jobs", type=int, default=1, help="CleanVision's n_jobs")
+    ap.add_argument("--relative", action="store_true",
+                    help="only the relative-threshold bench: planted near-white, blurred and dark images")
+    ap.add_argument("--kinds", default=",".join(RELATIVE_KINDS))
+    ap.add_argument("--sides", default="32,64,128")
+    ap.add_argument("--normal", type=int, default=300, help="normal images per relative set")
+    ap.add_argument("--plant", type=int, default=20, help="images per planted kind per relative set")
     args = ap.parse_args(argv)
+    if args.relative:
+        return 0 if relative_bench(args.kinds.split(","), [int(x) for x in args.sides.split(",")], args.normal,
+                                   args.plant, args.seed, args.jobs) else 1
 
     from labelkit.ingest import ingest
     from labelkit.properties import DRAFT_SIZE, THUMBNAIL_SIZE

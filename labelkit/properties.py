@@ -37,6 +37,7 @@ PROPERTY_COLUMNS = {
     "prop_blurriness": "standard deviation of the edge image (PIL FIND_EDGES) of the <=64 px grayscale image",
     "prop_blurriness_grayscale_std": "standard deviation of the 256-bin histogram of the <=64 px grayscale image",
     "prop_grayscale": "1 if the image is grayscale (a one-band file, or equal colour channels), else 0",
+    "prop_sharpness": "RMS of the interior 4-neighbour Laplacian over the gray-level std, of the <=64 px grayscale image",
 }
 
 ISSUE_TYPES = ("dark", "light", "blurry", "low_information", "grayscale", "odd_aspect_ratio", "odd_size")
@@ -133,8 +134,9 @@ def image_properties(image, *, size: int = THUMBNAIL_SIZE, draft: int | None = D
         gray = True
     props = brightness_properties(pixels)
     props["prop_entropy"] = histogram_entropy(pixels)
-    props["prop_blurriness"], props["prop_blurriness_grayscale_std"] = blur_properties(
-        _blur_image(im, pixels, full_w, full_h))
+    blur = _blur_image(im, pixels, full_w, full_h)
+    props["prop_blurriness"], props["prop_blurriness_grayscale_std"] = blur_properties(blur)
+    props["prop_sharpness"] = sharpness(blur)
     props["prop_grayscale"] = float(gray)
     return props
 
@@ -281,6 +283,23 @@ def blur_properties(gray: np.ndarray) -> tuple[float, float]:
     return _std(edges), _std(hist)
 
 
+def sharpness(gray: np.ndarray) -> float:
+    """Return the RMS of the 4-neighbour Laplacian inside the <= 64 px grayscale image, over its gray-level std.
+
+    Unlike CleanVision's blurriness (the std of an edge image whose border rows keep their input
+    values, so a blurred image with a bright border scores sharp) this reads only interior pixels,
+    and dividing by the contrast makes it a property of the image's detail, not of its brightness
+    or contrast: a near-white or dark copy of an image keeps its sharpness, a Gaussian blur of
+    radius 5 on a 64 px image divides it by 5 to 10 (bench/properties.py). The std is floored at
+    one gray level, so a flat image has a sharpness near 0 rather than an undefined one.
+    """
+    if gray.shape[0] < 3 or gray.shape[1] < 3:
+        return float("nan")
+    g = gray.astype(np.float32)
+    lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+    return float(np.sqrt(np.mean(lap * lap, dtype=np.float64)) / max(float(g.std(dtype=np.float64)), 1.0))
+
+
 def _std(x: np.ndarray) -> float:
     """Return the population standard deviation of a flat float64 array (``np.std`` less its call overhead)."""
     d = x - x.sum() / len(x)
@@ -323,6 +342,12 @@ def get_blurry_scores(blurriness: np.ndarray, grayscale_std: np.ndarray, *,
     return np.minimum(blur + std, 1).astype(np.float32)
 
 
+def get_sharpness_scores(sharpness: np.ndarray) -> np.ndarray:
+    """Return blurry scores in [0, 1) from :func:`sharpness` (lower is blurrier): ``s / (1 + s)``."""
+    s = np.asarray(sharpness, np.float32)
+    return (s / (1 + s)).astype(np.float32)
+
+
 def get_grayscale_scores(grayscale: np.ndarray) -> np.ndarray:
     """Return grayscale scores: 0 for a grayscale image, 1 otherwise (NaN stays NaN)."""
     return (1 - np.asarray(grayscale, np.float32)).astype(np.float32)
@@ -354,3 +379,60 @@ def get_odd_size_scores(width: np.ndarray, height: np.ndarray, *,
     mid, gap = (low + high) / 2, high - low
     norm, threshold = (gap, 0.5) if gap > 0 else (mid, 1.0)
     return (1 - np.clip(np.abs(size - mid) / norm, 0, 1)).astype(np.float32), threshold
+
+
+# ---------------------------------------------------------------------------------------------
+# Thresholds relative to the dataset
+
+# A row is unusual for a property when its statistic lies more than Z_CUT robust standard
+# deviations (1.4826 x MAD) below the dataset's median: Iglewicz & Hoaglin's 3.5, about 1 row in
+# 4,000 of a normal sample. The spread is floored (in the statistic's units) so that a dataset
+# of near-identical images does not flag trifles. Brightness and sharpness are compared as
+# logarithms (ratios): a dark flag needs a 99th-percentile brightness under 0.35 times the
+# median's (a saturated red image, 0.41 of a white one, is not dark), a light flag the same of
+# 1 - the 5th percentile, a blur flag a sharpness 1.7 times lower, a low-information flag 0.9
+# bits less entropy.
+Z_CUT = 3.5
+MIN_SPREAD = {"dark": 0.3, "light": 0.3, "low_information": 0.25, "blurry": 0.15}
+# When more than this share of the rows is past CleanVision's absolute threshold, that is what
+# the dataset is like (8 px digits are all low-information by it), not a finding about rows.
+MOST = 0.5
+# The absolute cut of the sharpness-based blurry score: sharpness 0.1, a radius-5 blur of a
+# 64 px drawing; normal photos, drawings and textures measure 0.25 to 3 (bench/properties.py).
+SHARPNESS_THRESHOLD = 0.09
+
+
+def relative_cut(stat: np.ndarray, min_spread: float, *, z: float = Z_CUT) -> float:
+    """Return the value of `stat` (higher is more normal) below which a row is unusual for this dataset.
+
+    ``median - z * max(1.4826 * MAD, min_spread)`` over the finite values; NaN when there are none.
+
+    References
+    ----------
+    B. Iglewicz and D. C. Hoaglin, "How to Detect and Handle Outliers", ASQC Basic References in
+    Quality Control 16, 1993 (the modified z-score and its 3.5 cut).
+    """
+    x = np.asarray(stat, np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return float("nan")
+    median = float(np.median(x))
+    mad = float(np.median(np.abs(x - median)))
+    return median - z * max(1.4826 * mad, min_spread)
+
+
+def dataset_threshold(score: np.ndarray, absolute: float, relative: float) -> tuple[float, dict]:
+    """Return (the score threshold for the dataset, its record) from CleanVision's and the relative one.
+
+    The absolute threshold holds unless most rows are past it (then the dataset is like that and
+    only the relative one flags rows); the relative one raises it where the dataset makes a row
+    stand out sooner (a near-white image among normal ones).
+    """
+    known = np.isfinite(score)
+    share = float((score[known] < absolute).mean()) if known.any() else 0.0
+    dataset_level = share > MOST
+    rel = relative if np.isfinite(relative) else -np.inf
+    threshold = rel if dataset_level else max(rel, absolute)
+    return float(max(threshold, 0.0)), {"absolute": absolute, "relative": round(float(relative), 4)
+                                        if np.isfinite(relative) else None,
+                                        "absolute_share": round(share, 4), "dataset_level": dataset_level}

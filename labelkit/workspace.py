@@ -47,6 +47,7 @@ ITEMS_SCHEMA = pa.schema([
     ("prop_blurriness", pa.float32()),
     ("prop_blurriness_grayscale_std", pa.float32()),
     ("prop_grayscale", pa.float32()),
+    ("prop_sharpness", pa.float32()),
 ])
 
 
