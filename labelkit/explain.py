@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from labelkit.errors import LabelkitError, check_in_range
+from labelkit.tasks import task_of_manifest
 from labelkit.workspace import Workspace, current_items_fingerprint, require_current
 
 TOP_CLASSES = 5
@@ -93,7 +94,13 @@ def explain(workspace: Workspace | Path | str, row_id: str, *, k: int = 10,
                             f"`labelkit issues -w {ws.root}` first.")
     items_fp = current_items_fingerprint(ws)
     require_current(ws, ws.issues_path, items_fp=items_fp)
+    return _explained(ws, items, result, k=k, top_classes=top_classes, items_fp=items_fp)
 
+
+def _explained(ws: Workspace, items: pa.Table, result: ExplainResult, *, k: int, top_classes: int,
+               items_fp: str) -> ExplainResult:
+    """Fill `result` from issues.parquet, the task's predictions (probs.parquet) and the nearest rows."""
+    row_id = result.id
     neighbor_ids, sims = _nearest(ws, items, row_id, k, result)
     issues = _issue_rows(ws.issues_path, [row_id, *neighbor_ids])
     flag_owner = _flag_columns(issues.schema)
@@ -105,38 +112,36 @@ def explain(workspace: Workspace | Path | str, row_id: str, *, k: int = 10,
     if mine is None:
         result.warnings.append(f"{row_id!r} has no row in {ws.issues_path}: `issues` did not check it.")
     else:
-        result.reason = mine.get("reason")
-        result.findings = _findings(mine, flag_owner)
-        result.suggested_label = mine.get("suggested_label")
-        quality = mine.get("label_quality")
-        result.label_quality = None if quality is None or np.isnan(quality) else float(quality)
-
+        _own_findings(result, mine, flag_owner)
     if ws.probs_path.exists():
         require_current(ws, ws.probs_path, items_fp=items_fp)
-        columns = pq.read_schema(ws.probs_path).names
-        if "pred_probs" in columns:
-            # Multi-label tags are scored independently: the row's own tags are listed too, so a given
-            # tag the probe doubts is shown even when it is not among the most likely.
-            given = (mine or {}).get("given_labels") or []
-            result.probabilities = _top_probabilities(ws, row_id, top_classes, also=given)
-        elif "prediction" in columns:  # regression: one predicted number per row
-            result.prediction = _prediction(ws, row_id)
-            target = (mine or {}).get("target")
-            if result.prediction is not None and target is not None and not np.isnan(target):
-                result.residual = float(target) - result.prediction
-        else:
-            raise LabelkitError(f"{ws.probs_path} has neither a pred_probs nor a prediction column; run "
-                                f"`labelkit issues -w {ws.root}` again.")
-
-    if neighbor_ids:
-        labels = items.column("label").take(pc.index_in(pa.array(neighbor_ids, pa.string()), items.column("id")))
-        result.neighbors = []
-        for nid, label, sim in zip(neighbor_ids, labels.to_pylist(), sims.tolist()):
-            other = by_id.get(nid) or {}
-            flags = [c for c in flag_owner if other.get(c)]
-            result.neighbors.append({"id": nid, "label": label, "similarity": round(float(sim), 4),
-                                     "flagged": bool(flags), "flags": flags, "reason": other.get("reason")})
+        task = task_of_manifest(ws.read_manifest())
+        for name, value in task.explain_fields(ws, row_id, mine, top_classes=top_classes).items():
+            setattr(result, name, value)
+    result.neighbors = _neighbor_rows(items, neighbor_ids, sims, by_id, flag_owner) if neighbor_ids else None
     return result
+
+
+def _own_findings(result: ExplainResult, mine: dict, flag_owner: dict) -> None:
+    """Fill the row's reason, findings, suggested label and label quality from its issues.parquet row."""
+    result.reason = mine.get("reason")
+    result.findings = _findings(mine, flag_owner)
+    result.suggested_label = mine.get("suggested_label")
+    quality = mine.get("label_quality")
+    result.label_quality = None if quality is None or np.isnan(quality) else float(quality)
+
+
+def _neighbor_rows(items: pa.Table, neighbor_ids: list[str], sims: np.ndarray, by_id: dict,
+                   flag_owner: dict) -> list[dict]:
+    """Return the nearest rows with their labels, similarities and flags, most similar first."""
+    labels = items.column("label").take(pc.index_in(pa.array(neighbor_ids, pa.string()), items.column("id")))
+    out = []
+    for nid, label, sim in zip(neighbor_ids, labels.to_pylist(), sims.tolist()):
+        other = by_id.get(nid) or {}
+        flags = [c for c in flag_owner if other.get(c)]
+        out.append({"id": nid, "label": label, "similarity": round(float(sim), 4),
+                    "flagged": bool(flags), "flags": flags, "reason": other.get("reason")})
+    return out
 
 
 def _nearest(ws: Workspace, items: pa.Table, row_id: str, k: int,
@@ -216,26 +221,3 @@ def _findings(row: dict, flag_owner: dict) -> list[dict]:
         if flag_owner[c] is None:
             findings.append({"check": None, "title": c, "flags": [c]})
     return findings
-
-
-def _top_probabilities(ws: Workspace, row_id: str, n: int, *, also=()) -> list[dict] | None:
-    """Return the row's `n` most likely classes from probs.parquet, then the classes in `also` not among them.
-
-    None when the row has none.
-    """
-    table = pq.read_table(ws.probs_path, columns=["id", "pred_probs"], filters=pc.field("id").isin([row_id]))
-    if table.num_rows == 0:
-        return None
-    probs = np.asarray(table.column("pred_probs")[0].as_py(), np.float32)
-    classes = ws.classes()
-    order = np.argsort(-probs, kind="stable")
-    wanted = set(also)
-    order = [j for rank, j in enumerate(order.tolist()) if rank < n or classes[j] in wanted]
-    return [{"class": classes[j], "probability": round(float(probs[j]), 4)} for j in order]
-
-
-def _prediction(ws: Workspace, row_id: str) -> float | None:
-    """Return the row's out-of-sample prediction from a regression probs.parquet (None when it has none)."""
-    table = pq.read_table(ws.probs_path, columns=["id", "prediction"], filters=pc.field("id").isin([row_id]))
-    value = table.column("prediction")[0].as_py() if table.num_rows else None
-    return None if value is None else float(value)

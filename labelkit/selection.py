@@ -29,7 +29,9 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
+from labelkit.arrays import empty_lists
 from labelkit.errors import LabelkitError, check_in_range
+from labelkit.tasks import task_of_manifest
 from labelkit.workspace import (Workspace, check_name, current_items_fingerprint, embedding_array, require_current,
                                 with_fingerprint, write_table)
 
@@ -326,17 +328,22 @@ def _write_subset(ws: Workspace, name: str, method: str, columns: dict, before: 
         **({"embedding": columns["embedding"]} if "embedding" in columns else {}),
         **({"log_weight": pa.array(columns["log_weight"], pa.float64())} if "log_weight" in columns else {}),
     })
-    items_fp = current_items_fingerprint(ws)
-    path = write_table(with_fingerprint(table, items_fp), ws.subset_path(name))
     if "epoch" in columns:
         after = _counts([lab for lab, e in zip(columns["label"], columns["epoch"]) if e == 0], classes)
         details = {"per_epoch": True, **details}
     else:
         after = _counts(columns["label"], classes)
-    result = SelectResult(name=name, method=method, path=path.relative_to(ws.root), size=n,
+    return _record_subset(ws, name, method, table, before, after, details)
+
+
+def _record_subset(ws: Workspace, name: str, method: str, table: pa.Table, before: dict, after: dict,
+                   details: dict) -> SelectResult:
+    """Write ``subsets/NAME.parquet`` and its manifest record; return the SelectResult."""
+    items_fp = current_items_fingerprint(ws)
+    path = write_table(with_fingerprint(table, items_fp), ws.subset_path(name))
+    result = SelectResult(name=name, method=method, path=path.relative_to(ws.root), size=table.num_rows,
                           class_counts_before=before, class_counts_after=after, details=details)
-    manifest = ws.read_manifest()
-    record = dict(manifest.get("stages", {}).get("select", {}))
+    record = dict(ws.read_manifest().get("stages", {}).get("select", {}))
     record[name] = {k: v for k, v in result.to_dict().items() if k != "name"} | {"items_fingerprint": items_fp}
     ws.update_stage("select", record)
     return result
@@ -359,9 +366,9 @@ def select(workspace: Workspace | Path | str = "labelkit-out", method: str = "pr
         raise LabelkitError("dsir needs --target TARGET and --k N.")
     name = check_name(method if name is None else name, "select")
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    if method != "prune" and ws.manifest_path.exists() and ws.read_manifest().get("task") == "regression":
-        # rs2/dsir/smote read class ids, which numeric targets do not have
-        raise LabelkitError(f"select {method} does not support --task regression yet; use select prune.")
+    task = task_of_manifest(ws.read_manifest()) if ws.manifest_path.exists() else None
+    if task is not None and method not in task.select_methods:
+        raise LabelkitError(f"select {method} does not support --task {task.name} yet; use select prune.")
     return funcs[method](ws, name=name, **options)
 
 
@@ -491,22 +498,16 @@ def select_prune(ws: Workspace, *, name: str = "prune", drop: Sequence[str] = ("
     import pyarrow.parquet as pq
 
     ws.require()
-    classes = ws.classes()
     if not ws.issues_path.exists():
         raise LabelkitError(f"No issues in {ws.root}; run `labelkit issues -w {ws.root}` first.")
     require_current(ws, ws.issues_path)
     issues = pq.read_table(ws.issues_path).to_pandas()
     keep = find_prune_mask(issues, drop=drop, keep_fraction=keep_fraction)
-    if ws.read_manifest().get("task") == "regression":  # numeric targets: no class counts (labelkit.tasks.regression)
-        from labelkit.tasks.regression import select_prune as regression_prune
-
-        return regression_prune(ws, issues, keep, name=name, drop=drop, keep_fraction=keep_fraction)
-    if ws.read_manifest().get("task") == "multilabel":  # tag lists, counts per tag (labelkit.tasks.multilabel)
-        from labelkit.tasks.multilabel import select_prune as multilabel_prune
-
-        return multilabel_prune(ws, issues, keep, name=name, drop=drop, keep_fraction=keep_fraction)
-    kept = issues[keep]
-    return _write_subset(ws, name, "prune", {"id": kept["id"].tolist(), "label": kept["given_label"].tolist()},
-                         _counts(issues["given_label"], classes), classes,
-                         {"dropped": int((~keep).sum()), "drop": list(drop) if keep_fraction is None else [],
-                          "keep_fraction": keep_fraction})
+    rows = task_of_manifest(ws.read_manifest()).prune_rows(ws, issues, keep)
+    n = int(keep.sum())
+    table = pa.table({"id": pa.array(issues["id"][keep], pa.string(), from_pandas=True), "label": rows.label,
+                      "synthetic": pa.array(np.zeros(n, bool)), "parent_ids": empty_lists(n),
+                      "epoch": pa.nulls(n, pa.int32()), **rows.columns})
+    details = {"dropped": int((~keep).sum()), "drop": list(drop) if keep_fraction is None else [],
+               "keep_fraction": keep_fraction, **rows.details}
+    return _record_subset(ws, name, "prune", table, rows.before, rows.after, details)

@@ -23,6 +23,7 @@ import numpy as np
 
 from labelkit import baseline
 from labelkit.plots import figure_uri, mpl
+from labelkit.tasks import get_task
 from labelkit.workspace import (Workspace, atomic_path, current_items_fingerprint, is_current, read_embeddings,
                                 read_probs, require_current, write_json)
 
@@ -259,7 +260,7 @@ def _dataset_facts(manifest: dict, items) -> dict:
 def _class_balance(data: dict, extra: dict, items, summary: dict | None) -> None:
     """Rows per class, with the label-issue share in red (classification tasks)."""
     classes = data["classes"]
-    if not classes or data["task"] in ("multilabel", "regression"):
+    if not classes or "class_balance" not in get_task(data["task"]).report_sections:
         return
     usable = items["error"].isna()
     counts = (summary or {}).get("class_counts") or \
@@ -304,7 +305,7 @@ def _probabilistic_model(ws: Workspace, data: dict, extra: dict, iss, summary: d
         extra["figures"]["noise_matrix"] = plot_noise_matrix(classes, np.asarray(summary["noise_matrix"]))
     if summary.get("label_issues_not_measured"):
         extra["notes"].append(f"Label issues were not computed: {summary['label_issues_not_measured']}.")
-    if data["task"] != "multiclass":
+    if "probe_agreement" not in get_task(data["task"]).report_sections:
         return
     has_probs = ws.probs_path.exists()  # absent when label issues could not be computed (one class)
     given = iss["label_id"].to_numpy()
@@ -378,15 +379,10 @@ def _finish_embedding_map(data: dict, extra: dict, iss, *, key: str, future, cho
 
 
 def _task_module(ws: Workspace, data: dict, extra: dict) -> None:
-    """The task's own numbers and figures (labelkit.tasks.<task>.report_data), when it has any."""
-    if data["task"] == "multiclass":
-        return
-    from labelkit.tasks import task_module
-
-    module = task_module(data["task"])
-    if hasattr(module, "report_data"):
-        task_data, figures = module.report_data(ws)
-        data["task_data"] = task_data
+    """The task's own numbers and figures (:meth:`labelkit.tasks.base.TaskType.report_data`), when it has any."""
+    section = get_task(data["task"]).report_data(ws)
+    if section is not None:
+        data["task_data"], figures = section
         extra["figures"] |= figures
 
 
