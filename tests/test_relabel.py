@@ -256,3 +256,14 @@ def test_clip_relabel_end_to_end_with_a_tiny_model(tiny_clip, tmp_path, cli):
     assert rel["confidence"].between(1 / 3 - 1e-6, 1).all() and result["accepted"] <= 6
     soft = pq.read_table(ws / "soft_labels.parquet").to_pandas()
     assert np.allclose([sum(s) for s in soft["soft_label"]], 1)
+
+
+def test_relabel_refuses_a_task_without_classes_in_one_line(tmp_path, cli):
+    pd.DataFrame({"text": [f"row {i}" for i in range(12)], "price": [float(i) for i in range(12)]}).to_csv(
+        tmp_path / "t.csv", index=False)
+    assert cli("ingest", tmp_path / "t.csv", "-w", tmp_path / "ws", "--task", "regression", "--label-col", "price")[0] == 0
+    code, out, err = cli("relabel", "-w", tmp_path / "ws", "--with", "clip", "--all")
+    assert code == 2
+    assert one_line(err) == ("error: relabel does not support --task regression: it proposes one class per row, for "
+                             "multiclass and multi-annotator workspaces.")
+    assert not (tmp_path / "ws" / "relabels.parquet").exists()
