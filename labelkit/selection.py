@@ -32,6 +32,7 @@ import pyarrow as pa
 from labelkit.arrays import empty_lists
 from labelkit.errors import LabelkitError, check_in_range
 from labelkit.tasks import task_of_manifest
+from labelkit.tasks._classify import class_counts
 from labelkit.workspace import (Workspace, check_name, current_items_fingerprint, embedding_array, require_current,
                                 with_fingerprint, write_table)
 
@@ -309,13 +310,6 @@ def _usable(ws: Workspace):
     return items[items["error"].isna() & (items["label_id"] >= 0)].reset_index(drop=True)
 
 
-def _counts(labels, classes) -> dict:
-    s = {c: 0 for c in classes}
-    for v in labels:
-        s[v] = s.get(v, 0) + 1
-    return s
-
-
 def _write_subset(ws: Workspace, name: str, method: str, columns: dict, before: dict, classes: list[str],
                   details: dict) -> SelectResult:
     n = len(columns["id"])
@@ -329,10 +323,10 @@ def _write_subset(ws: Workspace, name: str, method: str, columns: dict, before: 
         **({"log_weight": pa.array(columns["log_weight"], pa.float64())} if "log_weight" in columns else {}),
     })
     if "epoch" in columns:
-        after = _counts([lab for lab, e in zip(columns["label"], columns["epoch"]) if e == 0], classes)
+        after = class_counts([lab for lab, e in zip(columns["label"], columns["epoch"]) if e == 0], classes)
         details = {"per_epoch": True, **details}
     else:
-        after = _counts(columns["label"], classes)
+        after = class_counts(columns["label"], classes)
     return _record_subset(ws, name, method, table, before, after, details)
 
 
@@ -384,7 +378,7 @@ def select_rs2(ws: Workspace, *, name: str = "rs2", fraction: float = 0.1, epoch
     epoch = np.concatenate([np.full(len(s), e) for e, s in enumerate(schedule)])
     ids, labels = items["id"].to_numpy()[rows], items["label"].to_numpy()[rows]
     return _write_subset(ws, name, "rs2", {"id": ids.tolist(), "label": labels.tolist(), "epoch": epoch.tolist()},
-                         _counts(items["label"], classes), classes,
+                         class_counts(items["label"], classes), classes,
                          {"fraction": fraction, "epochs": epochs, "class_balanced": class_balanced, "seed": seed,
                           "rows_per_epoch": int(len(schedule[0]))})
 
@@ -460,7 +454,7 @@ def select_dsir(ws: Workspace, *, name: str = "dsir", target: Path | str, k: int
     return _write_subset(ws, name, "dsir", {"id": items["id"].to_numpy()[chosen].tolist(),
                                             "label": items["label"].to_numpy()[chosen].tolist(),
                                             "log_weight": log_w[chosen].tolist()},
-                         _counts(items["label"], classes), classes,
+                         class_counts(items["label"], classes), classes,
                          {"target": str(target), "k": k, "features": features, "n_buckets": n_buckets,
                           "kl_reduction": kl, "seed": seed})
 
@@ -487,7 +481,7 @@ def select_smote(ws: Workspace, *, name: str = "smote", k_neighbors: int = 5, sa
     emb = pa.FixedSizeListArray.from_arrays(emb.values, X.shape[1], mask=pa.array(~synthetic))
     return _write_subset(ws, name, "smote", {"id": out_ids, "label": list(map(str, y_res)), "synthetic": synthetic.tolist(),
                                              "parent_ids": par, "embedding": emb},
-                         _counts(items["label"], classes), classes,
+                         class_counts(items["label"], classes), classes,
                          {"embedding_key": key, "synthetic_rows": int(synthetic.sum()), "k_neighbors": k_neighbors,
                           "sampling_strategy": sampling_strategy, "undersample": undersample, "seed": seed})
 

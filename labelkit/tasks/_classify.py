@@ -271,12 +271,13 @@ def class_prune_rows(issues_df, keep: np.ndarray, classes: Sequence[str]):
     from labelkit.tasks.base import PruneRows
 
     given = issues_df["given_label"]
-    before = _counts(given, classes)
-    after = _counts(given[keep], classes)
+    before = class_counts(given, classes)
+    after = class_counts(given[keep], classes)
     return PruneRows(label=pa.array(given[keep].tolist(), pa.string()), before=before, after=after)
 
 
-def _counts(labels, classes) -> dict:
+def class_counts(labels, classes) -> dict:
+    """Return {class: rows} over `classes` (and any other value met) of the labels."""
     s = {c: 0 for c in classes}
     for v in labels:
         s[v] = s.get(v, 0) + 1
